@@ -1,0 +1,279 @@
+"""The HTTP API for chat backends: messages (signal-with-start), context, handoff, snapshot, transcript, audit, close."""
+
+from __future__ import annotations
+
+import hmac
+from datetime import timedelta
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Header, HTTPException, Path, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+from temporalio.api.enums.v1 import WorkflowExecutionStatus
+from temporalio.api.workflowservice.v1 import GetSystemInfoRequest
+from temporalio.client import (
+    Client,
+    WithStartWorkflowOperation,
+    WorkflowHandle,
+    WorkflowQueryFailedError,
+    WorkflowUpdateFailedError,
+)
+from temporalio.common import TypedSearchAttributes, WorkflowIDConflictPolicy
+from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError, RPCStatusCode
+
+from activities import sealing
+from models.conversation import (
+    MAX_TEXT,
+    AuditPage,
+    CloseRequest,
+    CommandResult,
+    ContextUpdate,
+    ConversationInput,
+    HandoffRequest,
+    MessageId,
+    Name,
+    Snapshot,
+    TranscriptEntry,
+    TranscriptPage,
+    TranscriptQuery,
+    UserMessage,
+)
+from models.names import WORKFLOW_TYPE, Queries, Routes, SearchAttributes, Signals, Updates, workflow_id
+from workers.settings import Settings
+
+ConversationPath = Annotated[
+    str, Path(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$", alias="conversation_id")
+]
+
+
+class MessageIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    message_id: MessageId
+    text: str = Field(min_length=1, max_length=MAX_TEXT)
+    channel: Name | None = None
+
+
+class ContextIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    profile: dict[str, Any] | None = None
+    slots: dict[str, Any] | None = None
+    internal_notes: Any = None
+    auth: dict[str, Any] | None = None
+    metadata: dict[str, Any] | None = None
+
+
+class Accepted(BaseModel):
+    accepted: bool = True
+    conversation_id: str
+    message_id: str
+
+
+class TranscriptOut(BaseModel):
+    conversation_id: str
+    entries: list[TranscriptEntry]
+    next_after: int
+    last_seq: int
+
+
+def create_app(settings: Settings, client: Client | None = None) -> FastAPI:
+    """`client` is connected at start-up when not given (tests pass their own)."""
+
+    async def lifespan(app: FastAPI):
+        if app.state.client is None:
+            from workers.worker import connect
+
+            app.state.client = await connect()
+        yield
+
+    app = FastAPI(
+        title="Baton",
+        version="0.1.0",
+        summary="Conversation handoff orchestrator on Temporal",
+        lifespan=lifespan,
+    )
+    app.state.client = client
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # Say what is wrong, field by field, without echoing the submitted values back.
+        problems = [
+            {"where": ".".join(str(p) for p in e["loc"]), "problem": e["msg"]} for e in exc.errors()
+        ]
+        summary = "; ".join(f"{p['where']}: {p['problem']}" for p in problems)
+        return JSONResponse(status_code=422, content={"detail": summary, "errors": problems})
+
+    def require_key(authorization: Annotated[str | None, Header()] = None) -> None:
+        expected = settings.api_key
+        scheme, _, token = (authorization or "").partition(" ")
+        if not expected or scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), expected.encode()):
+            raise HTTPException(
+                401, "missing or wrong API key: send 'Authorization: Bearer $BATON_API_KEY'",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+
+    def temporal(request: Request) -> Client:
+        return request.app.state.client
+
+    Auth = Depends(require_key)
+
+    def handle(client: Client, conversation_id: str) -> WorkflowHandle:
+        return client.get_workflow_handle(workflow_id(conversation_id))
+
+    async def not_found_or_closed(client: Client, conversation_id: str) -> HTTPException:
+        try:
+            desc = await handle(client, conversation_id).describe()
+        except RPCError as err:
+            if err.status == RPCStatusCode.NOT_FOUND:
+                return HTTPException(404, f"conversation '{conversation_id}' does not exist")
+            raise
+        if desc.raw_description.workflow_execution_info.status != WorkflowExecutionStatus.WORKFLOW_EXECUTION_STATUS_RUNNING:
+            return HTTPException(409, f"conversation '{conversation_id}' is closed")
+        return HTTPException(404, f"conversation '{conversation_id}' does not exist")
+
+    async def update(client: Client, conversation_id: str, name: str, arg: Any) -> CommandResult:
+        try:
+            return await handle(client, conversation_id).execute_update(name, arg, result_type=CommandResult)
+        except WorkflowUpdateFailedError as err:
+            cause = err.cause
+            if isinstance(cause, ApplicationError) and cause.type == "Rejected":
+                raise HTTPException(409, cause.message) from None
+            raise
+        except RPCError as err:
+            if err.status == RPCStatusCode.NOT_FOUND:
+                raise await not_found_or_closed(client, conversation_id) from None
+            raise
+
+    async def query(client: Client, conversation_id: str, name: str, arg: Any, result_type: type, run_id: str | None = None):
+        h = client.get_workflow_handle(workflow_id(conversation_id), run_id=run_id)
+        try:
+            if arg is None:
+                return await h.query(name, result_type=result_type)
+            return await h.query(name, arg, result_type=result_type)
+        except RPCError as err:
+            if err.status == RPCStatusCode.NOT_FOUND:
+                raise HTTPException(404, f"conversation '{conversation_id}' does not exist") from None
+            raise
+        except WorkflowQueryFailedError as err:
+            raise HTTPException(500, f"query failed: {err}") from None
+
+    def start_input(conversation_id: str, channel: str) -> ConversationInput:
+        return ConversationInput(
+            conversation_id=conversation_id,
+            channel=channel,
+            inactivity_timeout_seconds=settings.inactivity_timeout_seconds,
+            handoff_sla_seconds=settings.handoff_sla_seconds,
+        )
+
+    def initial_attributes(channel: str) -> TypedSearchAttributes:
+        # Visible to the UI and the desk from the first moment, before the first workflow task runs.
+        return TypedSearchAttributes(
+            [SearchAttributes.STATE.value_set("ai"), SearchAttributes.CHANNEL.value_set(channel),
+             SearchAttributes.OWNER.value_set("ai"), SearchAttributes.HANDOFFS.value_set(0)]
+        )
+
+    @app.post(Routes.MESSAGES, status_code=202, response_model=Accepted, dependencies=[Auth], tags=["conversations"])
+    async def post_message(conversation_id: ConversationPath, body: MessageIn, request: Request) -> Accepted:
+        """Send a user's message; starts the conversation if it is new (signal-with-start). A repeated
+        `message_id` is accepted and ignored."""
+        client = temporal(request)
+        channel = body.channel or "web"
+        await client.start_workflow(
+            WORKFLOW_TYPE,
+            start_input(conversation_id, channel),
+            id=workflow_id(conversation_id),
+            task_queue=settings.task_queue,
+            start_signal=Signals.USER_MESSAGE,
+            start_signal_args=[UserMessage(message_id=body.message_id, text=body.text)],
+            search_attributes=initial_attributes(channel),
+            static_summary=f"Conversation {conversation_id} ({channel})",
+        )
+        return Accepted(conversation_id=conversation_id, message_id=body.message_id)
+
+    @app.put(Routes.CONTEXT, response_model=CommandResult, dependencies=[Auth], tags=["conversations"])
+    async def put_context(conversation_id: ConversationPath, body: ContextIn, request: Request) -> CommandResult:
+        """Merge into the conversation's context (starting it if new). `auth` and `internal_notes` are
+        sealed here and never enter workflow history in the clear."""
+        if all(v is None for v in body.model_dump().values()):
+            raise HTTPException(422, "send at least one of profile, slots, internal_notes, auth, metadata")
+        if not settings.secret_key:
+            raise HTTPException(503, "BATON_SECRET_KEY is not set, so sensitive context cannot be sealed")
+        sealed = {
+            section: sealing.seal(settings.secret_key, value)
+            for section, value in (("auth", body.auth), ("internal_notes", body.internal_notes))
+            if value is not None
+        }
+        context = ContextUpdate(profile=body.profile, slots=body.slots, metadata=body.metadata, sealed=sealed)
+        client = temporal(request)
+        start = WithStartWorkflowOperation(
+            WORKFLOW_TYPE,
+            start_input(conversation_id, "web"),
+            id=workflow_id(conversation_id),
+            task_queue=settings.task_queue,
+            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+            search_attributes=initial_attributes("web"),
+            static_summary=f"Conversation {conversation_id}",
+        )
+        try:
+            return await client.execute_update_with_start_workflow(
+                Updates.SUBMIT_CONTEXT, context, start_workflow_operation=start, result_type=CommandResult
+            )
+        except WorkflowUpdateFailedError as err:
+            if isinstance(err.cause, ApplicationError) and err.cause.type == "Rejected":
+                raise HTTPException(409, err.cause.message) from None
+            raise
+
+    @app.post(Routes.HANDOFF, response_model=CommandResult, dependencies=[Auth], tags=["conversations"])
+    async def post_handoff(conversation_id: ConversationPath, body: HandoffRequest, request: Request) -> CommandResult:
+        """Ask for a handoff now. 409 with the reason when the conversation's state forbids it."""
+        return await update(temporal(request), conversation_id, Updates.SUBMIT_HANDOFF, body)
+
+    @app.post(Routes.CLOSE, response_model=CommandResult, dependencies=[Auth], tags=["conversations"])
+    async def post_close(conversation_id: ConversationPath, request: Request, body: CloseRequest | None = None) -> CommandResult:
+        return await update(temporal(request), conversation_id, Updates.SUBMIT_CLOSE, body or CloseRequest())
+
+    @app.get(Routes.SNAPSHOT, response_model=Snapshot, dependencies=[Auth], tags=["conversations"])
+    async def get_snapshot(conversation_id: ConversationPath, request: Request) -> Snapshot:
+        return await query(temporal(request), conversation_id, Queries.SNAPSHOT, None, Snapshot)
+
+    @app.get(Routes.TRANSCRIPT, response_model=TranscriptOut, dependencies=[Auth], tags=["conversations"])
+    async def get_transcript(
+        conversation_id: ConversationPath,
+        request: Request,
+        after: Annotated[int, Query(ge=0, description="only entries with a greater seq")] = 0,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 200,
+    ) -> TranscriptOut:
+        """Entries after `after`, oldest first. Entries older than the current run are read from the
+        earlier runs (continue-as-new), so nothing said is ever out of reach."""
+        client = temporal(request)
+        page: TranscriptPage = await query(
+            client, conversation_id, Queries.TRANSCRIPT, TranscriptQuery(after=after, limit=limit), TranscriptPage
+        )
+        entries = page.entries
+        if after + 1 < page.first_seq:
+            segment = next((s for s in page.earlier_runs if s.first_seq <= after + 1 <= s.last_seq), None)
+            if segment is not None:
+                older: TranscriptPage = await query(
+                    client, conversation_id, Queries.TRANSCRIPT, TranscriptQuery(after=after, limit=limit),
+                    TranscriptPage, run_id=segment.run_id,
+                )
+                entries = [e for e in older.entries if e.seq <= segment.last_seq][:limit]
+                if len(entries) < limit and segment.last_seq + 1 >= page.first_seq:
+                    entries += [e for e in page.entries if e.seq > segment.last_seq][: limit - len(entries)]
+        next_after = entries[-1].seq if entries else after
+        return TranscriptOut(conversation_id=conversation_id, entries=entries, next_after=next_after, last_seq=page.last_seq)
+
+    @app.get(Routes.AUDIT, response_model=AuditPage, dependencies=[Auth], tags=["conversations"])
+    async def get_audit(conversation_id: ConversationPath, request: Request) -> AuditPage:
+        return await query(temporal(request), conversation_id, Queries.AUDIT, None, AuditPage)
+
+    @app.get(Routes.HEALTHZ, tags=["operations"])
+    async def healthz(request: Request) -> JSONResponse:
+        try:
+            await temporal(request).workflow_service.get_system_info(GetSystemInfoRequest(), timeout=timedelta(seconds=3))
+        except Exception as err:  # any failure means "not reachable" for a health check
+            return JSONResponse(status_code=503, content={"ok": False, "temporal": f"unreachable: {type(err).__name__}"})
+        return JSONResponse(content={"ok": True, "temporal": "reachable"})
+
+    return app

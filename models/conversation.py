@@ -1,0 +1,299 @@
+"""The conversation's contracts: states, inputs of every signal/update/query, transcript, audit, whole workflow state."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+MAX_TEXT = 8000
+ConversationId = Annotated[
+    str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
+]
+MessageId = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[\x21-\x7e]+$")]
+Name = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@-]*$")]
+Text = Annotated[str, StringConstraints(min_length=1, max_length=MAX_TEXT)]
+Reason = Annotated[str, StringConstraints(max_length=500)]
+ParamValue = str | int | float | bool | None
+
+
+class Contract(BaseModel):
+    """Strict by default: an unknown field is an error that names the field, never silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class State(StrEnum):
+    AI = "ai"
+    HANDOFF_PENDING = "handoff_pending"
+    EXTERNAL_AGENT = "external_agent"
+    LIVE_AGENT = "live_agent"
+    CLOSED = "closed"
+
+
+class Role(StrEnum):
+    USER = "user"
+    AI = "ai"
+    EXTERNAL_AGENT = "external_agent"
+    LIVE_AGENT = "live_agent"
+    SYSTEM = "system"
+
+
+# ---- workflow input -------------------------------------------------------------------------------
+
+
+class ConversationInput(Contract):
+    conversation_id: ConversationId
+    channel: Name = "web"
+    inactivity_timeout_seconds: int = Field(default=1800, ge=10, le=7 * 24 * 3600)
+    handoff_sla_seconds: int = Field(default=300, ge=1, le=7 * 24 * 3600)
+    # Set only by continue-as-new: the whole state of the previous run.
+    carried: ConversationState | None = None
+
+
+# ---- signal / update inputs -----------------------------------------------------------------------
+
+
+class UserMessage(Contract):
+    message_id: MessageId
+    text: Text
+    author: Name = "user"
+
+
+class AgentMessage(Contract):
+    """A reply from whoever owns the conversation now (a live agent or an external agent)."""
+
+    message_id: MessageId
+    text: Text
+    author: Name
+    role: Literal[Role.LIVE_AGENT, Role.EXTERNAL_AGENT]
+
+
+class HandoffTarget(Contract):
+    queue: Name | None = None
+    external_agent: Name | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> HandoffTarget:
+        if (self.queue is None) == (self.external_agent is None):
+            raise ValueError("a target names exactly one of 'queue' or 'external_agent'")
+        return self
+
+    @property
+    def label(self) -> str:
+        return f"queue:{self.queue}" if self.queue else f"external_agent:{self.external_agent}"
+
+
+class HandoffRequest(Contract):
+    reason: Reason = ""
+    target: HandoffTarget | None = None
+    fallback: list[HandoffTarget] = Field(default_factory=list, max_length=10)
+    params: dict[str, ParamValue] = Field(default_factory=dict, max_length=50)
+    sla_seconds: int | None = Field(default=None, ge=1, le=7 * 24 * 3600)
+
+
+class HandBack(Contract):
+    reason: Reason = ""
+    # Who hands back; when given it must be the current owner.
+    by: Name | None = None
+
+
+class CloseRequest(Contract):
+    reason: Reason = "closed"
+
+
+class ContextUpdate(Contract):
+    """Merged into the context. `auth` and `internal_notes` arrive only sealed (encrypted by the API)."""
+
+    profile: dict[str, Any] | None = None
+    slots: dict[str, Any] | None = None
+    metadata: dict[str, Any] | None = None
+    sealed: dict[Literal["auth", "internal_notes"], str] = Field(default_factory=dict)
+
+
+class AcceptHandoff(Contract):
+    handoff_id: str
+    owner: Name
+
+
+class RejectHandoff(Contract):
+    handoff_id: str
+    reason: Reason = "rejected"
+
+
+# ---- records --------------------------------------------------------------------------------------
+
+
+class TranscriptEntry(BaseModel):
+    seq: int
+    message_id: str
+    role: Role
+    author: str
+    text: str
+    at: datetime
+
+
+class AuditEntry(BaseModel):
+    at: datetime
+    kind: str
+    detail: dict[str, Any] = Field(default_factory=dict)
+
+
+class PendingHandoff(BaseModel):
+    handoff_id: str
+    reason: str
+    target: HandoffTarget
+    fallback: list[HandoffTarget] = Field(default_factory=list)
+    params: dict[str, ParamValue] = Field(default_factory=dict)
+    requested_at: datetime
+    deadline: datetime
+    # The first transcript seq the target has not been shown yet is derived from this.
+    from_seq: int
+
+
+class Context(BaseModel):
+    profile: dict[str, Any] = Field(default_factory=dict)
+    slots: dict[str, Any] = Field(default_factory=dict)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    # Ciphertexts of `auth` / `internal_notes` patches, in arrival order; only activities can open them.
+    sealed: dict[str, list[str]] = Field(default_factory=dict)
+
+
+class RunSegment(BaseModel):
+    """A previous run (before continue-as-new) still holds these transcript entries; queries reach it."""
+
+    run_id: str
+    first_seq: int
+    last_seq: int
+
+
+class Work(BaseModel):
+    """One unit of deferred work for the main loop, in arrival order."""
+
+    kind: Literal["ai_turn", "ai_resume"]
+    seq: int = 0
+
+
+class ConversationState(BaseModel):
+    """All workflow state in one object, so continue-as-new hands it on whole."""
+
+    conversation_id: str
+    channel: str
+    state: State = State.AI
+    owner: str | None = "ai"
+    queue: str | None = None
+    seq: int = 0
+    handoffs: int = 0
+    pending: PendingHandoff | None = None
+    waiting_since: datetime | None = None
+    created_at: datetime
+    last_activity_at: datetime
+    closed_reason: str | None = None
+    inactivity_timeout_seconds: int = 1800
+    handoff_sla_seconds: int = 300
+    transcript: list[TranscriptEntry] = Field(default_factory=list)
+    earlier_runs: list[RunSegment] = Field(default_factory=list)
+    recent_message_ids: list[str] = Field(default_factory=list)
+    inbox: list[Work] = Field(default_factory=list)
+    outbox: list[int] = Field(default_factory=list)
+    channel_stopped: bool = False
+    context: Context = Field(default_factory=Context)
+    audit: list[AuditEntry] = Field(default_factory=list)
+    human_stretch_ended: bool = False
+
+
+ConversationInput.model_rebuild()
+
+
+# ---- query results --------------------------------------------------------------------------------
+
+
+class TranscriptQuery(Contract):
+    after: int = Field(default=0, ge=0)
+    limit: int = Field(default=200, ge=1, le=1000)
+
+
+class TranscriptPage(BaseModel):
+    conversation_id: str
+    entries: list[TranscriptEntry]
+    # Entries with seq < first_seq (if any were asked for) live in earlier runs; the API follows them.
+    first_seq: int
+    earlier_runs: list[RunSegment] = Field(default_factory=list)
+    last_seq: int
+
+
+class Snapshot(BaseModel):
+    conversation_id: str
+    channel: str
+    state: State
+    owner: str | None
+    queue: str | None
+    seq: int
+    handoffs: int
+    pending_handoff: PendingHandoff | None
+    waiting_since: datetime | None
+    created_at: datetime
+    last_activity_at: datetime
+    closed_reason: str | None
+    context: dict[str, Any]
+
+
+class AuditPage(BaseModel):
+    conversation_id: str
+    entries: list[AuditEntry]
+
+
+class CommandResult(BaseModel):
+    """What an update answers: the state after the command and, for messages, the seq given."""
+
+    state: State
+    owner: str | None
+    seq: int | None = None
+    duplicate: bool = False
+    handoff_id: str | None = None
+
+
+# ---- activity contracts ---------------------------------------------------------------------------
+
+
+class HandoffEvent(Contract):
+    reason: Reason = ""
+    params: dict[str, ParamValue] = Field(default_factory=dict)
+    target: HandoffTarget | None = None
+
+
+class AgentTurn(BaseModel):
+    conversation_id: str
+    channel: str
+    message: TranscriptEntry | None
+    history: list[TranscriptEntry]
+    profile: dict[str, Any] = Field(default_factory=dict)
+    slots: dict[str, Any] = Field(default_factory=dict)
+    # True on the first turn after a human or external agent handed the conversation back.
+    resumed_after_handoff: bool = False
+
+
+class AgentReply(BaseModel):
+    text: str | None = None
+    handoff: HandoffEvent | None = None
+    slots: dict[str, Any] = Field(default_factory=dict)
+
+
+class ChannelMessage(BaseModel):
+    """The body POSTed to BATON_CHANNEL_URL."""
+
+    conversation_id: str
+    seq: int
+    message_id: str
+    role: Role
+    author: str
+    text: str
+    at: datetime
+
+
+class DeliveryResult(BaseModel):
+    outcome: Literal["delivered", "rejected", "gone", "disabled"]
+    status: int | None = None
+    detail: str = ""

@@ -1,0 +1,107 @@
+"""Test helpers: a Baton worker and API on free loopback ports against a given Temporal client."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import httpx
+import uvicorn
+from temporalio.client import Client, WorkflowHandle
+
+from activities import sealing, webhooks
+from api.app import create_app
+from models.conversation import ConversationInput, Snapshot, TranscriptPage, UserMessage
+from models.names import WORKFLOW_TYPE, Queries, Signals, workflow_id
+from tests.conftest import free_port
+from workers.settings import Settings
+from workers.worker import build_worker, http_client
+
+T = TypeVar("T")
+API_KEY = "bk_test_key"
+
+
+def settings_for(task_queue: str, **overrides: Any) -> Settings:
+    base = dict(
+        task_queue=task_queue,
+        api_key=API_KEY,
+        admin_key="ba_test_admin",
+        secret_key=sealing.new_key(),
+        channel_secret=webhooks.generate_secret(),
+    )
+    return Settings(**{**base, **overrides})
+
+
+@contextlib.asynccontextmanager
+async def baton_worker(client: Client, settings: Settings, **options: Any) -> AsyncIterator[None]:
+    async with http_client() as http:
+        async with build_worker(client, settings, http, **options):
+            yield
+
+
+class _Server(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self):
+        yield
+
+
+@contextlib.asynccontextmanager
+async def baton_api(client: Client, settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """The real API on a free loopback port; yields an httpx client with the API key set."""
+    port = free_port()
+    server = _Server(uvicorn.Config(create_app(settings, client), host="127.0.0.1", port=port, log_level="warning"))
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.01)
+    try:
+        async with httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {settings.api_key}"}, timeout=30
+        ) as http:
+            yield http
+    finally:
+        server.should_exit = True
+        await task
+
+
+async def eventually(check: Callable[[], Awaitable[T]], timeout: float = 15, interval: float = 0.05) -> T:
+    """Poll a query-visible condition (workflow state is only observable by asking); `check` raises or
+    returns falsy until it holds."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    last: Exception | None = None
+    while True:
+        try:
+            result = await check()
+            if result:
+                return result
+        except (AssertionError, Exception) as err:  # noqa: B014 - keep the last reason for the failure message
+            last = err
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"condition not reached in {timeout}s; last: {last!r}")
+        await asyncio.sleep(interval)
+
+
+async def start_conversation(
+    client: Client, settings: Settings, conversation_id: str, text: str = "Hello", message_id: str = "m1", **kw: Any
+) -> WorkflowHandle:
+    return await client.start_workflow(
+        WORKFLOW_TYPE,
+        ConversationInput(conversation_id=conversation_id, **kw),
+        id=workflow_id(conversation_id),
+        task_queue=settings.task_queue,
+        start_signal=Signals.USER_MESSAGE,
+        start_signal_args=[UserMessage(message_id=message_id, text=text)],
+        result_type=Snapshot,
+    )
+
+
+async def snapshot(handle: WorkflowHandle) -> Snapshot:
+    return await handle.query(Queries.SNAPSHOT, result_type=Snapshot)
+
+
+async def transcript(handle: WorkflowHandle) -> TranscriptPage:
+    return await handle.query(Queries.TRANSCRIPT, result_type=TranscriptPage)
+

@@ -1,0 +1,169 @@
+"""The `baton` command: `dev` (everything on one machine), `worker`, `api`, `keys`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import signal
+import sys
+from pathlib import Path
+
+import uvicorn
+
+from activities import sealing, webhooks
+from workers.settings import Settings, ensure_dev_keys
+
+log = logging.getLogger("baton")
+
+
+class _Server(uvicorn.Server):
+    # Baton owns Ctrl-C for all its parts, so uvicorn must not grab the signals for itself.
+    @contextlib.contextmanager
+    def capture_signals(self):
+        yield
+
+
+def _stop_event() -> asyncio.Event:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+async def _serve_worker(settings: Settings, client, stop: asyncio.Event) -> None:
+    from workers.worker import build_worker, http_client
+
+    async with http_client() as http:
+        worker = build_worker(client, settings, http)
+        async with worker:
+            log.info("worker polling task queue %r", settings.task_queue)
+            await stop.wait()
+
+
+async def _serve_api(settings: Settings, client, stop: asyncio.Event) -> None:
+    from api.app import create_app
+
+    config = uvicorn.Config(
+        create_app(settings, client), host=settings.api_host, port=settings.api_port, log_level="warning"
+    )
+    server = _Server(config)
+    task = asyncio.create_task(server.serve())
+    stopped = asyncio.create_task(stop.wait())
+    done, _ = await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    server.should_exit = True
+    await task
+    stopped.cancel()
+    if not server.started:
+        raise SystemExit(f"baton: the API could not listen on {settings.api_host}:{settings.api_port}")
+
+
+async def _run_parts(settings: Settings, client, parts: list[str], stop: asyncio.Event) -> None:
+    tasks = []
+    if "worker" in parts:
+        tasks.append(asyncio.create_task(_serve_worker(settings, client, stop)))
+    if "api" in parts:
+        tasks.append(asyncio.create_task(_serve_api(settings, client, stop)))
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        for t in done:
+            t.result()
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _dev(args: argparse.Namespace) -> None:
+    from workers.devserver import DevServer
+    from workers.worker import connect
+
+    settings = Settings.from_env()
+    if args.home:
+        settings.home = Path(args.home)
+    if args.api_port:
+        settings.api_port = args.api_port
+    if "BATON_PUBLIC_URL" not in os.environ:
+        settings.public_url = f"http://{settings.api_host}:{settings.api_port}"
+    settings, keys = ensure_dev_keys(settings)
+    settings.check(api=True)
+    stop = _stop_event()
+    server = DevServer(settings.home, port=args.temporal_port, ui_port=None if args.no_ui else args.ui_port)
+    await server.start()
+    try:
+        client = await connect(server.address, "default")
+        _banner(settings, server, keys)
+        await _run_parts(settings, client, ["worker", "api"], stop)
+    finally:
+        server.stop()
+        print("baton: stopped", flush=True)
+
+
+def _banner(settings: Settings, server, keys: dict[str, str]) -> None:
+    api = f"http://{settings.api_host}:{settings.api_port}"
+    ui = f"http://localhost:{server.ui_port}" if server.ui_port else "disabled (--no-ui)"
+    channel = settings.channel_url or "not set (BATON_CHANNEL_URL): the transcript is the record"
+    print(
+        f"""
+Baton is running (Ctrl-C stops everything).
+  API         {api}   (OpenAPI: {api}/docs)
+  Temporal    {server.address}   (Web UI: {ui})
+  Data        {server.home / 'temporal.db'}
+  Channel     {channel}
+  AI agent    {settings.ai_agent}
+  Keys        {settings.home / 'keys.env'}
+    BATON_API_KEY={keys['BATON_API_KEY']}
+    BATON_ADMIN_KEY={keys['BATON_ADMIN_KEY']}
+    BATON_CHANNEL_SECRET={keys['BATON_CHANNEL_SECRET']}
+
+Try:
+  curl -s -X POST {api}/v1/conversations/demo-1/messages \\
+    -H "Authorization: Bearer {keys['BATON_API_KEY']}" -H 'content-type: application/json' \\
+    -d '{{"message_id": "m1", "text": "Hello!"}}'
+  curl -s {api}/v1/conversations/demo-1/transcript -H "Authorization: Bearer {keys['BATON_API_KEY']}"
+""",
+        flush=True,
+    )
+
+
+async def _component(parts: list[str]) -> None:
+    from workers.worker import connect
+
+    settings = Settings.from_env()
+    settings.check(api="api" in parts)
+    stop = _stop_event()
+    client = await connect()
+    await _run_parts(settings, client, parts, stop)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="baton", description="Conversation handoff orchestrator on Temporal.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    dev = sub.add_parser("dev", help="everything on one machine: Temporal dev server (SQLite), worker, API, demo AI")
+    dev.add_argument("--home", help="state folder (default .baton, or BATON_HOME)")
+    dev.add_argument("--temporal-port", type=int, default=7233)
+    dev.add_argument("--ui-port", type=int, default=8233)
+    dev.add_argument("--no-ui", action="store_true", help="run the dev server headless")
+    dev.add_argument("--api-port", type=int, help="API port (default 8000, or BATON_API_PORT)")
+    sub.add_parser("worker", help="the Temporal worker, against TEMPORAL_ADDRESS")
+    sub.add_parser("api", help="the HTTP API, against TEMPORAL_ADDRESS")
+    sub.add_parser("keys", help="print freshly generated keys for a production .env")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("temporalio").setLevel(logging.WARNING)
+    try:
+        if args.command == "dev":
+            asyncio.run(_dev(args))
+        elif args.command == "keys":
+            print(f"BATON_SECRET_KEY={sealing.new_key()}")
+            print(f"BATON_CHANNEL_SECRET={webhooks.generate_secret()}")
+            print(f"BATON_API_KEY=bk_{secrets.token_urlsafe(24)}")
+            print(f"BATON_ADMIN_KEY=ba_{secrets.token_urlsafe(24)}")
+        else:
+            asyncio.run(_component([args.command]))
+    except KeyboardInterrupt:
+        pass
+    sys.exit(0)

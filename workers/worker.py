@@ -1,0 +1,49 @@
+"""The Temporal client and worker: Conversation workflow plus the AI agent and channel delivery activities."""
+
+from __future__ import annotations
+
+import httpx
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.envconfig import ClientConfig
+from temporalio.worker import Worker
+
+from activities.agents import DemoAgent, WebhookAgent
+from activities.channel import ChannelDeliverer
+from workers.settings import Settings
+from workflows.conversation import Conversation
+
+
+async def connect(target: str | None = None, namespace: str | None = None) -> Client:
+    """TEMPORAL_ADDRESS, TEMPORAL_NAMESPACE, TEMPORAL_API_KEY, TLS... via the SDK's envconfig."""
+    config = ClientConfig.load_client_connect_config()
+    if target:
+        config["target_host"] = target
+    if namespace:
+        config["namespace"] = namespace
+    config.setdefault("target_host", "localhost:7233")
+    return await Client.connect(**config, data_converter=pydantic_data_converter)
+
+
+def http_client() -> httpx.AsyncClient:
+    """One pooled client for every outbound call of a worker process."""
+    return httpx.AsyncClient(
+        timeout=httpx.Timeout(10.0, connect=5.0),
+        limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
+        follow_redirects=False,
+    )
+
+
+def build_worker(client: Client, settings: Settings, http: httpx.AsyncClient, **options) -> Worker:
+    if settings.ai_agent == "demo":
+        agent = DemoAgent()
+    else:
+        agent = WebhookAgent(settings.ai_agent, settings.ai_agent_secret, http)
+    channel = ChannelDeliverer(settings.channel_url, settings.channel_secret, http)
+    return Worker(
+        client,
+        task_queue=settings.task_queue,
+        workflows=[Conversation],
+        activities=[agent.respond, channel.deliver_to_channel],
+        **options,
+    )
