@@ -19,7 +19,7 @@ from temporalio.client import (
     WorkflowQueryFailedError,
     WorkflowUpdateFailedError,
 )
-from temporalio.common import TypedSearchAttributes, WorkflowIDConflictPolicy
+from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDConflictPolicy
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -168,9 +168,10 @@ def create_app(settings: Settings, client: Client | None = None) -> FastAPI:
 
     def initial_attributes(channel: str) -> TypedSearchAttributes:
         # Visible to the UI and the desk from the first moment, before the first workflow task runs.
+        sa = SearchAttributes
         return TypedSearchAttributes(
-            [SearchAttributes.STATE.value_set("ai"), SearchAttributes.CHANNEL.value_set(channel),
-             SearchAttributes.OWNER.value_set("ai"), SearchAttributes.HANDOFFS.value_set(0)]
+            [SearchAttributePair(sa.STATE, "ai"), SearchAttributePair(sa.CHANNEL, channel),
+             SearchAttributePair(sa.OWNER, "ai"), SearchAttributePair(sa.HANDOFFS, 0)]
         )
 
     @app.post(Routes.MESSAGES, status_code=202, response_model=Accepted, dependencies=[Auth], tags=["conversations"])

@@ -105,3 +105,29 @@ async def snapshot(handle: WorkflowHandle) -> Snapshot:
 async def transcript(handle: WorkflowHandle) -> TranscriptPage:
     return await handle.query(Queries.TRANSCRIPT, result_type=TranscriptPage)
 
+
+
+def history_text(history: Any) -> str:
+    """An exported history with every payload's base64 `data` decoded, so canary checks see what is stored."""
+    import base64
+    import json
+
+    decoded: list[str] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            data = node.get("data")
+            if isinstance(data, str) and "metadata" in node:
+                try:
+                    decoded.append(base64.b64decode(data).decode("utf-8", "replace"))
+                except ValueError:
+                    decoded.append(data)
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    exported = history.to_json()
+    walk(json.loads(exported))
+    return exported + "\n" + "\n".join(decoded)

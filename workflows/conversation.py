@@ -86,8 +86,16 @@ class Conversation:
         clock = asyncio.create_task(self._watch_deadlines())
         while True:
             await workflow.wait_condition(
-                lambda: bool(self.s.inbox) or self._closed or workflow.info().is_continue_as_new_suggested()
+                lambda: bool(self.s.inbox)
+                or self._closed
+                or workflow.info().is_continue_as_new_suggested()
+                or clock.done()
+                or delivery.done()
             )
+            # A background loop that died must fail the workflow task loudly, never leave a silent gap.
+            for task in (clock, delivery):
+                if task.done():
+                    task.result()
             while self.s.inbox and not self._closed:
                 await self._do(self.s.inbox.pop(0))
             if self._closed:
@@ -437,11 +445,14 @@ class Conversation:
             if now < deadline:
                 # Only an earlier deadline (a new pending handoff) wakes us early; activity only pushes
                 # the inactivity deadline later, which is re-checked when the timer fires.
-                await workflow.wait_condition(
-                    lambda: self._closed or self._next_deadline() < deadline,
-                    timeout=deadline - now,
-                    timeout_summary="inactivity / handoff SLA",
-                )
+                try:
+                    await workflow.wait_condition(
+                        lambda: self._closed or self._next_deadline() < deadline,
+                        timeout=deadline - now,
+                        timeout_summary="inactivity / handoff SLA",
+                    )
+                except asyncio.TimeoutError:
+                    pass
                 continue
             if self.s.pending is not None and now >= self.s.pending.deadline:
                 self._fall_back("nobody accepted within the SLA")

@@ -1,0 +1,133 @@
+"""Channel delivery: POST what the user must see to BATON_CHANNEL_URL, signed per Standard Webhooks."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from datetime import datetime, timedelta, timezone
+from email.utils import parsedate_to_datetime
+
+import httpx
+from temporalio import activity
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ApplicationError
+
+from activities import webhooks
+from models.conversation import ChannelMessage, DeliveryResult
+from models.names import Activities
+
+# The workflow schedules deliver_to_channel with these. Unlimited attempts within a day: a chat backend that is
+# down for an hour must still get every message, in order, once it is back.
+CHANNEL_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(seconds=60),
+)
+CHANNEL_START_TO_CLOSE = timedelta(seconds=15)
+CHANNEL_SCHEDULE_TO_CLOSE = timedelta(days=1)
+
+CHANNEL_UNAVAILABLE = "ChannelUnavailable"
+MAX_RETRY_AFTER = timedelta(hours=1)
+# Shorter than CHANNEL_START_TO_CLOSE so a hanging backend ends as a retryable error we classify, not a timeout.
+REQUEST_TIMEOUT = httpx.Timeout(10.0, connect=5.0)
+USER_AGENT = "Baton-Channel/1"
+
+
+def channel_webhook_id(message: ChannelMessage) -> str:
+    """The idempotency key of one message: identical on every retry, so the backend can drop duplicates."""
+    key = f"{message.conversation_id}\x00{message.seq}\x00{message.message_id}".encode()
+    return "msg_" + hashlib.sha256(key).hexdigest()[:32]
+
+
+def retry_after(value: str | None, now: datetime | None = None) -> timedelta | None:
+    """A Retry-After header (delta-seconds or HTTP-date) as a delay, capped at an hour; None if absent or unusable."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isascii() and value.isdigit():
+        # Capped before conversion: an absurd number of seconds would overflow timedelta.
+        delay = timedelta(seconds=min(int(value), int(MAX_RETRY_AFTER.total_seconds())))
+    else:
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=timezone.utc)
+        delay = when - (now or datetime.now(timezone.utc))
+    # A zero or past delay means "now": leave the pacing to the retry policy rather than hammering the backend.
+    if delay <= timedelta(0):
+        return None
+    return min(delay, MAX_RETRY_AFTER)
+
+
+def _is_http_url(url: str) -> bool:
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL:
+        return False
+    return parsed.scheme in ("http", "https") and bool(parsed.host)
+
+
+def _unavailable(reason: str, status: int | None = None, delay: timedelta | None = None) -> ApplicationError:
+    return ApplicationError(reason, {"status": status}, type=CHANNEL_UNAVAILABLE, next_retry_delay=delay)
+
+
+class ChannelDeliverer:
+    """Holds the channel's URL and secret (never workflow inputs) and one pooled HTTP client for all deliveries."""
+
+    def __init__(self, url: str | None, secret: str | None, client: httpx.AsyncClient) -> None:
+        # Misconfiguration fails at startup, not as a retry loop on the first message.
+        if url:
+            if not _is_http_url(url):
+                raise ValueError("the channel URL (BATON_CHANNEL_URL) must be an absolute http:// or https:// URL")
+            if not secret:
+                raise ValueError("a channel URL needs a channel secret (BATON_CHANNEL_SECRET) to sign deliveries")
+            webhooks.secret_key(secret)
+        self.url = url or None
+        self._secret = secret
+        self._client = client
+        # A 410 means the backend retired this endpoint; sending more would only be refused again.
+        self.gone: set[str] = set()
+
+    @activity.defn(name=Activities.DELIVER_TO_CHANNEL)
+    async def deliver_to_channel(self, message: ChannelMessage) -> DeliveryResult:
+        if self.url is None:
+            return DeliveryResult(outcome="disabled", detail="no channel URL configured")
+        if self.url in self.gone:
+            return DeliveryResult(outcome="gone", status=410, detail="the channel URL answered 410 Gone earlier")
+        assert self._secret is not None
+
+        body = message.model_dump_json().encode()
+        # Signed afresh per attempt: the timestamp must be current, or a backend enforcing the 5 minute window
+        # would refuse every retry after a long outage.
+        signed = webhooks.headers(self._secret, channel_webhook_id(message), body, int(time.time()))
+        try:
+            response = await self._client.post(
+                self.url,
+                content=body,
+                headers={**signed, "user-agent": USER_AGENT},
+                timeout=REQUEST_TIMEOUT,
+                follow_redirects=False,
+            )
+        except httpx.TimeoutException as e:
+            raise _unavailable(f"channel did not answer in time ({type(e).__name__})") from None
+        except httpx.TransportError as e:
+            raise _unavailable(f"channel unreachable ({type(e).__name__}: {e})") from None
+
+        status = response.status_code
+        if 200 <= status < 300:
+            return DeliveryResult(outcome="delivered", status=status)
+        if status == 410:
+            self.gone.add(self.url)
+            activity.logger.warning("channel URL answered 410 Gone; no further deliveries will be attempted")
+            return DeliveryResult(outcome="gone", status=status, detail="the channel URL answered 410 Gone")
+        if status in (408, 429) or status >= 500:
+            raise _unavailable(
+                f"channel answered {status}", status, retry_after(response.headers.get("retry-after"))
+            )
+        # Other 4xx say this message will never be accepted; a redirect is refused because it could forward
+        # signed user messages somewhere the operator never configured.
+        kind = "redirect (not followed)" if 300 <= status < 400 else "client error"
+        activity.logger.warning("channel rejected message seq=%s with %s", message.seq, status)
+        return DeliveryResult(outcome="rejected", status=status, detail=f"channel answered {status}: {kind}")

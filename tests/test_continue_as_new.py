@@ -1,0 +1,63 @@
+"""Continue-as-new forced by a low history threshold keeps the whole transcript and all pending input."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest_asyncio
+from temporalio.api.enums.v1 import EventType
+from temporalio.contrib.pydantic import pydantic_data_converter
+
+from models.conversation import ConversationInput, UserMessage
+from models.names import Signals
+from tests.conftest import start_dev_server
+from tests.harness import baton_api, baton_worker, settings_for, start_conversation
+from tests.receiver import Receiver
+
+MESSAGES = 40
+
+
+@pytest_asyncio.fixture(scope="module")
+async def small_history_env():
+    env = await start_dev_server("--dynamic-config-value", "limit.historyCount.suggestContinueAsNew=60")
+    yield env
+    await env.shutdown()
+
+
+async def test_continue_as_new_keeps_transcript_and_pending_input(small_history_env, task_queue):
+    client = small_history_env.client
+    async with Receiver() as channel:
+        # A flaky channel keeps deliveries pending while the history grows past the threshold.
+        channel.script(*[(503, {"Retry-After": "1"})] * 3)
+        settings = settings_for(task_queue, channel_url=channel.url, channel_secret=channel.secret)
+        async with baton_worker(client, settings), baton_api(client, settings) as http:
+            conversation = f"can-{uuid.uuid4().hex[:10]}"
+            handle = await start_conversation(client, settings, conversation, text="message 0", message_id="u0")
+            for i in range(1, MESSAGES):
+                await handle.signal(Signals.USER_MESSAGE, UserMessage(message_id=f"u{i}", text=f"message {i}"))
+            await channel.wait_count(MESSAGES, timeout=90)
+
+            entries, after = [], 0
+            while True:
+                page = (await http.get(f"/v1/conversations/{conversation}/transcript", params={"after": after, "limit": 7})).json()
+                if not page["entries"]:
+                    break
+                entries += page["entries"]
+                after = page["next_after"]
+
+    assert [e["seq"] for e in entries] == list(range(1, 2 * MESSAGES + 1))
+    assert sorted(e["message_id"] for e in entries if e["role"] == "user") == sorted(f"u{i}" for i in range(MESSAGES))
+    delivered = channel.delivered()
+    assert len(delivered) == len({d["seq"] for d in delivered}) == MESSAGES  # every AI reply once
+
+    runs = [w async for w in client.list_workflows(f'WorkflowId="{handle.id}"')]
+    carried = []
+    for run in runs:
+        history = await client.get_workflow_handle(handle.id, run_id=run.run_id).fetch_history()
+        for event in history.events:
+            if event.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW:
+                payload = event.workflow_execution_continued_as_new_event_attributes.input.payloads[0]
+                carried.append(pydantic_data_converter.payload_converter.from_payload(payload, ConversationInput).carried)
+    assert len(runs) >= 2 and carried
+    assert any(c.outbox or c.inbox for c in carried), "no continue-as-new happened with input still pending"
+    assert all(len(c.transcript) <= 50 + len(c.outbox) + len(c.inbox) for c in carried)

@@ -1,0 +1,63 @@
+"""Durable timers on the time-skipping server: inactivity closes the conversation, the handoff SLA falls back."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+
+from models.conversation import AuditPage, HandoffRequest, HandoffTarget, Role, State, UserMessage
+from models.names import Queries, Signals
+from tests.harness import baton_worker, settings_for, snapshot, start_conversation, transcript
+
+
+def cid() -> str:
+    return f"t-{uuid.uuid4().hex[:12]}"
+
+
+async def test_inactivity_closes_after_30_minutes_with_a_notice(ts_env, task_queue):
+    settings = settings_for(task_queue)
+    async with baton_worker(ts_env.client, settings):
+        handle = await start_conversation(ts_env.client, settings, cid(), text="hello")
+        result = await handle.result()  # the server skips time until the inactivity timer fires
+        assert result.state is State.CLOSED and result.closed_reason == "inactive for 30 minutes"
+        idle = result.last_activity_at - result.created_at
+        page = await transcript(handle)
+        notice = page.entries[-1]
+        assert notice.role is Role.SYSTEM and "closed" in notice.text
+        assert timedelta(minutes=30) <= notice.at - result.last_activity_at < timedelta(minutes=31)
+        assert idle < timedelta(minutes=1)
+
+
+async def test_activity_pushes_the_inactivity_deadline_back(ts_env, task_queue):
+    settings = settings_for(task_queue)
+    async with baton_worker(ts_env.client, settings):
+        handle = await start_conversation(ts_env.client, settings, cid(), text="hello")
+        await ts_env.sleep(timedelta(minutes=20))
+        await handle.signal(Signals.USER_MESSAGE, UserMessage(message_id="m2", text="still here"))
+        await ts_env.sleep(timedelta(minutes=20))
+        assert (await snapshot(handle)).state is State.AI  # 40 minutes in, but only 20 idle
+        result = await handle.result()
+        assert result.state is State.CLOSED
+        assert len([e for e in (await transcript(handle)).entries if e.role is Role.USER]) == 2
+
+
+async def test_nobody_accepting_within_the_sla_walks_the_fallback_list_then_returns_to_the_ai(ts_env, task_queue):
+    settings = settings_for(task_queue)
+    async with baton_worker(ts_env.client, settings):
+        handle = await start_conversation(ts_env.client, settings, cid(), text="hello")
+        await handle.signal(
+            Signals.REQUEST_HANDOFF,
+            HandoffRequest(reason="billing", target=HandoffTarget(queue="tier1"),
+                           fallback=[HandoffTarget(queue="tier2")], sla_seconds=120),
+        )
+        await ts_env.sleep(timedelta(seconds=150))
+        snap = await snapshot(handle)
+        assert snap.state is State.HANDOFF_PENDING and snap.queue == "tier2"
+        await ts_env.sleep(timedelta(seconds=300))  # tier2 uses the conversation's default SLA (300 s)
+        snap = await snapshot(handle)
+        assert snap.state is State.AI and snap.pending_handoff is None
+        audit = await handle.query(Queries.AUDIT, result_type=AuditPage)
+        failed = [e.detail["target"] for e in audit.entries if e.kind == "handoff_failed"]
+        assert failed == ["queue:tier1", "queue:tier2"]
+        texts = [e.text for e in (await transcript(handle)).entries if e.role is Role.SYSTEM]
+        assert any("nobody is available" in t for t in texts)
