@@ -1,0 +1,117 @@
+"""`baton dev` as a user runs it: one process tree, real ports, the SQLite file keeps conversations across restarts."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import DEV_SERVER, free_port
+
+BATON = Path(sys.executable).parent / "baton"
+
+
+class Embedded:
+    def __init__(self, home: Path):
+        self.home = home
+        self.temporal_port, self.ui_port, self.api_port = free_port(), free_port(), free_port()
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def api(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}"
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.temporal_port}"
+
+    def start(self) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("BATON_", "TEMPORAL_"))}
+        self.process = subprocess.Popen(
+            [str(BATON), "dev", "--home", str(self.home), "--temporal-port", str(self.temporal_port),
+             "--ui-port", str(self.ui_port), "--api-port", str(self.api_port)],
+            env=env, stdout=open(self.home.parent / "baton.out", "ab"), stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, (self.home.parent / "baton.out").read_text()[-3000:]
+            try:
+                if httpx.get(f"{self.api}/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise AssertionError("baton dev did not become healthy in 60 s")
+
+    def stop(self) -> int:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGINT)
+        try:
+            return self.process.wait(30)
+        finally:
+            if self.process.poll() is None:
+                self.process.kill()
+
+    def key(self) -> str:
+        lines = (self.home / "keys.env").read_text().splitlines()
+        return dict(line.split("=", 1) for line in lines if "=" in line and not line.startswith("#"))["BATON_API_KEY"]
+
+    def cli(self, *args: str) -> str:
+        done = subprocess.run([str(DEV_SERVER), *args, "--address", self.address], capture_output=True, text=True, timeout=30)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+
+@pytest.fixture
+def embedded(tmp_path):
+    e = Embedded(tmp_path / "baton-home")
+    e.start()
+    yield e
+    if e.process and e.process.poll() is None:
+        e.stop()
+
+
+def wait_for_roles(http: httpx.Client, conversation: str, roles: list[str]) -> list[dict]:
+    deadline = time.monotonic() + 20
+    while True:
+        entries = http.get(f"/v1/conversations/{conversation}/transcript").json().get("entries", [])
+        if [e["role"] for e in entries] == roles:
+            return entries
+        assert time.monotonic() < deadline, entries
+        time.sleep(0.1)
+
+
+def test_embedded_default_chats_survives_a_restart_and_speaks_temporal(embedded):
+    assert (embedded.home / "keys.env").stat().st_mode & 0o777 == 0o600
+    headers = {"Authorization": f"Bearer {embedded.key()}"}
+    with httpx.Client(base_url=embedded.api, headers=headers, timeout=30) as http:
+        r = http.post("/v1/conversations/e2e-1/messages", json={"message_id": "m1", "text": "Hello!"})
+        assert r.status_code == 202
+        wait_for_roles(http, "e2e-1", ["user", "ai"])
+
+    # The same conversation driven with the plain Temporal CLI.
+    embedded.cli("workflow", "signal-with-start", "--workflow-id", "conversation-e2e-1", "--type", "Conversation",
+                 "--task-queue", "baton", "--input", '{"conversation_id": "e2e-1"}',
+                 "--signal-name", "user_message", "--signal-input", '{"message_id": "cli-1", "text": "thanks"}')
+    with httpx.Client(base_url=embedded.api, headers=headers, timeout=30) as http:
+        wait_for_roles(http, "e2e-1", ["user", "ai", "user", "ai"])
+    snapshot = json.loads(embedded.cli("workflow", "query", "--workflow-id", "conversation-e2e-1", "--name", "snapshot", "-o", "json"))
+    assert snapshot["queryResult"][0]["state"] == "ai"
+    listed = embedded.cli("workflow", "list", "--query", 'BatonState="ai"', "-o", "json")
+    assert "conversation-e2e-1" in listed
+
+    assert embedded.stop() == 0
+    embedded.start()
+    headers = {"Authorization": f"Bearer {embedded.key()}"}
+    with httpx.Client(base_url=embedded.api, headers=headers, timeout=30) as http:
+        assert http.get("/v1/conversations/e2e-1").json()["seq"] == 4
+        assert http.post("/v1/conversations/e2e-1/messages", json={"message_id": "m5", "text": "still there?"}).status_code == 202
+        entries = wait_for_roles(http, "e2e-1", ["user", "ai", "user", "ai", "user", "ai"])
+        assert entries[-2]["text"] == "still there?"
