@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError, CancelledError, FailureError
 
 with workflow.unsafe.imports_passed_through():
     from models.conversation import (
@@ -136,8 +136,11 @@ class Conversation:
                 retry_policy=AI_RETRY,
                 summary=f"AI agent answers seq {work.seq}" if work.kind == "ai_turn" else "AI agent resumes",
             )
-        except ActivityError as err:
-            self._audit("ai_failed", seq=work.seq, error=str(err.cause or err))
+        except FailureError as err:
+            # A local activity's failure arrives as the activity's own error (not wrapped in ActivityError).
+            if isinstance(err, CancelledError):
+                raise
+            self._audit("ai_failed", seq=work.seq, error=str(getattr(err, "cause", None) or err))
             self._say(Role.SYSTEM, "system", "Sorry, I can't answer right now. Please try again in a moment.")
             return
         self.s.human_stretch_ended = False
