@@ -233,3 +233,24 @@ async def _audit_kinds(handle, kind):
 
 async def _list(client, query):
     return [w async for w in client.list_workflows(query)]
+
+
+async def test_channel_400_is_audited_and_the_next_message_still_goes_out(dev_env, baton, channel):
+    channel.script(400)
+    handle = await start_conversation(dev_env.client, baton, cid(), text="hello")
+    await channel.wait_for(lambda rs: len(rs) == 1)
+    await handle.signal(Signals.USER_MESSAGE, UserMessage(message_id="m2", text="thanks"))
+    await channel.wait_count(1)
+    assert "welcome" in channel.delivered()[0]["text"] and len(channel.requests) == 2
+    rejected = await eventually(lambda: _audit_kinds(handle, "delivery_rejected"))
+    assert rejected[0].detail["status"] == 400 and rejected[0].detail["seq"] == 2
+
+
+async def test_channel_410_stops_delivery_but_the_transcript_keeps_everything(dev_env, baton, channel):
+    channel.script(410)
+    handle = await start_conversation(dev_env.client, baton, cid(), text="hello")
+    await eventually(lambda: _audit_kinds(handle, "channel_gone"))
+    await update(handle, Updates.SUBMIT_USER_MESSAGE, UserMessage(message_id="m2", text="thanks"))
+    await eventually(lambda: _has_roles(handle, 4))
+    assert len(channel.requests) == 1
+    assert [e.role for e in (await transcript(handle)).entries] == [Role.USER, Role.AI, Role.USER, Role.AI]
