@@ -63,3 +63,12 @@ async def ts_env():
 @pytest.fixture
 def task_queue() -> str:
     return f"baton-test-{uuid.uuid4().hex[:10]}"
+
+
+@pytest_asyncio.fixture
+async def channel():
+    """A real loopback chat channel that verifies Baton's signatures."""
+    from tests.receiver import Receiver
+
+    async with Receiver() as receiver:
+        yield receiver

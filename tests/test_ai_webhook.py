@@ -19,12 +19,6 @@ async def bot():
 
 
 @pytest.fixture
-async def channel():
-    async with Receiver() as receiver:
-        yield receiver
-
-
-@pytest.fixture
 async def baton(dev_env, task_queue, bot, channel):
     settings = settings_for(
         task_queue, ai_agent=bot.url, ai_agent_secret=bot.secret, channel_url=channel.url, channel_secret=channel.secret

@@ -8,13 +8,6 @@ import pytest
 
 from activities import sealing
 from tests.harness import baton_api, baton_worker, eventually, history_text, settings_for
-from tests.receiver import Receiver
-
-
-@pytest.fixture
-async def channel():
-    async with Receiver() as receiver:
-        yield receiver
 
 
 @pytest.fixture

@@ -24,7 +24,6 @@ from models.conversation import (
 )
 from models.names import Queries, SearchAttributes, Signals, Updates
 from tests.harness import baton_worker, eventually, settings_for, snapshot, start_conversation, transcript
-from tests.receiver import Receiver
 
 
 def cid() -> str:
@@ -37,12 +36,6 @@ async def update(handle, name, arg) -> CommandResult:
 
 async def roles(handle) -> list[Role]:
     return [e.role for e in (await transcript(handle)).entries]
-
-
-@pytest.fixture
-async def channel():
-    async with Receiver() as receiver:
-        yield receiver
 
 
 @pytest.fixture
