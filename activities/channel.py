@@ -9,26 +9,15 @@ from email.utils import parsedate_to_datetime
 
 import httpx
 from temporalio import activity
-from temporalio.common import RetryPolicy
 from temporalio.exceptions import ApplicationError
 
 from activities import webhooks
 from models.conversation import ChannelMessage, DeliveryResult
 from models.names import Activities
 
-# The workflow schedules deliver_to_channel with these. Unlimited attempts within a day: a chat backend that is
-# down for an hour must still get every message, in order, once it is back.
-CHANNEL_RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=1),
-    backoff_coefficient=2.0,
-    maximum_interval=timedelta(seconds=60),
-)
-CHANNEL_START_TO_CLOSE = timedelta(seconds=15)
-CHANNEL_SCHEDULE_TO_CLOSE = timedelta(days=1)
-
 CHANNEL_UNAVAILABLE = "ChannelUnavailable"
 MAX_RETRY_AFTER = timedelta(hours=1)
-# Shorter than CHANNEL_START_TO_CLOSE so a hanging backend ends as a retryable error we classify, not a timeout.
+# Shorter than the activity's start-to-close timeout (15 s, in the workflow) so a hanging backend ends as a retryable error we classify, not a timeout.
 REQUEST_TIMEOUT = httpx.Timeout(10.0, connect=5.0)
 USER_AGENT = "Baton-Channel/1"
 

@@ -19,15 +19,9 @@ with workflow.unsafe.imports_passed_through():
     from temporalio.testing import ActivityEnvironment
     from temporalio.worker import Worker
 
-    from activities.channel import (
-        CHANNEL_RETRY,
-        CHANNEL_SCHEDULE_TO_CLOSE,
-        CHANNEL_START_TO_CLOSE,
-        ChannelDeliverer,
-        channel_webhook_id,
-        retry_after,
-    )
+    from activities.channel import ChannelDeliverer, channel_webhook_id, retry_after
     from models.conversation import ChannelMessage, DeliveryResult, Role
+    from workflows.conversation import CHANNEL_RETRY, CHANNEL_SCHEDULE_TO_CLOSE, CHANNEL_START_TO_CLOSE
     from tests.conftest import free_port
     from tests.receiver import Receiver
 

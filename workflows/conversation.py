@@ -49,9 +49,12 @@ CARRY_MESSAGE_IDS = 2000  # de-duplication window
 CARRY_AUDIT = 500
 
 AI_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=500), maximum_interval=timedelta(seconds=5), maximum_attempts=4)
+# Unlimited attempts within a day: a chat backend that is down for an hour still gets every message, in order.
 CHANNEL_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1), backoff_coefficient=2.0, maximum_interval=timedelta(seconds=60)
 )
+CHANNEL_START_TO_CLOSE = timedelta(seconds=15)
+CHANNEL_SCHEDULE_TO_CLOSE = timedelta(days=1)
 
 
 class Reject(ApplicationError):
@@ -484,8 +487,8 @@ class Conversation:
                     Activities.DELIVER_TO_CHANNEL,
                     ChannelMessage(conversation_id=self.s.conversation_id, **entry.model_dump()),
                     result_type=DeliveryResult,
-                    start_to_close_timeout=timedelta(seconds=15),
-                    schedule_to_close_timeout=timedelta(days=1),
+                    start_to_close_timeout=CHANNEL_START_TO_CLOSE,
+                    schedule_to_close_timeout=CHANNEL_SCHEDULE_TO_CLOSE,
                     retry_policy=CHANNEL_RETRY,
                     summary=f"deliver seq {entry.seq} ({entry.role.value}) to the channel",
                 )
