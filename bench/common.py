@@ -66,10 +66,18 @@ def emit(result: dict[str, Any]) -> None:
 
 
 def run_main(main: Callable[[], Awaitable[dict[str, Any]]]) -> None:
-    """asyncio.run: Ctrl-C cancels the main task so every `finally` stops what it started."""
+    """asyncio.run: Ctrl-C (or SIGTERM) cancels the main task, so every `finally` stops what it started
+    (worker processes, the receiver, the dev server) before the script exits."""
+
+    async def guarded() -> dict[str, Any]:
+        task = asyncio.current_task()
+        assert task is not None
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+        return await main()
+
     try:
-        result = asyncio.run(main())
-    except KeyboardInterrupt:
+        result = asyncio.run(guarded())
+    except (KeyboardInterrupt, asyncio.CancelledError):
         progress("interrupted; everything started was stopped")
         raise SystemExit(130) from None
     emit(result)

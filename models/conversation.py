@@ -149,6 +149,8 @@ class PendingHandoff(BaseModel):
     params: dict[str, ParamValue] = Field(default_factory=dict)
     requested_at: datetime
     deadline: datetime
+    # The SLA each target of this handoff gets (the request's, else the conversation's default).
+    sla_seconds: int | None = None
     # The first transcript seq the target has not been shown yet is derived from this.
     from_seq: int
 

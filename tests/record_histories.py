@@ -1,6 +1,7 @@
 """Record the replay corpus: `python -m tests.record_histories` drives representative conversations on a fresh dev
-server and writes their histories to tests/histories/<name>.json. Run it after a workflow change, commit the new
-files, and keep the old ones: they are what running conversations look like."""
+server and writes their histories to tests/histories/<prefix>_<name>.json. Run it after a workflow change with the
+next prefix (v2, v3, ...), commit the new files, and keep the old ones: they are what running conversations of
+older code look like."""
 
 from __future__ import annotations
 
@@ -75,27 +76,43 @@ async def fallback_then_give_up(client, settings, cid):
     return h
 
 
+async def sla_expiry_walks_the_fallbacks(client, settings, cid):
+    h = await start_conversation(client, settings, cid, text="Hello")
+    await h.signal(
+        Signals.REQUEST_HANDOFF,
+        HandoffRequest(target=HandoffTarget(queue="tier1"), fallback=[HandoffTarget(queue="tier2")], sla_seconds=1),
+    )
+    while (await snapshot(h)).state.value != "ai":
+        await asyncio.sleep(0.2)
+    await h.signal(Signals.CLOSE, CloseRequest())
+    await h.result()
+    return h
+
+
 SCENARIOS = {
-    "v1_ai_chat_then_close": ai_chat_then_close,
-    "v1_live_handoff_and_hand_back": live_handoff_and_hand_back,
-    "v1_fallback_then_give_up": fallback_then_give_up,
+    "ai_chat_then_close": ai_chat_then_close,
+    "live_handoff_and_hand_back": live_handoff_and_hand_back,
+    "fallback_then_give_up": fallback_then_give_up,
+    "sla_expiry_walks_the_fallbacks": sla_expiry_walks_the_fallbacks,
 }
 
 
-async def main(names: list[str]) -> None:
+async def main(prefix: str, names: list[str]) -> None:
     env = await start_dev_server()
     try:
         async with Receiver() as channel:
             settings = settings_for("record", channel_url=channel.url, channel_secret=channel.secret)
             async with baton_worker(env.client, settings):
                 for name in names or SCENARIOS:
-                    handle = await SCENARIOS[name](env.client, settings, name.replace("_", "-"))
+                    handle = await SCENARIOS[name](env.client, settings, f"{prefix}-{name}".replace("_", "-"))
                     history = await handle.fetch_history()
-                    (HERE / f"{name}.json").write_text(history.to_json())
-                    print(f"wrote {name}.json ({len(history.events)} events)")
+                    (HERE / f"{prefix}_{name}.json").write_text(history.to_json())
+                    print(f"wrote {prefix}_{name}.json ({len(history.events)} events)")
     finally:
         await env.shutdown()
 
 
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1:]))
+    if len(sys.argv) < 2:
+        sys.exit("usage: python -m tests.record_histories PREFIX [SCENARIO ...]   (PREFIX: v2, v3, ... one per change)")
+    asyncio.run(main(sys.argv[1], sys.argv[2:]))

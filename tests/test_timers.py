@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import timedelta
 
-from models.conversation import AuditPage, HandoffRequest, HandoffTarget, Role, State, UserMessage
+from models.conversation import AuditPage, CloseRequest, HandoffRequest, HandoffTarget, Role, State, UserMessage
 from models.names import Queries, Signals
 from tests.harness import baton_worker, settings_for, snapshot, start_conversation, transcript
 
@@ -53,7 +53,8 @@ async def test_nobody_accepting_within_the_sla_walks_the_fallback_list_then_retu
         await ts_env.sleep(timedelta(seconds=150))
         snap = await snapshot(handle)
         assert snap.state is State.HANDOFF_PENDING and snap.queue == "tier2"
-        await ts_env.sleep(timedelta(seconds=300))  # tier2 uses the conversation's default SLA (300 s)
+        await ts_env.sleep(timedelta(seconds=100))  # every target of the ladder gets the request's SLA
+        assert (await snapshot(handle)).state is State.AI
         snap = await snapshot(handle)
         assert snap.state is State.AI and snap.pending_handoff is None
         audit = await handle.query(Queries.AUDIT, result_type=AuditPage)
@@ -61,3 +62,24 @@ async def test_nobody_accepting_within_the_sla_walks_the_fallback_list_then_retu
         assert failed == ["queue:tier1", "queue:tier2"]
         texts = [e.text for e in (await transcript(handle)).entries if e.role is Role.SYSTEM]
         assert any("nobody is available" in t for t in texts)
+        # End it while its worker runs: a live timer with no worker would stall time skipping for later tests.
+        await handle.signal(Signals.CLOSE, CloseRequest())
+        await handle.result()
+
+
+async def test_waiting_for_a_handoff_longer_than_the_inactivity_timeout_does_not_close(ts_env, task_queue):
+    settings = settings_for(task_queue)
+    async with baton_worker(ts_env.client, settings):
+        handle = await start_conversation(ts_env.client, settings, cid(), text="hello")
+        await handle.signal(
+            Signals.REQUEST_HANDOFF, HandoffRequest(target=HandoffTarget(queue="night"), sla_seconds=3600)
+        )
+        await ts_env.sleep(timedelta(minutes=45))
+        snap = await snapshot(handle)
+        assert snap.state is State.HANDOFF_PENDING and snap.queue == "night"
+        # After the SLA the user is back with the AI, and the inactivity clock starts from that moment.
+        await ts_env.sleep(timedelta(minutes=20))
+        snap = await snapshot(handle)
+        assert snap.state is State.AI
+        result = await handle.result()
+        assert result.state is State.CLOSED and result.closed_reason == "inactive for 30 minutes"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 
 import pytest
+from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowUpdateFailedError
 
 from models.conversation import (
@@ -74,9 +75,10 @@ async def test_repeated_message_id_is_a_no_op(dev_env, baton, channel):
     assert await roles(handle) == [Role.USER, Role.AI]
 
 
-async def test_hand_back_in_ai_state_is_rejected_with_reason_and_no_trace(dev_env, baton):
+async def test_hand_back_in_ai_state_is_rejected_with_reason_and_no_trace(dev_env, baton, channel):
     handle = await start_conversation(dev_env.client, baton, cid())
-    await eventually(lambda: _has_roles(handle, 2))
+    await channel.wait_count(1)
+    await eventually(lambda: _delivery_done(handle))
     before = [e.event_type for e in (await handle.fetch_history()).events]
     with pytest.raises(WorkflowUpdateFailedError) as info:
         await update(handle, Updates.SUBMIT_HAND_BACK, HandBack())
@@ -247,3 +249,8 @@ async def test_channel_410_stops_delivery_but_the_transcript_keeps_everything(de
     await eventually(lambda: _has_roles(handle, 4))
     assert len(channel.requests) == 1
     assert [e.role for e in (await transcript(handle)).entries] == [Role.USER, Role.AI, Role.USER, Role.AI]
+
+
+async def _delivery_done(handle):
+    events = [e.event_type for e in (await handle.fetch_history()).events]
+    return events[-1] == EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED and EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED in events

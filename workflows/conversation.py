@@ -48,6 +48,9 @@ CARRY_TRANSCRIPT = 50  # entries handed to the next run on continue-as-new (olde
 CARRY_MESSAGE_IDS = 2000  # de-duplication window
 CARRY_AUDIT = 500
 
+# Patches (workflow.patched) keep conversations started by older code replaying as they ran.
+PATCH_WAITING_IS_NOT_INACTIVITY = "waiting-is-not-inactivity"
+
 AI_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=500), maximum_interval=timedelta(seconds=5), maximum_attempts=4)
 # Unlimited attempts within a day: a chat backend that is down for an hour still gets every message, in order.
 CHANNEL_RETRY = RetryPolicy(
@@ -79,11 +82,13 @@ class Conversation:
         )
         self._delivering = False
         self._published: dict[str, object] = {}
+        self._waiting_is_not_inactivity = False
 
     # ---- the story of a conversation -------------------------------------------------------------
 
     @workflow.run
     async def run(self, input: ConversationInput) -> Snapshot:
+        self._waiting_is_not_inactivity = workflow.patched(PATCH_WAITING_IS_NOT_INACTIVITY)
         self._publish()
         delivery = asyncio.create_task(self._deliver_loop())
         clock = asyncio.create_task(self._watch_deadlines())
@@ -339,6 +344,7 @@ class Conversation:
         now = workflow.now()
         previous_owner = self.s.owner
         self._transition(Event.REQUEST_HANDOFF, owner=None, queue=target.queue)
+        sla = request.sla_seconds or self.s.handoff_sla_seconds
         pending = PendingHandoff(
             handoff_id=str(workflow.uuid4()),
             reason=request.reason,
@@ -346,7 +352,8 @@ class Conversation:
             fallback=request.fallback,
             params=request.params,
             requested_at=now,
-            deadline=now + timedelta(seconds=request.sla_seconds or self.s.handoff_sla_seconds),
+            deadline=now + timedelta(seconds=sla),
+            sla_seconds=sla,
             from_seq=self.s.seq + 1,
         )
         self.s.pending = pending
@@ -380,7 +387,7 @@ class Conversation:
                     "handoff_id": str(workflow.uuid4()),
                     "target": target,
                     "fallback": rest,
-                    "deadline": now + timedelta(seconds=self.s.handoff_sla_seconds),
+                    "deadline": now + timedelta(seconds=self._sla(pending)),
                 }
             )
             self._audit("handoff_fallback", handoff_id=self.s.pending.handoff_id, target=target.label)
@@ -395,6 +402,11 @@ class Conversation:
                 "you can ask for a person again later.",
             )
         self._publish()
+
+    def _sla(self, pending: PendingHandoff) -> int:
+        if self._waiting_is_not_inactivity and pending.sla_seconds:
+            return pending.sla_seconds
+        return self.s.handoff_sla_seconds
 
     def _hand_back_refusal(self, request: HandBack) -> str | None:
         if (why := refusal(self.s.state, Event.HAND_BACK)) is not None:
@@ -470,6 +482,9 @@ class Conversation:
         return self.s.last_activity_at + timedelta(seconds=self.s.inactivity_timeout_seconds)
 
     def _next_deadline(self) -> datetime:
+        if self.s.pending is not None and self._waiting_is_not_inactivity:
+            # A user waiting for a handoff is not idle: the SLA, not the inactivity timeout, governs the wait.
+            return self.s.pending.deadline
         deadline = self._inactivity_deadline()
         if self.s.pending is not None:
             deadline = min(deadline, self.s.pending.deadline)
@@ -514,6 +529,9 @@ class Conversation:
         self.s.state = apply(self.s.state, event)
         self.s.owner = owner
         self.s.queue = queue
+        if self._waiting_is_not_inactivity and not self._closed:
+            # A change of owner restarts the inactivity clock, so nobody is closed on the moment they arrive.
+            self.s.last_activity_at = workflow.now()
 
     def _back_to_ai(self, pending: PendingHandoff) -> None:
         self.s.pending = None
