@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import multiprocessing
 import os
@@ -110,7 +111,24 @@ def machine_info() -> dict[str, Any]:
         "dev_server": server,
         "platform": platform.platform(),
         "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
+        "code": code_info(),
     }
+
+
+def code_info() -> dict[str, Any]:
+    """Which Baton code was measured: the git commit and any uncommitted change to the measured packages."""
+    repo = Path(__file__).resolve().parent.parent
+
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    dirty = git("status", "--porcelain", "--", "workflows", "activities", "models", "workers")
+    return {"git_head": git("rev-parse", "--short", "HEAD"),
+            "uncommitted_changes": [line[3:] for line in dirty.splitlines()] if dirty else []}
 
 
 def now_iso() -> str:
@@ -738,6 +756,18 @@ def _worker_process_main(spec: WorkerSpec, ready: Any, stop: Any) -> None:
     os.dup2(2, 1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     runner = ProfilingRunner(cprofile=spec.profile == "cprofile") if spec.profile else None
+    gc_totals = {"collections": [0, 0, 0], "seconds": [0.0, 0.0, 0.0]}
+    if spec.profile:
+        gc_started: dict[int, float] = {}
+
+        def _gc_timer(phase: str, info: dict[str, Any]) -> None:
+            if phase == "start":
+                gc_started[threading.get_ident()] = time.perf_counter()
+            elif (t := gc_started.pop(threading.get_ident(), None)) is not None:
+                gc_totals["collections"][info["generation"]] += 1
+                gc_totals["seconds"][info["generation"]] += time.perf_counter() - t
+
+        gc.callbacks.append(_gc_timer)
     main_profile = None
     if spec.profile == "cprofile":
         import cProfile
@@ -754,9 +784,14 @@ def _worker_process_main(spec: WorkerSpec, ready: Any, stop: Any) -> None:
         if main_profile is not None:
             main_profile.disable()
         if runner is not None and spec.profile_path:
-            report: dict[str, Any] = {"mode": spec.profile, "totals": runner.totals,
+            report: dict[str, Any] = {"mode": spec.profile, "totals": runner.totals, "gc": gc_totals,
                                       "process_cpu_s": sum(os.times()[:2])}
             if runner.cprofile:
+                report["note"] = (
+                    "cProfile is enabled around each activation on the SDK's executor threads; in this setup it "
+                    "recorded the workflow's own functions only for the first activation of each workflow, so use "
+                    "the timing totals (thread CPU per activation) for the workflow code and the per-function "
+                    "tables for the SDK/serialization and the event loop thread (activities)")
                 report["workflow_activations"] = profile_tables(runner.profiles)
                 report["event_loop_thread"] = profile_tables([main_profile])
             Path(spec.profile_path).write_text(json.dumps(report, indent=1))

@@ -280,8 +280,12 @@ async def profile_system(server: Any, receiver: LoopbackReceiver, system: str, l
             "workflow_instances_created": t["instances"],
             "cpu_ms_per_instance_creation": round(t["instance_cpu_s"] * 1000 / max(t["instances"], 1), 2),
             "serialization_context_cpu_ms_per_reply": round(t["context_cpu_s"] * 1000 / replies, 3),
+            "python_gc_ms_per_reply": round(sum(report["gc"]["seconds"]) * 1000 / replies, 3),
+            "python_gc_collections_by_generation": report["gc"]["collections"],
+            "python_gc_ms_by_generation": [round(x * 1000, 1) for x in report["gc"]["seconds"]],
         }
         if mode == "cprofile":
+            summary["note"] = report.get("note")
             summary["workflow_activations"] = report.get("workflow_activations")
             summary["event_loop_thread"] = report.get("event_loop_thread")
         out[mode] = summary
