@@ -30,7 +30,6 @@ with workflow.unsafe.imports_passed_through():
         PendingHandoff,
         RejectHandoff,
         Role,
-        RunSegment,
         Snapshot,
         State,
         TranscriptEntry,
@@ -40,13 +39,11 @@ with workflow.unsafe.imports_passed_through():
         Work,
     )
     from models.names import WORKFLOW_TYPE, Activities, Queries, SearchAttributes, Signals, Updates
+    from workflows import views
     from workflows.transitions import Event, apply, may_speak, refusal
 
 DEFAULT_QUEUE = "general"
 AI_HISTORY = 20  # transcript entries the AI agent sees per turn
-CARRY_TRANSCRIPT = 50  # entries handed to the next run on continue-as-new (older ones stay queryable)
-CARRY_MESSAGE_IDS = 2000  # de-duplication window
-CARRY_AUDIT = 500
 
 # Patches (workflow.patched) keep conversations started by older code replaying as they ran.
 PATCH_WAITING_IS_NOT_INACTIVITY = "waiting-is-not-inactivity"
@@ -82,6 +79,8 @@ class Conversation:
         )
         self._delivering = False
         self._published: dict[str, object] = {}
+        # O(1) de-duplication; the list in the state is what continue-as-new carries.
+        self._seen = set(self.s.recent_message_ids)
         self._waiting_is_not_inactivity = False
 
     # ---- the story of a conversation -------------------------------------------------------------
@@ -115,7 +114,7 @@ class Conversation:
         await workflow.wait_condition(workflow.all_handlers_finished)
         clock.cancel()
         delivery.cancel()
-        return self._snapshot()
+        return views.snapshot(self.s)
 
     async def _do(self, work: Work) -> None:
         if work.kind in ("ai_turn", "ai_resume"):
@@ -296,7 +295,7 @@ class Conversation:
 
     @workflow.query(name=Queries.SNAPSHOT)
     def snapshot(self) -> Snapshot:
-        return self._snapshot()
+        return views.snapshot(self.s)
 
     @workflow.query(name=Queries.TRANSCRIPT)
     def transcript(self, query: TranscriptQuery | None = None) -> TranscriptPage:
@@ -318,7 +317,7 @@ class Conversation:
     # ---- commands -------------------------------------------------------------------------------
 
     def _user_message(self, message: UserMessage) -> CommandResult:
-        if message.message_id in self.s.recent_message_ids:
+        if message.message_id in self._seen:
             return self._result(duplicate=True)
         # Accepted even while closing: a message is never dropped, it is at least recorded.
         entry = self._append(Role.USER, message.author, message.text, message.message_id)
@@ -334,7 +333,7 @@ class Conversation:
         return None
 
     def _agent_message(self, message: AgentMessage) -> CommandResult:
-        if message.message_id in self.s.recent_message_ids:
+        if message.message_id in self._seen:
             return self._result(duplicate=True)
         entry = self._append(message.role, message.author, message.text, message.message_id)
         return self._result(seq=entry.seq)
@@ -369,7 +368,7 @@ class Conversation:
             fallback=[t.label for t in request.fallback],
             params=request.params,
         )
-        self._say(Role.SYSTEM, "system", self._waiting_notice(target))
+        self._say(Role.SYSTEM, "system", views.waiting_notice(target))
         self._publish()
         return pending
 
@@ -391,7 +390,7 @@ class Conversation:
                 }
             )
             self._audit("handoff_fallback", handoff_id=self.s.pending.handoff_id, target=target.label)
-            self._say(Role.SYSTEM, "system", self._waiting_notice(target))
+            self._say(Role.SYSTEM, "system", views.waiting_notice(target))
         else:
             self._transition(Event.GIVE_UP, owner="ai", queue=None)
             self._back_to_ai(pending)
@@ -500,7 +499,7 @@ class Conversation:
             try:
                 result = await workflow.execute_activity(
                     Activities.DELIVER_TO_CHANNEL,
-                    ChannelMessage(conversation_id=self.s.conversation_id, **entry.model_dump()),
+                    ChannelMessage.model_construct(conversation_id=self.s.conversation_id, **dict(entry)),
                     result_type=DeliveryResult,
                     start_to_close_timeout=CHANNEL_START_TO_CLOSE,
                     schedule_to_close_timeout=CHANNEL_SCHEDULE_TO_CLOSE,
@@ -554,6 +553,7 @@ class Conversation:
         )
         self.s.transcript.append(entry)
         self.s.recent_message_ids.append(entry.message_id)
+        self._seen.add(entry.message_id)
         if role is not Role.SYSTEM:
             self.s.last_activity_at = now
         if role is not Role.USER and not self.s.channel_stopped:
@@ -571,40 +571,12 @@ class Conversation:
                 return entry
         raise ApplicationError(f"transcript entry {seq} is not in this run", non_retryable=True)
 
-    def _waiting_notice(self, target: HandoffTarget) -> str:
-        if target.queue:
-            return "I'm connecting you with a person. Please stay here; someone will be with you shortly."
-        return "I'm connecting you with a specialist assistant. One moment, please."
-
     def _audit(self, kind: str, **detail: object) -> None:
         self.s.audit.append(AuditEntry(at=workflow.now(), kind=kind, detail=detail))
 
     def _result(self, *, seq: int | None = None, duplicate: bool = False, handoff_id: str | None = None) -> CommandResult:
         return CommandResult(
             state=self.s.state, owner=self.s.owner, seq=seq, duplicate=duplicate, handoff_id=handoff_id
-        )
-
-    def _snapshot(self) -> Snapshot:
-        ctx = self.s.context
-        return Snapshot(
-            conversation_id=self.s.conversation_id,
-            channel=self.s.channel,
-            state=self.s.state,
-            owner=self.s.owner,
-            queue=self.s.queue,
-            seq=self.s.seq,
-            handoffs=self.s.handoffs,
-            pending_handoff=self.s.pending,
-            waiting_since=self.s.waiting_since,
-            created_at=self.s.created_at,
-            last_activity_at=self.s.last_activity_at,
-            closed_reason=self.s.closed_reason,
-            context={
-                "profile": ctx.profile,
-                "slots": ctx.slots,
-                "metadata": ctx.metadata,
-                "sealed_sections": sorted(ctx.sealed),
-            },
         )
 
     def _publish(self) -> None:
@@ -629,31 +601,12 @@ class Conversation:
         self._details()
 
     def _details(self) -> None:
-        s = self.s
-        lines = [
-            f"**State:** {s.state.value}",
-            f"**Owner:** {s.owner or '-'}",
-            f"**Queue:** {s.queue or '-'}",
-            f"**Messages:** {s.seq}",
-            f"**Handoffs:** {s.handoffs}",
-        ]
-        if s.pending is not None:
-            lines.append(f"**Pending:** {s.pending.target.label} until {s.pending.deadline.isoformat()}")
-        workflow.set_current_details("\n".join(lines))
+        workflow.set_current_details(views.details(self.s))
 
     async def _continue_as_new(self) -> None:
         # Hand over only when no handler or delivery is mid-flight, so nothing is half-done.
         await workflow.wait_condition(lambda: workflow.all_handlers_finished() and not self._delivering)
-        s = self.s.model_copy(deep=True)
-        info = workflow.info()
-        if s.transcript:
-            s.earlier_runs.append(
-                RunSegment(run_id=info.run_id, first_seq=s.transcript[0].seq, last_seq=s.transcript[-1].seq)
-            )
-        keep_from = min([s.seq - CARRY_TRANSCRIPT + 1, *s.outbox, *(w.seq for w in s.inbox if w.seq)])
-        s.transcript = [e for e in s.transcript if e.seq >= keep_from]
-        s.recent_message_ids = s.recent_message_ids[-CARRY_MESSAGE_IDS:]
-        s.audit = s.audit[-CARRY_AUDIT:]
+        s = views.carry(self.s, workflow.info().run_id)
         workflow.continue_as_new(
             ConversationInput(
                 conversation_id=s.conversation_id,
