@@ -24,6 +24,8 @@ from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities import sealing
+from activities.registry import AgentRegistry, SqliteRegistry
+from api.agents import agent_router
 from models.conversation import (
     MAX_TEXT,
     AuditPage,
@@ -77,8 +79,9 @@ class TranscriptOut(BaseModel):
     last_seq: int
 
 
-def create_app(settings: Settings, client: Client | None = None) -> FastAPI:
-    """`client` is connected at start-up when not given (tests pass their own)."""
+def create_app(settings: Settings, client: Client | None = None, registry: AgentRegistry | None = None) -> FastAPI:
+    """`client` is connected at start-up when not given (tests pass their own); the agent registry is opened
+    (`.baton/agents.db`) on first use when not given."""
 
     async def lifespan(app: FastAPI):
         if app.state.client is None:
@@ -94,6 +97,16 @@ def create_app(settings: Settings, client: Client | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.client = client
+    app.state.registry = registry
+
+    def agents() -> AgentRegistry:
+        if app.state.registry is None:
+            if not settings.secret_key:
+                raise HTTPException(503, "BATON_SECRET_KEY is not set, so agent secrets cannot be stored")
+            app.state.registry = SqliteRegistry(settings.home / "agents.db", settings.secret_key)
+        return app.state.registry
+
+    app.include_router(agent_router(agents, settings.admin_key))
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -48,10 +48,11 @@ class _Server(uvicorn.Server):
 
 
 @contextlib.asynccontextmanager
-async def baton_api(client: Client, settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+async def baton_api(client: Client, settings: Settings, registry: Any = None) -> AsyncIterator[httpx.AsyncClient]:
     """The real API on a free loopback port; yields an httpx client with the API key set."""
     port = free_port()
-    server = _Server(uvicorn.Config(create_app(settings, client), host="127.0.0.1", port=port, log_level="warning"))
+    app = create_app(settings, client, registry)
+    server = _Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     task = asyncio.create_task(server.serve())
     while not server.started:
         if task.done():

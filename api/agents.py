@@ -1,0 +1,105 @@
+"""Agent routes: operators manage local agents (admin key); other platforms prove they hold a secret (signed)."""
+
+from __future__ import annotations
+
+import hmac
+import json
+from collections.abc import Callable
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Header, HTTPException, Path, Request
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from activities import webhooks
+from activities.registry import AgentInfo, AgentRegistry
+
+AgentPath = Annotated[str, Path(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")]
+
+
+class LocalAgentIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=128)
+
+
+class LocalAgentCreated(BaseModel):
+    agent_id: str
+    name: str
+    secret: str = Field(description="Shown once: hand it to the platform that will hand off to this agent.")
+
+
+class AgentList(BaseModel):
+    agents: list[AgentInfo]
+
+
+class VerifyIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    challenge: str = Field(min_length=16, max_length=512)
+
+
+class VerifyOut(BaseModel):
+    agent_id: str
+    proof: str
+
+
+def signed_by(candidates: list[str], request: Request, body: bytes) -> str:
+    """The secret that signed this request, or 401: never 5xx, and an unknown agent looks like a bad signature."""
+    reason = "unknown agent or bad signature"
+    for secret in candidates:
+        try:
+            webhooks.verify(secret, request.headers, body)
+            return secret
+        except webhooks.WebhookVerificationError as err:
+            reason = err.reason
+    raise HTTPException(401, reason)
+
+
+def agent_router(registry: Callable[[], AgentRegistry], admin_key: str | None) -> APIRouter:
+    router = APIRouter()
+
+    def require_admin(authorization: Annotated[str | None, Header()] = None) -> None:
+        scheme, _, token = (authorization or "").partition(" ")
+        if not admin_key or scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), admin_key.encode()):
+            raise HTTPException(
+                401, "missing or wrong admin key: send 'Authorization: Bearer $BATON_ADMIN_KEY'",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+
+    admin = [Depends(require_admin)]
+
+    @router.post("/v1/admin/agents/local", status_code=201, response_model=LocalAgentCreated, dependencies=admin, tags=["admin"])
+    def create_local_agent(body: LocalAgentIn) -> LocalAgentCreated:
+        """An agent here that other platforms may hand off to. The secret is returned this once only."""
+        info, secret = registry().create_local(body.name)
+        return LocalAgentCreated(agent_id=info.agent_id, name=body.name, secret=secret)
+
+    @router.post("/v1/admin/agents/{agent_id}/rotate", response_model=LocalAgentCreated, dependencies=admin, tags=["admin"])
+    def rotate_local_agent(agent_id: AgentPath) -> LocalAgentCreated:
+        """A new secret signs from now on; the old one keeps verifying for 7 days while the other side updates."""
+        secret = registry().rotate_local(agent_id)
+        if secret is None:
+            raise HTTPException(404, f"no local agent '{agent_id}'")
+        info = next(a for a in registry().list() if a.agent_id == agent_id)
+        return LocalAgentCreated(agent_id=agent_id, name=info.name or "", secret=secret)
+
+    @router.get("/v1/admin/agents", response_model=AgentList, dependencies=admin, tags=["admin"])
+    def list_agents() -> AgentList:
+        return AgentList(agents=registry().list())
+
+    @router.delete("/v1/admin/agents/{agent_id}", status_code=204, dependencies=admin, tags=["admin"])
+    def remove_agent(agent_id: AgentPath) -> None:
+        if not registry().remove(agent_id):
+            raise HTTPException(404, f"no agent '{agent_id}'")
+
+    @router.post("/v1/agents/{agent_id}/verify", response_model=VerifyOut, tags=["platform protocol"])
+    async def verify(agent_id: AgentPath, request: Request) -> VerifyOut:
+        """Verify & Save, receiving side: a signed challenge answered with HMAC proof of the same secret."""
+        body = await request.body()
+        secret = signed_by(registry().verifying_secrets(agent_id), request, body)
+        try:
+            challenge = VerifyIn.model_validate_json(body).challenge
+        except (ValidationError, json.JSONDecodeError) as err:
+            raise HTTPException(422, f"body must be {{\"challenge\": <16-512 characters>}}: {type(err).__name__}") from None
+        # Prove with the secret the caller signed with: during a rotation it may still hold the old one.
+        return VerifyOut(agent_id=agent_id, proof=webhooks.proof(secret, challenge))
+
+    return router
