@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import hmac
 import json
+import secrets
 from collections.abc import Callable
 from typing import Annotated
+
+import httpx
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Path, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from activities import webhooks
+from activities.outbound import OutboundError, OutboundPolicy, PinnedTransport, resolve_public
 from activities.registry import AgentInfo, AgentRegistry
 
 AgentPath = Annotated[str, Path(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")]
@@ -29,6 +33,13 @@ class LocalAgentCreated(BaseModel):
 
 class AgentList(BaseModel):
     agents: list[AgentInfo]
+
+
+class ExternalAgentIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    agent_id: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
+    secret: str = Field(min_length=10, max_length=200, description="whsec_<base64>, as the other platform shared it")
+    domain: str = Field(min_length=1, max_length=2048, description="the other platform's base URL, e.g. https://baton.example.com")
 
 
 class VerifyIn(BaseModel):
@@ -53,7 +64,10 @@ def signed_by(candidates: list[str], request: Request, body: bytes) -> str:
     raise HTTPException(401, reason)
 
 
-def agent_router(registry: Callable[[], AgentRegistry], admin_key: str | None) -> APIRouter:
+def agent_router(
+    registry: Callable[[], AgentRegistry], admin_key: str | None, policy: OutboundPolicy | None = None
+) -> APIRouter:
+    """`policy` None: BATON_ALLOW_PRIVATE_NETWORKS decides, per request."""
     router = APIRouter()
 
     def require_admin(authorization: Annotated[str | None, Header()] = None) -> None:
@@ -80,6 +94,44 @@ def agent_router(registry: Callable[[], AgentRegistry], admin_key: str | None) -
             raise HTTPException(404, f"no local agent '{agent_id}'")
         info = next(a for a in registry().list() if a.agent_id == agent_id)
         return LocalAgentCreated(agent_id=agent_id, name=info.name or "", secret=secret)
+
+    @router.post("/v1/admin/agents/external", status_code=201, response_model=AgentInfo, dependencies=admin, tags=["admin"])
+    async def connect_external_agent(body: ExternalAgentIn) -> AgentInfo:
+        """Verify & Save: a signed random challenge goes to the other platform's verify route; the agent is
+        saved only if its proof matches. Otherwise 422 says which part is wrong, and nothing is saved."""
+        try:
+            webhooks.secret_key(body.secret)
+        except ValueError as err:
+            raise HTTPException(422, f"secret: {err}") from None
+        try:
+            target = await resolve_public(body.domain, policy or OutboundPolicy.from_env())
+        except OutboundError as err:
+            raise HTTPException(422, f"domain: {err.reason}") from None
+        challenge = secrets.token_urlsafe(32)
+        payload = json.dumps({"challenge": challenge}).encode()
+        headers = webhooks.headers(body.secret, "vfy_" + secrets.token_hex(12), payload)
+        url = target.url_for(f"/v1/agents/{body.agent_id}/verify")
+        async with httpx.AsyncClient(transport=PinnedTransport(target), timeout=10, follow_redirects=False) as http:
+            try:
+                answer = await http.post(url, content=payload, headers=headers)
+            except httpx.HTTPError as err:
+                raise HTTPException(422, f"domain: could not reach {target.origin} ({type(err).__name__})") from None
+        if answer.status_code == 401:
+            raise HTTPException(422, f"secret: {target.origin} refused the signature: wrong agent id or secret")
+        if answer.status_code != 200:
+            raise HTTPException(
+                422, f"domain: {target.origin} answered {answer.status_code} on the verify route; is it a Baton platform?"
+            )
+        try:
+            proof = VerifyOut.model_validate_json(answer.content)
+        except ValidationError:
+            raise HTTPException(422, f"proof: {target.origin} did not answer with {{agent_id, proof}}") from None
+        if proof.agent_id != body.agent_id or not webhooks.proof_matches(body.secret, challenge, proof.proof):
+            raise HTTPException(422, f"proof: {target.origin} answered, but its proof does not match this secret")
+        try:
+            return registry().save_external(body.agent_id, body.secret, target.base_url)
+        except ValueError as err:
+            raise HTTPException(409, str(err)) from None
 
     @router.get("/v1/admin/agents", response_model=AgentList, dependencies=admin, tags=["admin"])
     def list_agents() -> AgentList:

@@ -155,3 +155,128 @@ def test_registry_survives_a_reopen_and_needs_its_key(tmp_path):
     with pytest.raises(ValueError, match="does not open"):
         other.verifying_secrets(info.agent_id)
     other.close()
+
+
+# ---- Verify & Save between two platforms -----------------------------------------------------------
+
+
+@pytest.fixture
+async def platform_b(dev_env, task_queue, tmp_path):
+    registry = SqliteRegistry(tmp_path / "b-agents.db", sealing.new_key())
+    async with baton_api(dev_env.client, settings_for(task_queue + "-b"), registry) as client:
+        yield client
+    registry.close()
+
+
+@pytest.fixture
+def private_networks(monkeypatch):
+    monkeypatch.setenv("BATON_ALLOW_PRIVATE_NETWORKS", "1")
+
+
+async def connect(http, **body):
+    return await http.post("/v1/admin/agents/external", json=body, headers=ADMIN)
+
+
+async def test_verify_and_save_connects_two_platforms(http, platform_b, private_networks):
+    agent = await create(platform_b, "tech-support")
+    r = await connect(http, agent_id=agent["agent_id"], secret=agent["secret"], domain=str(platform_b.base_url))
+    assert r.status_code == 201, r.text
+    saved = r.json()
+    assert saved["kind"] == "external" and saved["verified_at"] and saved["domain"] == str(platform_b.base_url).rstrip("/")
+    listed = await http.get("/v1/admin/agents", headers=ADMIN)
+    assert [a["agent_id"] for a in listed.json()["agents"]] == [agent["agent_id"]]
+    assert agent["secret"] not in listed.text
+
+
+@pytest.mark.parametrize(
+    ("case", "problem"),
+    [("wrong-secret", "secret: "), ("wrong-agent", "secret: "), ("malformed-secret", "secret: malformed")],
+)
+async def test_verify_and_save_refuses_wrong_credentials_and_saves_nothing(http, platform_b, private_networks, case, problem):
+    agent = await create(platform_b)
+    body = {"agent_id": agent["agent_id"], "secret": agent["secret"], "domain": str(platform_b.base_url)}
+    if case == "wrong-secret":
+        body["secret"] = webhooks.generate_secret()
+    elif case == "wrong-agent":
+        body["agent_id"] = "agt_someoneelse"
+    elif case == "malformed-secret":
+        body["secret"] = "not-a-whsec-secret"
+    r = await connect(http, **body)
+    assert r.status_code == 422 and r.json()["detail"].startswith(problem), r.text
+    assert (await http.get("/v1/admin/agents", headers=ADMIN)).json()["agents"] == []
+
+
+async def test_verify_and_save_reports_a_dead_domain(http, private_networks):
+    from tests.conftest import free_port
+
+    r = await connect(http, agent_id="agt_x", secret=webhooks.generate_secret(), domain=f"http://127.0.0.1:{free_port()}")
+    assert r.status_code == 422 and r.json()["detail"].startswith("domain: could not reach")
+
+
+async def test_verify_and_save_refuses_a_private_domain_by_default(http, platform_b, monkeypatch):
+    monkeypatch.delenv("BATON_ALLOW_PRIVATE_NETWORKS", raising=False)
+    agent = await create(platform_b)
+    r = await connect(http, agent_id=agent["agent_id"], secret=agent["secret"], domain=str(platform_b.base_url))
+    assert r.status_code == 422 and r.json()["detail"].startswith("domain: "), r.text
+    assert (await http.get("/v1/admin/agents", headers=ADMIN)).json()["agents"] == []
+
+
+@pytest.mark.parametrize(
+    ("answer", "problem"),
+    [
+        ((200, {}, {"agent_id": "agt_fake", "proof": base64.b64encode(b"\0" * 32).decode()}), "proof: "),
+        ((200, {}, {"unexpected": True}), "proof: "),
+        ((404, {}, {"detail": "Not Found"}), "domain: "),
+        ((302, {"Location": "http://169.254.169.254/"}, None), "domain: "),
+    ],
+    ids=["bad-proof", "not-a-proof", "not-baton", "redirect"],
+)
+async def test_verify_and_save_refuses_a_platform_that_cannot_prove(http, private_networks, answer, problem):
+    from tests.receiver import Receiver
+
+    secret = webhooks.generate_secret()
+    async with Receiver(secret=secret) as fake:
+        fake.script(answer)
+        r = await connect(http, agent_id="agt_fake", secret=secret, domain=fake.base_url)
+        assert len(fake.requests) == 1 and fake.requests[0].verified  # it was asked, signed, exactly once
+    assert r.status_code == 422 and r.json()["detail"].startswith(problem), r.text
+    assert (await http.get("/v1/admin/agents", headers=ADMIN)).json()["agents"] == []
+
+
+async def test_baton_agents_command_creates_connects_lists_and_removes(http, platform_b, tmp_path):
+    import asyncio
+    import os
+    import sys
+    from pathlib import Path
+
+    baton = str(Path(sys.executable).parent / "baton")
+
+    async def run(base_url, *args, stdin=None):
+        env = {**os.environ, "BATON_ADMIN_KEY": "ba_test_admin", "BATON_HOME": str(tmp_path), "BATON_ALLOW_PRIVATE_NETWORKS": "1"}
+        proc = await asyncio.create_subprocess_exec(
+            baton, "agents", "--api", str(base_url), *args, env=env,
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await proc.communicate(stdin)
+        return proc.returncode, out.decode(), err.decode()
+
+    code, out, _ = await run(platform_b.base_url, "create", "tech-support")
+    created = json.loads(out)
+    assert code == 0 and created["secret"].startswith("whsec_")
+    # The API's process reads BATON_ALLOW_PRIVATE_NETWORKS per request; the test process runs it.
+    os.environ["BATON_ALLOW_PRIVATE_NETWORKS"] = "1"
+    try:
+        code, out, err = await run(http.base_url, "connect", created["agent_id"], "--secret", "-",
+                                   "--domain", str(platform_b.base_url), stdin=created["secret"].encode() + b"\n")
+        assert code == 0, err
+        code, out, err = await run(http.base_url, "connect", created["agent_id"], "--secret", webhooks.generate_secret(),
+                                   "--domain", str(platform_b.base_url))
+        assert code == 1 and "422: secret:" in err
+    finally:
+        del os.environ["BATON_ALLOW_PRIVATE_NETWORKS"]
+    code, out, _ = await run(http.base_url, "list")
+    assert code == 0 and [a["agent_id"] for a in json.loads(out)["agents"]] == [created["agent_id"]]
+    assert created["secret"] not in out
+    assert (await run(http.base_url, "remove", created["agent_id"]))[0] == 0
+    code, _, err = await run(http.base_url, "remove", created["agent_id"])
+    assert code == 1 and "404" in err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import contextlib
 import logging
 import os
@@ -139,6 +140,40 @@ async def _component(parts: list[str]) -> None:
     await _run_parts(settings, client, parts, stop)
 
 
+def _agents(args: argparse.Namespace) -> int:
+    """A thin client of the admin routes, so Verify & Save runs in one place: the API."""
+    import httpx
+
+    settings = Settings.from_env()
+    keys_file = settings.home / "keys.env"
+    admin_key = settings.admin_key
+    if not admin_key and keys_file.exists():
+        stored = dict(line.split("=", 1) for line in keys_file.read_text().splitlines() if "=" in line and not line.startswith("#"))
+        admin_key = stored.get("BATON_ADMIN_KEY")
+    if not admin_key:
+        raise SystemExit("baton: set BATON_ADMIN_KEY (or run `baton dev` once to generate .baton/keys.env)")
+    api = args.api or os.environ.get("BATON_API_URL") or f"http://{settings.api_host}:{settings.api_port}"
+    http = httpx.Client(base_url=api, headers={"Authorization": f"Bearer {admin_key}"}, timeout=30)
+    if args.action == "create":
+        r = http.post("/v1/admin/agents/local", json={"name": args.name})
+    elif args.action == "connect":
+        secret = args.secret if args.secret != "-" else sys.stdin.readline().strip()
+        r = http.post("/v1/admin/agents/external", json={"agent_id": args.agent_id, "secret": secret, "domain": args.domain})
+    elif args.action == "rotate":
+        r = http.post(f"/v1/admin/agents/{args.agent_id}/rotate")
+    elif args.action == "remove":
+        r = http.delete(f"/v1/admin/agents/{args.agent_id}")
+    else:
+        r = http.get("/v1/admin/agents")
+    if r.status_code >= 400:
+        detail = r.json().get("detail") if r.headers.get("content-type", "").startswith("application/json") else r.text
+        print(f"baton: {r.status_code}: {detail}", file=sys.stderr)
+        return 1
+    if r.status_code != 204:
+        print(json.dumps(r.json(), indent=2))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="baton", description="Conversation handoff orchestrator on Temporal.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -151,10 +186,23 @@ def main(argv: list[str] | None = None) -> None:
     sub.add_parser("worker", help="the Temporal worker, against TEMPORAL_ADDRESS")
     sub.add_parser("api", help="the HTTP API, against TEMPORAL_ADDRESS")
     sub.add_parser("keys", help="print freshly generated keys for a production .env")
+    agents = sub.add_parser("agents", help="manage agents through the running API (admin key)")
+    agents.add_argument("--api", help="API base URL (default BATON_API_URL, else http://BATON_API_HOST:BATON_API_PORT)")
+    actions = agents.add_subparsers(dest="action", required=True)
+    actions.add_parser("create", help="a local agent other platforms can hand off to; prints its secret once").add_argument("name")
+    connect = actions.add_parser("connect", help="Verify & Save an agent on another platform")
+    connect.add_argument("agent_id")
+    connect.add_argument("--secret", required=True, help="the whsec_ secret it shared ('-' reads it from stdin)")
+    connect.add_argument("--domain", required=True, help="the other platform's base URL")
+    actions.add_parser("list", help="all agents, never their secrets")
+    actions.add_parser("rotate", help="new secret for a local agent; the old one verifies for 7 days").add_argument("agent_id")
+    actions.add_parser("remove", help="delete an agent").add_argument("agent_id")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("temporalio").setLevel(logging.WARNING)
     try:
+        if args.command == "agents":
+            sys.exit(_agents(args))
         if args.command == "dev":
             asyncio.run(_dev(args))
         elif args.command == "keys":
