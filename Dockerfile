@@ -33,7 +33,8 @@ ENV PYTHONUNBUFFERED=1 \
 
 RUN groupadd --system --gid 10001 baton \
  && useradd --system --uid 10001 --gid baton --home-dir /home/baton \
-        --create-home --shell /usr/sbin/nologin baton
+        --create-home --shell /usr/sbin/nologin baton \
+ && install -d -o baton -g baton -m 0700 /home/baton/.baton
 
 # Install from the build stage's wheels only (--no-index: nothing else is
 # fetched); the bind mount keeps the wheels out of the final image's layers.
