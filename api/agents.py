@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 import json
 import secrets
 from collections.abc import Callable
@@ -10,12 +9,13 @@ from typing import Annotated
 
 import httpx
 
-from fastapi import APIRouter, Depends, Header, HTTPException, Path, Request
+from fastapi import APIRouter, Depends, HTTPException, Path, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from activities import webhooks
 from activities.outbound import OutboundError, OutboundPolicy, PinnedTransport, resolve_public
 from activities.registry import AgentInfo, AgentRegistry
+from api.auth import bearer
 
 AgentPath = Annotated[str, Path(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")]
 
@@ -70,15 +70,7 @@ def agent_router(
     """`policy` None: BATON_ALLOW_PRIVATE_NETWORKS decides, per request."""
     router = APIRouter()
 
-    def require_admin(authorization: Annotated[str | None, Header()] = None) -> None:
-        scheme, _, token = (authorization or "").partition(" ")
-        if not admin_key or scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), admin_key.encode()):
-            raise HTTPException(
-                401, "missing or wrong admin key: send 'Authorization: Bearer $BATON_ADMIN_KEY'",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
-
-    admin = [Depends(require_admin)]
+    admin = [Depends(bearer(admin_key, "BATON_ADMIN_KEY"))]
 
     @router.post("/v1/admin/agents/local", status_code=201, response_model=LocalAgentCreated, dependencies=admin, tags=["admin"])
     def create_local_agent(body: LocalAgentIn) -> LocalAgentCreated:

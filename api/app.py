@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import hmac
 from datetime import timedelta
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Header, HTTPException, Path, Query, Request
+from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
@@ -26,6 +25,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from activities import sealing
 from activities.registry import AgentRegistry, SqliteRegistry
 from api.agents import agent_router
+from api.auth import bearer
 from models.conversation import (
     MAX_TEXT,
     AuditPage,
@@ -117,19 +117,10 @@ def create_app(settings: Settings, client: Client | None = None, registry: Agent
         summary = "; ".join(f"{p['where']}: {p['problem']}" for p in problems)
         return JSONResponse(status_code=422, content={"detail": summary, "errors": problems})
 
-    def require_key(authorization: Annotated[str | None, Header()] = None) -> None:
-        expected = settings.api_key
-        scheme, _, token = (authorization or "").partition(" ")
-        if not expected or scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), expected.encode()):
-            raise HTTPException(
-                401, "missing or wrong API key: send 'Authorization: Bearer $BATON_API_KEY'",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
-
     def temporal(request: Request) -> Client:
         return request.app.state.client
 
-    Auth = Depends(require_key)
+    Auth = Depends(bearer(settings.api_key, "BATON_API_KEY"))
 
     def handle(client: Client, conversation_id: str) -> WorkflowHandle:
         return client.get_workflow_handle(workflow_id(conversation_id))
