@@ -64,3 +64,4 @@ class Routes:
 class Activities:
     AI_RESPOND = "ai_respond"
     DELIVER_TO_CHANNEL = "deliver_to_channel"
+    FILTER_CONTEXT = "filter_context"
