@@ -16,8 +16,9 @@ from activities import webhooks
 from activities.outbound import OutboundError, OutboundPolicy, PinnedTransport, resolve_public
 from activities.registry import AgentInfo, AgentRegistry
 from api.auth import bearer
+from models.conversation import ID_PATTERN
 
-AgentPath = Annotated[str, Path(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")]
+AgentPath = Annotated[str, Path(min_length=1, max_length=128, pattern=ID_PATTERN)]
 
 
 class LocalAgentIn(BaseModel):
@@ -37,7 +38,7 @@ class AgentList(BaseModel):
 
 class ExternalAgentIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    agent_id: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
+    agent_id: str = Field(min_length=1, max_length=128, pattern=ID_PATTERN)
     secret: str = Field(min_length=10, max_length=200, description="whsec_<base64>, as the other platform shared it")
     domain: str = Field(min_length=1, max_length=2048, description="the other platform's base URL, e.g. https://baton.example.com")
 

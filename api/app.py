@@ -27,6 +27,7 @@ from activities.registry import AgentRegistry, SqliteRegistry
 from api.agents import agent_router
 from api.auth import bearer
 from models.conversation import (
+    ID_PATTERN,
     MAX_TEXT,
     AuditPage,
     CloseRequest,
@@ -46,7 +47,7 @@ from models.names import WORKFLOW_TYPE, Queries, Routes, SearchAttributes, Signa
 from workers.settings import Settings
 
 ConversationPath = Annotated[
-    str, Path(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$", alias="conversation_id")
+    str, Path(min_length=1, max_length=128, pattern=ID_PATTERN, alias="conversation_id")
 ]
 
 
