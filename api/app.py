@@ -137,14 +137,17 @@ def create_app(settings: Settings, client: Client | None = None, registry: Agent
             return HTTPException(409, f"conversation '{conversation_id}' is closed")
         return HTTPException(404, f"conversation '{conversation_id}' does not exist")
 
+    def conflict(err: WorkflowUpdateFailedError) -> HTTPException | None:
+        """A command the workflow's validator refused: 409 with its reason."""
+        if isinstance(err.cause, ApplicationError) and err.cause.type == "Rejected":
+            return HTTPException(409, err.cause.message)
+        return None
+
     async def update(client: Client, conversation_id: str, name: str, arg: Any) -> CommandResult:
         try:
             return await handle(client, conversation_id).execute_update(name, arg, result_type=CommandResult)
         except WorkflowUpdateFailedError as err:
-            cause = err.cause
-            if isinstance(cause, ApplicationError) and cause.type == "Rejected":
-                raise HTTPException(409, cause.message) from None
-            raise
+            raise conflict(err) or err from None
         except RPCError as err:
             if err.status == RPCStatusCode.NOT_FOUND:
                 raise await not_found_or_closed(client, conversation_id) from None
@@ -226,9 +229,7 @@ def create_app(settings: Settings, client: Client | None = None, registry: Agent
                 Updates.SUBMIT_CONTEXT, context, start_workflow_operation=start, result_type=CommandResult
             )
         except WorkflowUpdateFailedError as err:
-            if isinstance(err.cause, ApplicationError) and err.cause.type == "Rejected":
-                raise HTTPException(409, err.cause.message) from None
-            raise
+            raise conflict(err) or err from None
 
     @app.post(Routes.HANDOFF, response_model=CommandResult, dependencies=[Auth], tags=["conversations"])
     async def post_handoff(conversation_id: ConversationPath, body: HandoffRequest, request: Request) -> CommandResult:

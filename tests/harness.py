@@ -13,6 +13,7 @@ from temporalio.client import Client, WorkflowHandle
 
 from activities import sealing, webhooks
 from api.app import create_app
+from api.serve import EmbeddedServer
 from models.conversation import ConversationInput, Snapshot, TranscriptPage, UserMessage
 from models.names import WORKFLOW_TYPE, Queries, Signals, workflow_id
 from tests.conftest import free_port
@@ -41,23 +42,16 @@ async def baton_worker(client: Client, settings: Settings, **options: Any) -> As
             yield
 
 
-class _Server(uvicorn.Server):
-    @contextlib.contextmanager
-    def capture_signals(self):
-        yield
-
-
 @contextlib.asynccontextmanager
 async def baton_api(client: Client, settings: Settings, registry: Any = None) -> AsyncIterator[httpx.AsyncClient]:
     """The real API on a free loopback port; yields an httpx client with the API key set."""
     port = free_port()
     app = create_app(settings, client, registry)
-    server = _Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    server = EmbeddedServer(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     task = asyncio.create_task(server.serve())
-    while not server.started:
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.01)
+    await asyncio.wait({task, asyncio.create_task(server.ready.wait())}, return_when=asyncio.FIRST_COMPLETED)
+    if task.done():
+        task.result()  # surfaces a start-up error
     try:
         async with httpx.AsyncClient(
             base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {settings.api_key}"}, timeout=30

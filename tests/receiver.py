@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import socket
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import uvicorn
 
 from activities import webhooks
+from api.serve import EmbeddedServer
 
 Response = int | tuple[int, dict[str, str]] | tuple[int, dict[str, str], Any]
 
@@ -45,22 +45,6 @@ class Received:
         )
 
 
-class _Server(uvicorn.Server):
-    """uvicorn.Server that reports readiness and leaves the test runner's signal handlers alone."""
-
-    def __init__(self, config: uvicorn.Config) -> None:
-        super().__init__(config)
-        self.ready = asyncio.Event()
-
-    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        await super().startup(sockets)
-        self.ready.set()
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
 class Receiver:
     """`async with Receiver() as r:` serves http://127.0.0.1:<free port>/hook until the block ends.
 
@@ -76,7 +60,7 @@ class Receiver:
         self.requests: list[Received] = []
         self._script: deque[Response] = deque()
         self._changed: asyncio.Condition | None = None
-        self._server: _Server | None = None
+        self._server: EmbeddedServer | None = None
         self._task: asyncio.Task[None] | None = None
         self.port: int | None = None
 
@@ -139,7 +123,7 @@ class Receiver:
             access_log=False,
             timeout_graceful_shutdown=2,
         )
-        self._server = _Server(config)
+        self._server = EmbeddedServer(config)
         self._task = asyncio.create_task(self._server.serve(sockets=[sock]), name=f"receiver:{self.port}")
         ready = asyncio.create_task(self._server.ready.wait())
         await asyncio.wait({ready, self._task}, return_when=asyncio.FIRST_COMPLETED)

@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from tests.conftest import DEV_SERVER, free_port
+from workers.settings import KEYS_FILE, read_keys_file
 
 BATON = Path(sys.executable).parent / "baton"
 
@@ -60,8 +61,7 @@ class Embedded:
                 self.process.kill()
 
     def key(self) -> str:
-        lines = (self.home / "keys.env").read_text().splitlines()
-        return dict(line.split("=", 1) for line in lines if "=" in line and not line.startswith("#"))["BATON_API_KEY"]
+        return read_keys_file(self.home / KEYS_FILE)["BATON_API_KEY"]
 
     def cli(self, *args: str) -> str:
         done = subprocess.run([str(DEV_SERVER), *args, "--address", self.address], capture_output=True, text=True, timeout=30)

@@ -344,16 +344,23 @@ async def test_pinned_transport_refuses_other_hosts_even_if_redirects_are_forced
         assert len(receiver.requests) == 1
 
 
-async def test_https_request_carries_sni_of_original_name():
-    seen: list[httpx.Request] = []
+class Recorder(httpx.AsyncBaseTransport):
+    """Stands in for the network: records what PinnedTransport would send, answers 202."""
 
-    class Recorder(httpx.AsyncBaseTransport):
-        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-            seen.append(request)
-            return httpx.Response(202)
+    def __init__(self) -> None:
+        self.seen: list[httpx.Request] = []
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.seen.append(request)
+        return httpx.Response(202)
+
+
+async def test_https_request_carries_sni_of_original_name():
+    recorder = Recorder()
+    seen = recorder.seen
 
     target = await resolve_public("https://platform-b.example/v1", STRICT, resolver=FakeDNS())
-    async with httpx.AsyncClient(transport=PinnedTransport(target, inner=Recorder())) as client:
+    async with httpx.AsyncClient(transport=PinnedTransport(target, inner=recorder)) as client:
         response = await client.post(target.url_for("/agents/a/verify"), content=b"{}")
     assert response.status_code == 202
     [request] = seen
@@ -363,15 +370,11 @@ async def test_https_request_carries_sni_of_original_name():
 
 
 async def test_ipv6_target_is_dialled_in_brackets():
-    seen: list[httpx.Request] = []
-
-    class Recorder(httpx.AsyncBaseTransport):
-        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-            seen.append(request)
-            return httpx.Response(202)
+    recorder = Recorder()
+    seen = recorder.seen
 
     target = await resolve_public("https://v6only.example:8443/", STRICT, resolver=FakeDNS())
-    async with httpx.AsyncClient(transport=PinnedTransport(target, inner=Recorder())) as client:
+    async with httpx.AsyncClient(transport=PinnedTransport(target, inner=recorder)) as client:
         await client.get(target.url_for("/x"))
     assert seen[0].url.netloc == f"[{PUBLIC_V6}]:8443".encode()
     assert seen[0].headers["host"] == "v6only.example:8443"
@@ -482,15 +485,11 @@ async def test_https_pinned_request_rejects_certificate_for_another_name(tmp_pat
     ],
 )
 async def test_pinned_transport_accepts_target_in_normalised_forms(url: str, dialled: str):
-    seen: list[httpx.Request] = []
-
-    class Recorder(httpx.AsyncBaseTransport):
-        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-            seen.append(request)
-            return httpx.Response(202)
+    recorder = Recorder()
+    seen = recorder.seen
 
     target = await resolve_public(url, STRICT, resolver=FakeDNS({"xn--bcher-kva.example": [PUBLIC_V4]}))
-    async with httpx.AsyncClient(transport=PinnedTransport(target, inner=Recorder())) as client:
+    async with httpx.AsyncClient(transport=PinnedTransport(target, inner=recorder)) as client:
         await client.get(target.url_for("/x"))
     assert str(seen[0].url) == dialled
     assert seen[0].headers["host"] == target.host_header

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import contextlib
 import logging
 import os
 import secrets
@@ -16,16 +15,10 @@ from pathlib import Path
 import uvicorn
 
 from activities import sealing, webhooks
-from workers.settings import Settings, ensure_dev_keys
+from api.serve import EmbeddedServer
+from workers.settings import KEYS_FILE, Settings, ensure_dev_keys, read_keys_file
 
 log = logging.getLogger("baton")
-
-
-class _Server(uvicorn.Server):
-    # Baton owns Ctrl-C for all its parts, so uvicorn must not grab the signals for itself.
-    @contextlib.contextmanager
-    def capture_signals(self):
-        yield
 
 
 def _stop_event() -> asyncio.Event:
@@ -52,7 +45,7 @@ async def _serve_api(settings: Settings, client, stop: asyncio.Event) -> None:
     config = uvicorn.Config(
         create_app(settings, client), host=settings.api_host, port=settings.api_port, log_level="warning"
     )
-    server = _Server(config)
+    server = EmbeddedServer(config)
     task = asyncio.create_task(server.serve())
     stopped = asyncio.create_task(stop.wait())
     done, _ = await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
@@ -145,11 +138,7 @@ def _agents(args: argparse.Namespace) -> int:
     import httpx
 
     settings = Settings.from_env()
-    keys_file = settings.home / "keys.env"
-    admin_key = settings.admin_key
-    if not admin_key and keys_file.exists():
-        stored = dict(line.split("=", 1) for line in keys_file.read_text().splitlines() if "=" in line and not line.startswith("#"))
-        admin_key = stored.get("BATON_ADMIN_KEY")
+    admin_key = settings.admin_key or read_keys_file(settings.home / KEYS_FILE).get("BATON_ADMIN_KEY")
     if not admin_key:
         raise SystemExit("baton: set BATON_ADMIN_KEY (or run `baton dev` once to generate .baton/keys.env)")
     api = args.api or os.environ.get("BATON_API_URL") or f"http://{settings.api_host}:{settings.api_port}"

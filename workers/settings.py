@@ -69,16 +69,19 @@ class Settings(BaseModel):
             raise SystemExit("baton: BATON_CHANNEL_SECRET must be a whsec_<base64> secret")
 
 
+def read_keys_file(path: Path) -> dict[str, str]:
+    """The KEY=value lines of a keys file (comments skipped); empty when there is none."""
+    if not path.exists():
+        return {}
+    lines = path.read_text().splitlines()
+    return dict(line.split("=", 1) for line in lines if "=" in line and not line.startswith("#"))
+
+
 def ensure_dev_keys(settings: Settings) -> tuple[Settings, dict[str, str]]:
     """Fill missing keys from .baton/keys.env, generating (owner-only) what is not there yet."""
     settings.home.mkdir(parents=True, exist_ok=True)
     path = settings.home / KEYS_FILE
-    stored: dict[str, str] = {}
-    if path.exists():
-        for line in path.read_text().splitlines():
-            if "=" in line and not line.startswith("#"):
-                k, v = line.split("=", 1)
-                stored[k.strip()] = v.strip()
+    stored = read_keys_file(path)
     generators = {
         "BATON_API_KEY": lambda: "bk_" + secrets.token_urlsafe(24),
         "BATON_ADMIN_KEY": lambda: "ba_" + secrets.token_urlsafe(24),
