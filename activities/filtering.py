@@ -10,16 +10,21 @@ from collections.abc import Iterator
 from functools import lru_cache
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from models.conversation import Context, TranscriptEntry
+from models.conversation import ReceiptEntry
+from models.filtering import (  # noqa: F401 - the contracts, re-exported
+    NEVER_LEAVE,
+    SECTIONS,
+    FilterContext,
+    FilterRequest,
+    FilterResult,
+    SharedContext,
+)
 from models.names import Activities
 
 FILTER_CONTEXT = Activities.FILTER_CONTEXT
-SECTIONS = ("profile", "slots", "metadata")
-NEVER_LEAVE = ("auth", "internal_notes")
 # Deeper than any real context; past it a subtree is dropped rather than risk the recursion limit.
 MAX_DEPTH = 64
 
@@ -38,71 +43,6 @@ REASONS = {
     # national ids carry their scheme: "national id (us-ssn)", ...
     "national_id": "national id",
 }
-
-
-# ---- contracts --------------------------------------------------------------------------------------------
-
-
-class FilterContext(BaseModel):
-    """The context as the workflow holds it. `auth`, `internal_notes` and `sealed` may be passed; they never leave."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    profile: dict[str, Any] = Field(default_factory=dict)
-    slots: dict[str, Any] = Field(default_factory=dict)
-    metadata: dict[str, Any] = Field(default_factory=dict)
-    auth: Any = None
-    internal_notes: Any = None
-    # Ciphertexts of auth / internal_notes patches (see models.conversation.Context).
-    sealed: dict[str, list[str]] = Field(default_factory=dict)
-
-
-class FilterRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    context: FilterContext = Field(default_factory=FilterContext)
-    transcript: list[TranscriptEntry] = Field(default_factory=list)
-    # Dotted paths ("profile.name", "slots.*"); when given, only these survive. `*` matches one key.
-    allowlist: list[str] | None = None
-
-    @field_validator("allowlist")
-    @classmethod
-    def _paths(cls, value: list[str] | None) -> list[str] | None:
-        for path in value or ():
-            parts = path.split(".")
-            if not path or "" in parts or parts[0] not in (*SECTIONS, *NEVER_LEAVE, "*"):
-                # The pattern is route configuration, not conversation data: safe to echo.
-                raise ValueError(f"allowlist path {path!r} must be dotted keys under profile, slots or metadata")
-        return value
-
-    @classmethod
-    def from_context(
-        cls, context: Context, transcript: list[TranscriptEntry], allowlist: list[str] | None = None
-    ) -> FilterRequest:
-        return cls(context=FilterContext.model_validate(context.model_dump()), transcript=transcript,
-                   allowlist=allowlist)
-
-
-class SharedContext(BaseModel):
-    """What may leave: only these three sections, filtered."""
-
-    profile: dict[str, Any] = Field(default_factory=dict)
-    slots: dict[str, Any] = Field(default_factory=dict)
-    metadata: dict[str, Any] = Field(default_factory=dict)
-
-
-class ReceiptEntry(BaseModel):
-    """One withheld thing: where and why. Never the value."""
-
-    path: str
-    action: Literal["dropped", "redacted"]
-    reason: str
-
-
-class FilterResult(BaseModel):
-    context: SharedContext
-    transcript: list[TranscriptEntry]
-    receipt: list[ReceiptEntry]
 
 
 # ---- secret-named keys ------------------------------------------------------------------------------------

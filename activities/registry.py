@@ -32,28 +32,74 @@ class AgentInfo(BaseModel):
 
 
 class AgentRegistry(Protocol):
-    def create_local(self, name: str) -> tuple[AgentInfo, str]: ...
+    def create_local(self, name: str, agent_id: str | None = None) -> tuple[AgentInfo, str]: ...
     def rotate_local(self, agent_id: str) -> str | None: ...
+    def local(self, agent_id: str) -> AgentInfo | None: ...
     def verifying_secrets(self, agent_id: str) -> list[str]: ...
     def save_external(self, agent_id: str, secret: str, domain: str) -> AgentInfo: ...
     def external(self, agent_id: str) -> tuple[AgentInfo, str] | None: ...
     def list(self) -> list[AgentInfo]: ...
-    def remove(self, agent_id: str) -> bool: ...
+    def remove(self, agent_id: str, kind: str | None = None) -> bool: ...
+    # The platform protocol's bookkeeping: which local conversation an external agent's conversation belongs to,
+    # and the webhook ids already handled (a repeated id is answered as before, never processed twice).
+    def link(self, agent_id: str, remote_conversation_id: str, conversation_id: str, handoff_id: str) -> None: ...
+    def linked(self, agent_id: str, remote_conversation_id: str) -> str | None: ...
+    def recall(self, agent_id: str, webhook_id: str) -> str | None: ...
+    def remember(self, agent_id: str, webhook_id: str, response: str) -> None: ...
 
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS agents (
-    agent_id TEXT PRIMARY KEY,
-    kind TEXT NOT NULL CHECK (kind IN ('local', 'external')),
-    name TEXT,
-    domain TEXT,
-    secret_sealed TEXT NOT NULL,
-    previous_secret_sealed TEXT,
-    previous_valid_until TEXT,
-    created_at TEXT NOT NULL,
-    verified_at TEXT
+class AgentIdTaken(ValueError):
+    """A local agent id that is already in use."""
+
+
+# A local and an external agent may share an id: on one install handing off to itself over loopback (the
+# embedded demo), `tech-support` is both the local agent and the external agent pointing back at it.
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS agents (
+        agent_id TEXT NOT NULL,
+        kind TEXT NOT NULL CHECK (kind IN ('local', 'external')),
+        name TEXT,
+        domain TEXT,
+        secret_sealed TEXT NOT NULL,
+        previous_secret_sealed TEXT,
+        previous_valid_until TEXT,
+        created_at TEXT NOT NULL,
+        verified_at TEXT,
+        PRIMARY KEY (agent_id, kind)
+    )""",
+    """CREATE TABLE IF NOT EXISTS links (
+        agent_id TEXT NOT NULL,
+        remote_conversation_id TEXT NOT NULL,
+        conversation_id TEXT NOT NULL,
+        handoff_id TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        PRIMARY KEY (agent_id, remote_conversation_id)
+    )""",
+    """CREATE TABLE IF NOT EXISTS seen_webhooks (
+        agent_id TEXT NOT NULL,
+        webhook_id TEXT NOT NULL,
+        response TEXT NOT NULL,
+        seen_at TEXT NOT NULL,
+        PRIMARY KEY (agent_id, webhook_id)
+    )""",
+    "CREATE INDEX IF NOT EXISTS seen_webhooks_at ON seen_webhooks (seen_at)",
 )
-"""
+# Longer than any sender retries a request; older ids are forgotten (their timestamps are long stale anyway).
+REMEMBER_WEBHOOKS = timedelta(days=3)
+_COLUMNS = "agent_id, kind, name, domain, secret_sealed, previous_secret_sealed, previous_valid_until, created_at, verified_at"
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    """Databases from before local and external agents could share an id: re-key the agents table."""
+    row = db.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'agents'").fetchone()
+    if row is None or "PRIMARY KEY (agent_id, kind)" in row[0]:
+        return
+    db.execute("BEGIN")
+    db.execute("ALTER TABLE agents RENAME TO agents_v1")
+    db.execute(_SCHEMA[0])
+    db.execute(f"INSERT INTO agents ({_COLUMNS}) SELECT {_COLUMNS} FROM agents_v1")
+    db.execute("DROP TABLE agents_v1")
+    db.execute("COMMIT")
 
 
 def _now() -> datetime:
@@ -69,22 +115,33 @@ class SqliteRegistry:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(_SCHEMA)
+        # The worker and the API share this file: wait for the other's short writes rather than fail.
+        self._db.execute("PRAGMA busy_timeout=5000")
+        _migrate(self._db)
+        for statement in _SCHEMA:
+            self._db.execute(statement)
         self._lock = threading.Lock()
 
     def close(self) -> None:
         self._db.close()
 
-    def create_local(self, name: str) -> tuple[AgentInfo, str]:
-        agent_id = "agt_" + secrets.token_hex(8)
+    def create_local(self, name: str, agent_id: str | None = None) -> tuple[AgentInfo, str]:
+        """A new local agent with a fresh secret; `agent_id` chosen by the operator, or generated."""
+        agent_id = agent_id or "agt_" + secrets.token_hex(8)
         secret = webhooks.generate_secret()
         now = _now()
         with self._lock:
-            self._db.execute(
-                "INSERT INTO agents (agent_id, kind, name, secret_sealed, created_at) VALUES (?, 'local', ?, ?, ?)",
-                (agent_id, name, sealing.seal(self._key, secret), now.isoformat()),
-            )
+            try:
+                self._db.execute(
+                    "INSERT INTO agents (agent_id, kind, name, secret_sealed, created_at) VALUES (?, 'local', ?, ?, ?)",
+                    (agent_id, name, sealing.seal(self._key, secret), now.isoformat()),
+                )
+            except sqlite3.IntegrityError:
+                raise AgentIdTaken(f"a local agent '{agent_id}' already exists") from None
         return AgentInfo(agent_id=agent_id, kind="local", name=name, created_at=now), secret
+
+    def local(self, agent_id: str) -> AgentInfo | None:
+        return next((a for a in self.list() if a.agent_id == agent_id and a.kind == "local"), None)
 
     def rotate_local(self, agent_id: str) -> str | None:
         """A new secret signs from now on; the old one keeps verifying for ROTATION_GRACE."""
@@ -118,14 +175,12 @@ class SqliteRegistry:
         with self._lock:
             self._db.execute(
                 "INSERT INTO agents (agent_id, kind, domain, secret_sealed, created_at, verified_at) "
-                "VALUES (?, 'external', ?, ?, ?, ?) ON CONFLICT(agent_id) DO UPDATE SET "
-                "domain = excluded.domain, secret_sealed = excluded.secret_sealed, verified_at = excluded.verified_at "
-                "WHERE agents.kind = 'external'",
+                "VALUES (?, 'external', ?, ?, ?, ?) ON CONFLICT(agent_id, kind) DO UPDATE SET "
+                "domain = excluded.domain, secret_sealed = excluded.secret_sealed, verified_at = excluded.verified_at",
                 (agent_id, domain, sealing.seal(self._key, secret), now.isoformat(), now.isoformat()),
             )
         info = self.external(agent_id)
-        if info is None:
-            raise ValueError(f"agent id {agent_id!r} is already used by a local agent")
+        assert info is not None
         return info[0]
 
     def external(self, agent_id: str) -> tuple[AgentInfo, str] | None:
@@ -156,6 +211,42 @@ class SqliteRegistry:
             for r in rows
         ]
 
-    def remove(self, agent_id: str) -> bool:
+    def remove(self, agent_id: str, kind: str | None = None) -> bool:
+        """Removes the agent (both kinds when an id is used by a local and an external agent and no kind is given)."""
         with self._lock:
-            return self._db.execute("DELETE FROM agents WHERE agent_id = ?", (agent_id,)).rowcount > 0
+            if kind is None:
+                return self._db.execute("DELETE FROM agents WHERE agent_id = ?", (agent_id,)).rowcount > 0
+            return self._db.execute("DELETE FROM agents WHERE agent_id = ? AND kind = ?", (agent_id, kind)).rowcount > 0
+
+    def link(self, agent_id: str, remote_conversation_id: str, conversation_id: str, handoff_id: str) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO links (agent_id, remote_conversation_id, conversation_id, handoff_id, created_at) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT(agent_id, remote_conversation_id) DO UPDATE SET "
+                "conversation_id = excluded.conversation_id, handoff_id = excluded.handoff_id",
+                (agent_id, remote_conversation_id, conversation_id, handoff_id, _now().isoformat()),
+            )
+
+    def linked(self, agent_id: str, remote_conversation_id: str) -> str | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT conversation_id FROM links WHERE agent_id = ? AND remote_conversation_id = ?",
+                (agent_id, remote_conversation_id),
+            ).fetchone()
+        return row[0] if row else None
+
+    def recall(self, agent_id: str, webhook_id: str) -> str | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT response FROM seen_webhooks WHERE agent_id = ? AND webhook_id = ?", (agent_id, webhook_id)
+            ).fetchone()
+        return row[0] if row else None
+
+    def remember(self, agent_id: str, webhook_id: str, response: str) -> None:
+        now = _now()
+        with self._lock:
+            self._db.execute(
+                "INSERT OR IGNORE INTO seen_webhooks (agent_id, webhook_id, response, seen_at) VALUES (?, ?, ?, ?)",
+                (agent_id, webhook_id, response, now.isoformat()),
+            )
+            self._db.execute("DELETE FROM seen_webhooks WHERE seen_at < ?", ((now - REMEMBER_WEBHOOKS).isoformat(),))

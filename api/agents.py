@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import secrets
 from collections.abc import Callable
-from typing import Annotated
+from typing import Annotated, Literal
 
 import httpx
 
@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from activities import webhooks
 from activities.outbound import OutboundError, OutboundPolicy, PinnedTransport, resolve_public
-from activities.registry import AgentInfo, AgentRegistry
+from activities.registry import AgentIdTaken, AgentInfo, AgentRegistry
 from api.auth import bearer
 from models.conversation import ID_PATTERN
 
@@ -24,6 +24,10 @@ AgentPath = Annotated[str, Path(min_length=1, max_length=128, pattern=ID_PATTERN
 class LocalAgentIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(min_length=1, max_length=128)
+    agent_id: str | None = Field(
+        default=None, min_length=1, max_length=128, pattern=ID_PATTERN,
+        description="optional: the id other platforms will use (generated as agt_<hex> when left out)",
+    )
 
 
 class LocalAgentCreated(BaseModel):
@@ -76,7 +80,10 @@ def agent_router(
     @router.post("/v1/admin/agents/local", status_code=201, response_model=LocalAgentCreated, dependencies=admin, tags=["admin"])
     def create_local_agent(body: LocalAgentIn) -> LocalAgentCreated:
         """An agent here that other platforms may hand off to. The secret is returned this once only."""
-        info, secret = registry().create_local(body.name)
+        try:
+            info, secret = registry().create_local(body.name, body.agent_id)
+        except AgentIdTaken as err:
+            raise HTTPException(409, str(err)) from None
         return LocalAgentCreated(agent_id=info.agent_id, name=body.name, secret=secret)
 
     @router.post("/v1/admin/agents/{agent_id}/rotate", response_model=LocalAgentCreated, dependencies=admin, tags=["admin"])
@@ -131,8 +138,9 @@ def agent_router(
         return AgentList(agents=registry().list())
 
     @router.delete("/v1/admin/agents/{agent_id}", status_code=204, dependencies=admin, tags=["admin"])
-    def remove_agent(agent_id: AgentPath) -> None:
-        if not registry().remove(agent_id):
+    def remove_agent(agent_id: AgentPath, kind: Literal["local", "external"] | None = None) -> None:
+        """Removes the agent; `kind` picks one when a local and an external agent share the id."""
+        if not registry().remove(agent_id, kind):
             raise HTTPException(404, f"no agent '{agent_id}'")
 
     @router.post("/v1/agents/{agent_id}/verify", response_model=VerifyOut, tags=["platform protocol"])

@@ -51,6 +51,10 @@ class ConversationInput(Contract):
     handoff_sla_seconds: int = Field(default=300, ge=1, le=7 * 24 * 3600)
     # Set only by continue-as-new: the whole state of the previous run.
     carried: ConversationState | None = None
+    # Set when another platform handed this conversation to one of our local agents (the receiving side).
+    peer: PeerLink | None = None
+    # The context the conversation starts with (already filtered by the sender and cleaned at our ingress).
+    context: Context | None = None
 
 
 # ---- signal / update inputs -----------------------------------------------------------------------
@@ -60,6 +64,10 @@ class UserMessage(Contract):
     message_id: MessageId
     text: Text
     author: Name = "user"
+    # Kinds of sensitive values the API redacted from `text` before it reached the workflow (for the audit).
+    redacted: list[str] = Field(default_factory=list, max_length=20)
+    # Set by the platform protocol: the local agent the sending platform addressed; it must own the conversation.
+    via_agent: Name | None = None
 
 
 class AgentMessage(Contract):
@@ -69,6 +77,7 @@ class AgentMessage(Contract):
     text: Text
     author: Name
     role: Literal[Role.LIVE_AGENT, Role.EXTERNAL_AGENT]
+    redacted: list[str] = Field(default_factory=list, max_length=20)
 
 
 class HandoffTarget(Contract):
@@ -102,6 +111,8 @@ class HandBack(Contract):
 
 class CloseRequest(Contract):
     reason: Reason = "closed"
+    # Who closes; when given it must be the current owner (an external agent closing through the protocol).
+    by: Name | None = None
 
 
 class ContextUpdate(Contract):
@@ -111,6 +122,8 @@ class ContextUpdate(Contract):
     slots: dict[str, Any] | None = None
     metadata: dict[str, Any] | None = None
     sealed: dict[Literal["auth", "internal_notes"], str] = Field(default_factory=dict)
+    # What the API withheld from profile / slots / metadata at ingress (sealed into `auth` or redacted): path and why.
+    withheld: list[ReceiptEntry] = Field(default_factory=list, max_length=500)
 
 
 class AcceptHandoff(Contract):
@@ -126,6 +139,14 @@ class RejectHandoff(Contract):
 # ---- records --------------------------------------------------------------------------------------
 
 
+class ReceiptEntry(BaseModel):
+    """One withheld thing: where and why. Never the value."""
+
+    path: str
+    action: Literal["dropped", "redacted"]
+    reason: str
+
+
 class TranscriptEntry(BaseModel):
     seq: int
     message_id: str
@@ -133,6 +154,8 @@ class TranscriptEntry(BaseModel):
     author: str
     text: str
     at: datetime
+    # On a conversation handed to us by another platform: this entry ends our stretch (sent as that callback type).
+    event: Literal["hand_back", "close"] | None = None
 
 
 class AuditEntry(BaseModel):
@@ -163,6 +186,29 @@ class Context(BaseModel):
     sealed: dict[str, list[str]] = Field(default_factory=dict)
 
 
+class PeerLink(BaseModel):
+    """The receiving side: another platform handed this conversation to our local agent `agent_id`; what we say
+    goes back to `callback_url`, signed with that agent's secret."""
+
+    agent_id: str
+    agent_name: str | None = None
+    platform: str
+    source_conversation_id: str
+    handoff_id: str
+    callback_url: str
+    reason: str = ""
+    # The sender's (filtered) transcript: the AI's memory of what was said before the handoff.
+    transcript: list[TranscriptEntry] = Field(default_factory=list)
+
+
+class ExternalLink(BaseModel):
+    """The sending side: an external agent accepted this conversation as `remote_conversation_id` on its platform."""
+
+    agent_id: str
+    remote_conversation_id: str
+    handoff_id: str
+
+
 class RunSegment(BaseModel):
     """A previous run (before continue-as-new) still holds these transcript entries; queries reach it."""
 
@@ -174,8 +220,9 @@ class RunSegment(BaseModel):
 class Work(BaseModel):
     """One unit of deferred work for the main loop, in arrival order."""
 
-    kind: Literal["ai_turn", "ai_resume"]
+    kind: Literal["ai_turn", "ai_resume", "ai_welcome", "deliver_handoff", "forward"]
     seq: int = 0
+    handoff_id: str | None = None
 
 
 class ConversationState(BaseModel):
@@ -204,6 +251,8 @@ class ConversationState(BaseModel):
     context: Context = Field(default_factory=Context)
     audit: list[AuditEntry] = Field(default_factory=list)
     human_stretch_ended: bool = False
+    peer: PeerLink | None = None
+    external: ExternalLink | None = None
 
 
 ConversationInput.model_rebuild()
@@ -240,6 +289,9 @@ class Snapshot(BaseModel):
     last_activity_at: datetime
     closed_reason: str | None
     context: dict[str, Any]
+    # Sending side: the external agent and its conversation id. Receiving side: who handed it to us.
+    external: ExternalLink | None = None
+    peer: dict[str, Any] | None = None
 
 
 class AuditPage(BaseModel):
@@ -275,12 +327,19 @@ class AgentTurn(BaseModel):
     slots: dict[str, Any] = Field(default_factory=dict)
     # True on the first turn after a human or external agent handed the conversation back.
     resumed_after_handoff: bool = False
+    # The local agent this conversation was handed to by another platform (None: our own AI's conversation).
+    agent: str | None = None
+    # True on the first turn of a conversation handed over from another platform: greet, don't re-ask.
+    welcome: bool = False
+    handoff_reason: str = ""
 
 
 class AgentReply(BaseModel):
     text: str | None = None
     handoff: HandoffEvent | None = None
     slots: dict[str, Any] = Field(default_factory=dict)
+    # On a conversation another platform handed to us: give it back (`hand_back`) or end it (`close`).
+    end: Literal["hand_back", "close"] | None = None
 
 
 class ChannelMessage(BaseModel):

@@ -59,9 +59,17 @@ class Routes:
     AUDIT = "/v1/conversations/{conversation_id}/audit"
     CLOSE = "/v1/conversations/{conversation_id}/close"
     HEALTHZ = "/healthz"
+    # The platform protocol (on the receiving platform, except EVENTS which is the sender's callback).
+    AGENT_VERIFY = "/v1/agents/{agent_id}/verify"
+    AGENT_HANDOFFS = "/v1/agents/{agent_id}/handoffs"
+    AGENT_MESSAGES = "/v1/agents/{agent_id}/conversations/{remote_conversation_id}/messages"
+    AGENT_EVENTS = "/v1/agents/{agent_id}/events"
 
 
 class Activities:
     AI_RESPOND = "ai_respond"
     DELIVER_TO_CHANNEL = "deliver_to_channel"
     FILTER_CONTEXT = "filter_context"
+    DELIVER_HANDOFF = "deliver_handoff"
+    FORWARD_TO_AGENT = "forward_to_agent"
+    DELIVER_TO_PEER = "deliver_to_peer"
