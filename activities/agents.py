@@ -10,7 +10,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities import webhooks
-from models.conversation import AgentReply, AgentTurn, HandoffEvent
+from models.conversation import AgentReply, AgentTurn, HandoffEvent, HandoffTarget
 from models.names import Activities
 
 ASK_FOR_PERSON = re.compile(
@@ -21,15 +21,32 @@ GREETING = re.compile(r"^\s*(hi|hello|hey|good (?:morning|afternoon|evening))\b"
 THANKS = re.compile(r"\b(thanks|thank you|cheers)\b", re.IGNORECASE)
 
 
+TECHNICAL = re.compile(
+    r"\b(crash\w*|error\w*|bug\w*|broken|freez\w*|not working|doesn'?t work|won'?t (?:start|open|load))\b",
+    re.IGNORECASE,
+)
+SOLVED = re.compile(r"\b(works?(?: now)?|fixed|solved|sorted|that'?s all|all good)\b", re.IGNORECASE)
+VERSION = re.compile(r"\b\d+(?:\.\d+)+\b")
+TECH_SUPPORT = "tech-support"
+
+
 class DemoAgent:
-    """Rule-based, no network: enough to try every path of the embedded default."""
+    """Rule-based, no network: enough to try every path of the embedded default.
+
+    Two personas: the front-line assistant, and `tech-support`, which answers conversations another platform
+    (or this one, over loopback) handed to the local agent of that name."""
+
+    def __init__(self, tech_agent: str | None = None) -> None:
+        # The external agent technical problems are handed to; None: the assistant just answers.
+        self.tech_agent = tech_agent
 
     @activity.defn(name=Activities.AI_RESPOND)
     async def respond(self, turn: AgentTurn) -> AgentReply:
         return self.reply(turn)
 
-    @staticmethod
-    def reply(turn: AgentTurn) -> AgentReply:
+    def reply(self, turn: AgentTurn) -> AgentReply:
+        if turn.agent == TECH_SUPPORT:
+            return self.tech_support(turn)
         name = turn.profile.get("name")
         hello = f"Hi {name}! " if isinstance(name, str) and name else "Hi! "
         if turn.message is None:
@@ -41,6 +58,17 @@ class DemoAgent:
                 text="Of course, I'll bring in a person.",
                 handoff=HandoffEvent(reason="user asked for a person", params={"intent": "human"}),
             )
+        if self.tech_agent and TECHNICAL.search(text):
+            return AgentReply(
+                text="That sounds like a technical problem. I'm bringing in our tech-support assistant; "
+                "you can keep typing here.",
+                handoff=HandoffEvent(
+                    reason="technical problem", params={"intent": "technical"},
+                    target=HandoffTarget(external_agent=self.tech_agent),
+                ),
+                # What the user already said travels with the handoff, so they are not asked again.
+                slots={"issue_type": "technical", "problem": text[:200]},
+            )
         if GREETING.search(text):
             return AgentReply(
                 text=f"{hello}I'm Baton's demo assistant. Ask me anything, or say "
@@ -51,6 +79,32 @@ class DemoAgent:
         return AgentReply(
             text=f"You said: \u201c{text[:200]}\u201d. I'm a demo assistant; say \"I want to talk to a human\" "
             "to reach a person."
+        )
+
+    @staticmethod
+    def tech_support(turn: AgentTurn) -> AgentReply:
+        """The demo's specialist: greets by name, starts from the problem already described, hands back when done."""
+        if turn.message is None:
+            name = turn.profile.get("name")
+            who = f"Hi {name}, " if isinstance(name, str) and name else "Hi, "
+            problem = turn.slots.get("problem")
+            known = f"I can see you reported: \u201c{problem}\u201d. " if isinstance(problem, str) and problem else ""
+            return AgentReply(
+                text=f"{who}I'm the tech-support assistant. {known}Which version of the app are you using?"
+            )
+        text = turn.message.text
+        if SOLVED.search(text) or THANKS.search(text):
+            return AgentReply(
+                text="Glad that's sorted! I'm handing you back to the assistant you started with.", end="hand_back"
+            )
+        if VERSION.search(text):
+            return AgentReply(
+                text="Thanks. That version has a known crash on start-up: please update the app to the latest "
+                "version and restart it. Does it work now?"
+            )
+        return AgentReply(
+            text="Let's try the usual fix first: clear the app's cache (Settings \u2192 Storage \u2192 Clear cache) "
+            "and restart it. Does it work now?"
         )
 
 

@@ -422,3 +422,19 @@ async def filter_context(request: FilterRequest) -> FilterResult:
         raise ApplicationError(
             f"context filter failed: {type(err).__name__}", type="FilterFailed", non_retryable=True
         ) from None
+
+
+def clean_ingress(
+    sections: dict[str, dict[str, Any] | None],
+) -> tuple[dict[str, dict[str, Any] | None], list[ReceiptEntry], dict[str, dict[str, Any]]]:
+    """Context arriving at the API, before it reaches workflow history: the same walk as a handoff's filter.
+
+    Returns the cleaned sections (None stays None), the receipt, and the original of every section that changed
+    (for the caller to seal: nothing is lost, nothing sensitive is stored in the clear)."""
+    given = {name: value for name, value in sections.items() if value is not None}
+    if not given:
+        return dict(sections), [], {}
+    result = apply_filter(FilterRequest(context=FilterContext(**given)))
+    cleaned = {name: (getattr(result.context, name) if name in given else None) for name in sections}
+    originals = {name: given[name] for name in given if cleaned[name] != given[name]}
+    return cleaned, result.receipt, originals

@@ -9,23 +9,23 @@ from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
-from temporalio.api.enums.v1 import WorkflowExecutionStatus
 from temporalio.api.workflowservice.v1 import GetSystemInfoRequest
 from temporalio.client import (
     Client,
     WithStartWorkflowOperation,
-    WorkflowHandle,
     WorkflowQueryFailedError,
     WorkflowUpdateFailedError,
 )
-from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDConflictPolicy
-from temporalio.exceptions import ApplicationError
+from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities import sealing
+from activities.filtering import clean_ingress, redact_text
 from activities.registry import AgentRegistry, SqliteRegistry
 from api.agents import agent_router
 from api.auth import bearer
+from api.protocol import protocol_router
+from api.temporal import conflict, initial_attributes, start_input, update
 from models.conversation import (
     ID_PATTERN,
     MAX_TEXT,
@@ -33,7 +33,6 @@ from models.conversation import (
     CloseRequest,
     CommandResult,
     ContextUpdate,
-    ConversationInput,
     HandoffRequest,
     MessageId,
     Name,
@@ -43,7 +42,7 @@ from models.conversation import (
     TranscriptQuery,
     UserMessage,
 )
-from models.names import WORKFLOW_TYPE, Queries, Routes, SearchAttributes, Signals, Updates, workflow_id
+from models.names import WORKFLOW_TYPE, Queries, Routes, Signals, Updates, workflow_id
 from workers.settings import Settings
 
 ConversationPath = Annotated[
@@ -108,6 +107,7 @@ def create_app(settings: Settings, client: Client | None = None, registry: Agent
         return app.state.registry
 
     app.include_router(agent_router(agents, settings.admin_key))
+    app.include_router(protocol_router(agents, settings))
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -123,36 +123,6 @@ def create_app(settings: Settings, client: Client | None = None, registry: Agent
 
     Auth = Depends(bearer(settings.api_key, "BATON_API_KEY"))
 
-    def handle(client: Client, conversation_id: str) -> WorkflowHandle:
-        return client.get_workflow_handle(workflow_id(conversation_id))
-
-    async def not_found_or_closed(client: Client, conversation_id: str) -> HTTPException:
-        try:
-            desc = await handle(client, conversation_id).describe()
-        except RPCError as err:
-            if err.status == RPCStatusCode.NOT_FOUND:
-                return HTTPException(404, f"conversation '{conversation_id}' does not exist")
-            raise
-        if desc.raw_description.workflow_execution_info.status != WorkflowExecutionStatus.WORKFLOW_EXECUTION_STATUS_RUNNING:
-            return HTTPException(409, f"conversation '{conversation_id}' is closed")
-        return HTTPException(404, f"conversation '{conversation_id}' does not exist")
-
-    def conflict(err: WorkflowUpdateFailedError) -> HTTPException | None:
-        """A command the workflow's validator refused: 409 with its reason."""
-        if isinstance(err.cause, ApplicationError) and err.cause.type == "Rejected":
-            return HTTPException(409, err.cause.message)
-        return None
-
-    async def update(client: Client, conversation_id: str, name: str, arg: Any) -> CommandResult:
-        try:
-            return await handle(client, conversation_id).execute_update(name, arg, result_type=CommandResult)
-        except WorkflowUpdateFailedError as err:
-            raise conflict(err) or err from None
-        except RPCError as err:
-            if err.status == RPCStatusCode.NOT_FOUND:
-                raise await not_found_or_closed(client, conversation_id) from None
-            raise
-
     async def query(client: Client, conversation_id: str, name: str, arg: Any, result_type: type, run_id: str | None = None):
         h = client.get_workflow_handle(workflow_id(conversation_id), run_id=run_id)
         try:
@@ -166,35 +136,22 @@ def create_app(settings: Settings, client: Client | None = None, registry: Agent
         except WorkflowQueryFailedError as err:
             raise HTTPException(500, f"query failed: {err}") from None
 
-    def start_input(conversation_id: str, channel: str) -> ConversationInput:
-        return ConversationInput(
-            conversation_id=conversation_id,
-            channel=channel,
-            inactivity_timeout_seconds=settings.inactivity_timeout_seconds,
-            handoff_sla_seconds=settings.handoff_sla_seconds,
-        )
-
-    def initial_attributes(channel: str) -> TypedSearchAttributes:
-        # Visible to the UI and the desk from the first moment, before the first workflow task runs.
-        sa = SearchAttributes
-        return TypedSearchAttributes(
-            [SearchAttributePair(sa.STATE, "ai"), SearchAttributePair(sa.CHANNEL, channel),
-             SearchAttributePair(sa.OWNER, "ai"), SearchAttributePair(sa.HANDOFFS, 0)]
-        )
-
     @app.post(Routes.MESSAGES, status_code=202, response_model=Accepted, dependencies=[Auth], tags=["conversations"])
     async def post_message(conversation_id: ConversationPath, body: MessageIn, request: Request) -> Accepted:
         """Send a user's message; starts the conversation if it is new (signal-with-start). A repeated
         `message_id` is accepted and ignored."""
         client = temporal(request)
         channel = body.channel or "web"
+        # Card numbers, IBANs, tokens... typed by the user never reach workflow history (PCI-style redaction).
+        text, found = redact_text(body.text)
+        message = UserMessage(message_id=body.message_id, text=text[:MAX_TEXT], redacted=[kind for kind, _ in found])
         await client.start_workflow(
             WORKFLOW_TYPE,
-            start_input(conversation_id, channel),
+            start_input(settings, conversation_id, channel),
             id=workflow_id(conversation_id),
             task_queue=settings.task_queue,
             start_signal=Signals.USER_MESSAGE,
-            start_signal_args=[UserMessage(message_id=body.message_id, text=body.text)],
+            start_signal_args=[message],
             search_attributes=initial_attributes(channel),
             static_summary=f"Conversation {conversation_id} ({channel})",
         )
@@ -208,16 +165,22 @@ def create_app(settings: Settings, client: Client | None = None, registry: Agent
             raise HTTPException(422, "send at least one of profile, slots, internal_notes, auth, metadata")
         if not settings.secret_key:
             raise HTTPException(503, "BATON_SECRET_KEY is not set, so sensitive context cannot be sealed")
+        # Secret-named keys and sensitive values in the plain sections are withheld here: the originals are sealed
+        # with `auth` (activities can open them; they never leave), history holds the cleaned copy.
+        plain, withheld, originals = clean_ingress({"profile": body.profile, "slots": body.slots, "metadata": body.metadata})
+        auth = body.auth
+        if originals:
+            auth = {**(body.auth or {}), "withheld_at_ingress": originals}
         sealed = {
             section: sealing.seal(settings.secret_key, value)
-            for section, value in (("auth", body.auth), ("internal_notes", body.internal_notes))
+            for section, value in (("auth", auth), ("internal_notes", body.internal_notes))
             if value is not None
         }
-        context = ContextUpdate(profile=body.profile, slots=body.slots, metadata=body.metadata, sealed=sealed)
+        context = ContextUpdate(**plain, sealed=sealed, withheld=withheld)
         client = temporal(request)
         start = WithStartWorkflowOperation(
             WORKFLOW_TYPE,
-            start_input(conversation_id, "web"),
+            start_input(settings, conversation_id, "web"),
             id=workflow_id(conversation_id),
             task_queue=settings.task_queue,
             id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,

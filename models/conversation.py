@@ -199,6 +199,8 @@ class PeerLink(BaseModel):
     reason: str = ""
     # The sender's (filtered) transcript: the AI's memory of what was said before the handoff.
     transcript: list[TranscriptEntry] = Field(default_factory=list)
+    # What our own filter withheld from the envelope at our door (a Baton sender has filtered already).
+    withheld: list[ReceiptEntry] = Field(default_factory=list)
 
 
 class ExternalLink(BaseModel):

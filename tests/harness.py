@@ -36,18 +36,23 @@ def settings_for(task_queue: str, **overrides: Any) -> Settings:
 
 
 @contextlib.asynccontextmanager
-async def baton_worker(client: Client, settings: Settings, **options: Any) -> AsyncIterator[None]:
+async def baton_worker(client: Client, settings: Settings, registry: Any = None, **options: Any) -> AsyncIterator[None]:
     async with http_client() as http:
-        async with build_worker(client, settings, http, **options):
+        async with build_worker(client, settings, http, registry, **options):
             yield
 
 
 @contextlib.asynccontextmanager
-async def baton_api(client: Client, settings: Settings, registry: Any = None) -> AsyncIterator[httpx.AsyncClient]:
-    """The real API on a free loopback port; yields an httpx client with the API key set."""
-    port = free_port()
+async def baton_api(
+    client: Client, settings: Settings, registry: Any = None, port: int | None = None,
+    wrap: Callable[[Any], Any] | None = None,
+) -> AsyncIterator[httpx.AsyncClient]:
+    """The real API on a loopback port (free unless given); yields an httpx client with the API key set.
+    `wrap` wraps the ASGI app (e.g. to record every byte the API receives)."""
+    port = port or free_port()
     app = create_app(settings, client, registry)
-    server = EmbeddedServer(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    served = wrap(app) if wrap else app
+    server = EmbeddedServer(uvicorn.Config(served, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
     task = asyncio.create_task(server.serve())
     await asyncio.wait({task, asyncio.create_task(server.ready.wait())}, return_when=asyncio.FIRST_COMPLETED)
     if task.done():

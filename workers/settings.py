@@ -28,6 +28,8 @@ class Settings(BaseModel):
     secret_key: str | None = None
     ai_agent: str = "demo"
     ai_agent_secret: str | None = None
+    # The demo AI hands technical problems to this external agent (`baton dev` connects `tech-support`).
+    demo_tech_agent: str | None = None
     inactivity_timeout_seconds: int = Field(default=1800, ge=10)
     handoff_sla_seconds: int = Field(default=300, ge=1)
 
@@ -47,6 +49,7 @@ class Settings(BaseModel):
             "secret_key": "BATON_SECRET_KEY",
             "ai_agent": "BATON_AI_AGENT",
             "ai_agent_secret": "BATON_AI_AGENT_SECRET",
+            "demo_tech_agent": "BATON_DEMO_TECH_AGENT",
             "inactivity_timeout_seconds": "BATON_INACTIVITY_TIMEOUT",
             "handoff_sla_seconds": "BATON_HANDOFF_SLA",
         }

@@ -10,6 +10,9 @@ from temporalio.worker import Worker
 
 from activities.agents import DemoAgent, WebhookAgent
 from activities.channel import ChannelDeliverer
+from activities.filtering import filter_context
+from activities.platform import PlatformActivities
+from activities.registry import AgentRegistry, SqliteRegistry
 from workers.settings import Settings
 from workflows.conversation import Conversation
 
@@ -34,16 +37,40 @@ def http_client() -> httpx.AsyncClient:
     )
 
 
-def build_worker(client: Client, settings: Settings, http: httpx.AsyncClient, **options) -> Worker:
+def registry_opener(settings: Settings, registry: AgentRegistry | None = None):
+    """The agent registry, opened on first use (`.baton/agents.db`, shared with the API)."""
+    opened: list[AgentRegistry] = [registry] if registry is not None else []
+
+    def get() -> AgentRegistry:
+        if not opened:
+            if not settings.secret_key:
+                raise ValueError("BATON_SECRET_KEY is not set, so agent secrets cannot be read")
+            opened.append(SqliteRegistry(settings.home / "agents.db", settings.secret_key))
+        return opened[0]
+
+    return get
+
+
+def build_worker(
+    client: Client, settings: Settings, http: httpx.AsyncClient, registry: AgentRegistry | None = None, **options
+) -> Worker:
     if settings.ai_agent == "demo":
-        agent = DemoAgent()
+        agent = DemoAgent(tech_agent=settings.demo_tech_agent)
     else:
         agent = WebhookAgent(settings.ai_agent, settings.ai_agent_secret, http)
     channel = ChannelDeliverer(settings.channel_url, settings.channel_secret, http)
+    platform = PlatformActivities(registry_opener(settings, registry), settings.public_url)
     return Worker(
         client,
         task_queue=settings.task_queue,
         workflows=[Conversation],
-        activities=[agent.respond, channel.deliver_to_channel],
+        activities=[
+            agent.respond,
+            channel.deliver_to_channel,
+            filter_context,
+            platform.deliver_handoff,
+            platform.forward_to_agent,
+            platform.deliver_to_peer,
+        ],
         **options,
     )

@@ -24,6 +24,7 @@ with workflow.unsafe.imports_passed_through():
         ConversationInput,
         ConversationState,
         DeliveryResult,
+        ExternalLink,
         HandBack,
         HandoffRequest,
         HandoffTarget,
@@ -38,7 +39,9 @@ with workflow.unsafe.imports_passed_through():
         UserMessage,
         Work,
     )
+    from models.filtering import FilterRequest, FilterResult
     from models.names import WORKFLOW_TYPE, Activities, Queries, SearchAttributes, Signals, Updates
+    from models.protocol import ForwardMessage, HandoffDelivery, HandoffOutcome, PeerDelivery, PeerEvent
     from workflows import views
     from workflows.transitions import Event, apply, may_speak, refusal
 
@@ -47,6 +50,9 @@ AI_HISTORY = 20  # transcript entries the AI agent sees per turn
 
 # Patches (workflow.patched) keep conversations started by older code replaying as they ran.
 PATCH_WAITING_IS_NOT_INACTIVITY = "waiting-is-not-inactivity"
+# An external-agent target is reached through the platform protocol (filter, signed envelope, forwarding);
+# before it, such a handoff only waited for an accept_handoff update.
+PATCH_PLATFORM_PROTOCOL = "platform-protocol"
 
 AI_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=500), maximum_interval=timedelta(seconds=5), maximum_attempts=4)
 # Unlimited attempts within a day: a chat backend that is down for an hour still gets every message, in order.
@@ -55,6 +61,16 @@ CHANNEL_RETRY = RetryPolicy(
 )
 CHANNEL_START_TO_CLOSE = timedelta(seconds=15)
 CHANNEL_SCHEDULE_TO_CLOSE = timedelta(days=1)
+# Handing over to an external agent: its 202 is the acceptance, within the handoff's SLA but never longer than a
+# minute (a user should not wait five minutes for a platform that is down).
+HANDOFF_RETRY = RetryPolicy(
+    initial_interval=timedelta(milliseconds=500), backoff_coefficient=2.0, maximum_interval=timedelta(seconds=10)
+)
+EXTERNAL_ACCEPT_TIMEOUT = timedelta(seconds=60)
+# A user's message to an external agent that cannot be passed on within this is answered by our AI instead.
+FORWARD_TIMEOUT = timedelta(minutes=2)
+FILTER_RETRY = RetryPolicy(maximum_attempts=3)
+CARRY_TO_AGENT = 50  # transcript entries an envelope carries
 
 
 class Reject(ApplicationError):
@@ -82,12 +98,28 @@ class Conversation:
         # O(1) de-duplication; the list in the state is what continue-as-new carries.
         self._seen = set(self.s.recent_message_ids)
         self._waiting_is_not_inactivity = False
+        self._protocol = False
+        # The handoff id being delivered to an external agent: its SLA is the delivery's own timeout meanwhile.
+        self._handing_over: str | None = None
+        if input.carried is None:
+            if input.context is not None:
+                self.s.context = input.context.model_copy(deep=True)
+            if input.peer is not None:
+                # Another platform handed this conversation to our local agent: it greets the user first.
+                self.s.peer = input.peer
+                self.s.inbox.append(Work(kind="ai_welcome"))
+                self._audit(
+                    "handoff_received", platform=input.peer.platform, agent=input.peer.agent_id,
+                    handoff_id=input.peer.handoff_id, reason=input.peer.reason,
+                    withheld=[w.model_dump() for w in input.peer.withheld],
+                )
 
     # ---- the story of a conversation -------------------------------------------------------------
 
     @workflow.run
     async def run(self, input: ConversationInput) -> Snapshot:
         self._waiting_is_not_inactivity = workflow.patched(PATCH_WAITING_IS_NOT_INACTIVITY)
+        self._protocol = workflow.patched(PATCH_PLATFORM_PROTOCOL)
         self._publish()
         delivery = asyncio.create_task(self._deliver_loop())
         clock = asyncio.create_task(self._watch_deadlines())
@@ -117,21 +149,30 @@ class Conversation:
         return views.snapshot(self.s)
 
     async def _do(self, work: Work) -> None:
-        if work.kind in ("ai_turn", "ai_resume"):
+        if work.kind in ("ai_turn", "ai_resume", "ai_welcome"):
             await self._ai_turn(work)
+        elif work.kind == "deliver_handoff":
+            await self._hand_over(work.handoff_id or "")
+        elif work.kind == "forward":
+            await self._forward(work.seq)
 
     async def _ai_turn(self, work: Work) -> None:
         if self.s.state is not State.AI:
             self._audit("ai_muted", seq=work.seq, owner=self.s.owner, state=self.s.state.value)
             return
+        peer = self.s.peer
         turn = AgentTurn(
             conversation_id=self.s.conversation_id,
             channel=self.s.channel,
             message=self._entry(work.seq) if work.kind == "ai_turn" else None,
-            history=self.s.transcript[-AI_HISTORY:],
+            # On a conversation handed to us, what was said on the other platform is part of the AI's memory.
+            history=((peer.transcript if peer else []) + self.s.transcript)[-AI_HISTORY:],
             profile=self.s.context.profile,
             slots=self.s.context.slots,
             resumed_after_handoff=self.s.human_stretch_ended,
+            agent=(peer.agent_name or peer.agent_id) if peer else None,
+            welcome=work.kind == "ai_welcome",
+            handoff_reason=peer.reason if peer else "",
         )
         try:
             reply = await workflow.execute_local_activity(
@@ -141,7 +182,7 @@ class Conversation:
                 start_to_close_timeout=timedelta(seconds=30),
                 schedule_to_close_timeout=timedelta(minutes=2),
                 retry_policy=AI_RETRY,
-                summary=f"AI agent answers seq {work.seq}" if work.kind == "ai_turn" else "AI agent resumes",
+                summary=f"AI agent answers seq {work.seq}" if work.kind == "ai_turn" else f"AI agent: {work.kind}",
             )
         except FailureError as err:
             # A local activity's failure arrives as the activity's own error (not wrapped in ActivityError).
@@ -159,6 +200,14 @@ class Conversation:
             return
         if reply.text:
             self._say(Role.AI, "ai", reply.text)
+        if reply.end is not None:
+            if self.s.peer is None:
+                self._audit("ai_end_ignored", end=reply.end, reason="only a conversation handed to us can be handed back")
+            else:
+                # Our local agent is done: the sending platform's side takes over again (or the chat ends).
+                verb = "handed the conversation back" if reply.end == "hand_back" else "closed the conversation"
+                self._close(f"the agent {verb}", peer_event=reply.end)
+                return
         if reply.handoff is not None:
             request = HandoffRequest(
                 reason=reply.handoff.reason, target=reply.handoff.target, params=reply.handoff.params
@@ -169,7 +218,10 @@ class Conversation:
 
     @workflow.signal(name=Signals.USER_MESSAGE)
     def on_user_message(self, message: UserMessage) -> None:
-        self._user_message(message)
+        if (why := self._via_refusal(message)) is None:
+            self._user_message(message)
+        else:
+            self._audit("signal_rejected", signal=Signals.USER_MESSAGE, reason=why)
 
     @workflow.signal(name=Signals.AGENT_MESSAGE)
     def on_agent_message(self, message: AgentMessage) -> None:
@@ -194,7 +246,7 @@ class Conversation:
 
     @workflow.signal(name=Signals.CLOSE)
     def on_close(self, request: CloseRequest) -> None:
-        if (why := refusal(self.s.state, Event.CLOSE)) is None:
+        if (why := self._close_refusal(request)) is None:
             self._close(request.reason)
         else:
             self._audit("signal_rejected", signal=Signals.CLOSE, reason=why)
@@ -213,6 +265,8 @@ class Conversation:
     def _check_user_message(self, message: UserMessage) -> None:
         if self._closed:
             raise Reject("the conversation is closed")
+        if (why := self._via_refusal(message)) is not None:
+            raise Reject(why)
 
     @workflow.update(name=Updates.SUBMIT_AGENT_MESSAGE)
     def submit_agent_message(self, message: AgentMessage) -> CommandResult:
@@ -250,7 +304,7 @@ class Conversation:
 
     @submit_close.validator
     def _check_close(self, request: CloseRequest) -> None:
-        if (why := refusal(self.s.state, Event.CLOSE)) is not None:
+        if (why := self._close_refusal(request)) is not None:
             raise Reject(why)
 
     @workflow.update(name=Updates.SUBMIT_CONTEXT)
@@ -280,6 +334,11 @@ class Conversation:
     def _check_accept(self, accept: AcceptHandoff) -> None:
         if (why := self._pending_refusal(accept.handoff_id)) is not None:
             raise Reject(why)
+        pending = self.s.pending
+        if self._protocol and pending is not None and pending.target.external_agent:
+            raise Reject(
+                f"external agent {pending.target.external_agent} accepts through the platform protocol (its 202)"
+            )
 
     @workflow.update(name=Updates.REJECT_HANDOFF)
     def reject_handoff(self, reject: RejectHandoff) -> CommandResult:
@@ -321,9 +380,20 @@ class Conversation:
             return self._result(duplicate=True)
         # Accepted even while closing: a message is never dropped, it is at least recorded.
         entry = self._append(Role.USER, message.author, message.text, message.message_id)
+        if message.redacted:
+            self._audit("redacted_at_ingress", seq=entry.seq, kinds=message.redacted)
         if self.s.state is State.AI:
             self.s.inbox.append(Work(kind="ai_turn", seq=entry.seq))
+        elif self.s.state is State.EXTERNAL_AGENT and self.s.external is not None:
+            self.s.inbox.append(Work(kind="forward", seq=entry.seq))
         return self._result(seq=entry.seq)
+
+    def _via_refusal(self, message: UserMessage) -> str | None:
+        if message.via_agent is None:
+            return None
+        if self.s.peer is None or self.s.peer.agent_id != message.via_agent:
+            return f"this conversation was not handed to agent {message.via_agent}"
+        return None
 
     def _agent_message_refusal(self, message: AgentMessage) -> str | None:
         if not may_speak(self.s.state, message.role):
@@ -336,6 +406,8 @@ class Conversation:
         if message.message_id in self._seen:
             return self._result(duplicate=True)
         entry = self._append(message.role, message.author, message.text, message.message_id)
+        if message.redacted:
+            self._audit("redacted_at_ingress", seq=entry.seq, kinds=message.redacted)
         return self._result(seq=entry.seq)
 
     def _start_handoff(self, request: HandoffRequest, requested_by: str) -> PendingHandoff:
@@ -369,8 +441,118 @@ class Conversation:
             params=request.params,
         )
         self._say(Role.SYSTEM, "system", views.waiting_notice(target))
+        self._reach(pending)
         self._publish()
         return pending
+
+    def _reach(self, pending: PendingHandoff) -> None:
+        """An external agent is reached through the platform protocol; queues wait for a claim."""
+        if self._protocol and pending.target.external_agent:
+            self.s.inbox.append(Work(kind="deliver_handoff", handoff_id=pending.handoff_id))
+
+    async def _hand_over(self, handoff_id: str) -> None:
+        """Filter the context for the external agent, deliver the signed envelope; its 202 is the acceptance."""
+        pending = self.s.pending
+        if pending is None or pending.handoff_id != handoff_id or not pending.target.external_agent:
+            return  # closed, cancelled or fallen back meanwhile
+        agent, label = pending.target.external_agent, pending.target.label
+        carried = self.s.transcript[-CARRY_TO_AGENT:]
+        self._handing_over = handoff_id
+        try:
+            filtered = await workflow.execute_activity(
+                Activities.FILTER_CONTEXT,
+                FilterRequest.from_context(self.s.context, carried),
+                result_type=FilterResult,
+                start_to_close_timeout=timedelta(seconds=10),
+                retry_policy=FILTER_RETRY,
+                summary=f"filter the context for {label}",
+            )
+            self._audit(
+                "context_filtered", handoff_id=handoff_id, target=label,
+                receipt=[r.model_dump() for r in filtered.receipt],
+            )
+            left = pending.deadline - workflow.now()
+            outcome = await workflow.execute_activity(
+                Activities.DELIVER_HANDOFF,
+                HandoffDelivery(
+                    agent_id=agent, handoff_id=handoff_id, conversation_id=self.s.conversation_id,
+                    reason=pending.reason, context=filtered.context, transcript=filtered.transcript,
+                ),
+                result_type=HandoffOutcome,
+                start_to_close_timeout=CHANNEL_START_TO_CLOSE,
+                schedule_to_close_timeout=max(timedelta(seconds=1), min(EXTERNAL_ACCEPT_TIMEOUT, left)),
+                retry_policy=HANDOFF_RETRY,
+                summary=f"hand the conversation to {agent}",
+            )
+        except ActivityError as err:
+            outcome = HandoffOutcome(accepted=False, detail=f"unreachable: {err.cause or err}")
+        finally:
+            self._handing_over = None
+        if self.s.pending is None or self.s.pending.handoff_id != handoff_id:
+            # Closed while the envelope was on its way: the other side times its conversation out.
+            self._audit("handoff_outcome_ignored", handoff_id=handoff_id, accepted=outcome.accepted)
+            return
+        if not outcome.accepted or not outcome.remote_conversation_id:
+            self._fall_back(f"{label} did not accept: {outcome.detail}")
+            return
+        self._transition(Event.ACCEPT_EXTERNAL, owner=agent, queue=None)
+        self.s.external = ExternalLink(
+            agent_id=agent, remote_conversation_id=outcome.remote_conversation_id, handoff_id=handoff_id
+        )
+        self.s.pending = None
+        self.s.waiting_since = None
+        self._audit(
+            "handoff_accepted", handoff_id=handoff_id, target=label, owner=agent,
+            remote_conversation_id=outcome.remote_conversation_id,
+        )
+        # What the user wrote after the envelope was cut goes on to the agent, in order.
+        last_carried = carried[-1].seq if carried else 0
+        for entry in self.s.transcript:
+            if entry.seq > last_carried and entry.role is Role.USER:
+                self.s.inbox.append(Work(kind="forward", seq=entry.seq))
+        self._publish()
+
+    async def _forward(self, seq: int) -> None:
+        """A user's message to the external agent that owns the conversation, through the platform protocol."""
+        link = self.s.external
+        if self.s.state is State.AI:
+            # Handed back before this message could be passed on: the AI answers it instead.
+            await self._ai_turn(Work(kind="ai_turn", seq=seq))
+            return
+        if self.s.state is not State.EXTERNAL_AGENT or link is None:
+            self._audit("not_forwarded", seq=seq, state=self.s.state.value)
+            return
+        entry = self._entry(seq)
+        try:
+            result = await workflow.execute_activity(
+                Activities.FORWARD_TO_AGENT,
+                ForwardMessage(
+                    agent_id=link.agent_id, remote_conversation_id=link.remote_conversation_id,
+                    conversation_id=self.s.conversation_id, message_id=entry.message_id, text=entry.text,
+                ),
+                result_type=DeliveryResult,
+                start_to_close_timeout=CHANNEL_START_TO_CLOSE,
+                schedule_to_close_timeout=FORWARD_TIMEOUT,
+                retry_policy=CHANNEL_RETRY,
+                summary=f"forward seq {seq} to {link.agent_id}",
+            )
+        except ActivityError as err:
+            result = DeliveryResult(outcome="gone", detail=f"unreachable: {err.cause or err}")
+        if result.outcome == "delivered":
+            return
+        if self.s.external is None or self.s.external.handoff_id != link.handoff_id:
+            return  # handed back or closed meanwhile
+        if result.outcome == "rejected":
+            self._audit("forward_rejected", seq=seq, agent=link.agent_id, status=result.status, detail=result.detail)
+            self._say(Role.SYSTEM, "system", "Sorry, that message could not be passed on. Please try rephrasing it.")
+            return
+        # The external agent's conversation is over or out of reach: our AI takes over and answers this message.
+        self._audit("external_agent_lost", seq=seq, agent=link.agent_id, status=result.status, detail=result.detail)
+        self._transition(Event.HAND_BACK, owner="ai", queue=None)
+        self.s.human_stretch_ended = True
+        self._say(Role.SYSTEM, "system", "The specialist assistant can't be reached right now, so I'm back with you.")
+        self.s.inbox.insert(0, Work(kind="ai_turn", seq=seq))
+        self._publish()
 
     def _fall_back(self, why: str) -> None:
         pending = self.s.pending
@@ -391,6 +573,7 @@ class Conversation:
             )
             self._audit("handoff_fallback", handoff_id=self.s.pending.handoff_id, target=target.label)
             self._say(Role.SYSTEM, "system", views.waiting_notice(target))
+            self._reach(self.s.pending)
         else:
             self._transition(Event.GIVE_UP, owner="ai", queue=None)
             self._back_to_ai(pending)
@@ -423,13 +606,29 @@ class Conversation:
         self.s.inbox.append(Work(kind="ai_resume", seq=self.s.seq))
         self._publish()
 
-    def _close(self, reason: str) -> None:
+    def _close_refusal(self, request: CloseRequest) -> str | None:
+        if (why := refusal(self.s.state, Event.CLOSE)) is not None:
+            return why
+        if request.by is not None and request.by != self.s.owner:
+            return (
+                f"only the owner ({self.s.owner}) can close; {request.by} does not own the conversation "
+                f"(state '{self.s.state.value}')"
+            )
+        return None
+
+    def _close(self, reason: str, peer_event: str | None = "close") -> None:
+        """On a conversation handed to us, the closing entry goes back to the sender as `peer_event`
+        (`close`, or `hand_back` when our side merely ended), or not at all (None: the sender ended it)."""
         self._transition(Event.CLOSE, owner=None, queue=None)
         self.s.pending = None
         self.s.waiting_since = None
         self.s.closed_reason = reason
         self._audit("closed", reason=reason)
-        self._say(Role.SYSTEM, "system", "This conversation has been closed.")
+        if self.s.peer is None:
+            self._say(Role.SYSTEM, "system", "This conversation has been closed.")
+        else:
+            text = "Handed back to the referring assistant." if peer_event == "hand_back" else "This conversation has been closed."
+            self._append(Role.SYSTEM, "system", text, event=peer_event, deliver=peer_event is not None)
         self._publish()
 
     def _merge_context(self, update: ContextUpdate) -> None:
@@ -444,6 +643,7 @@ class Conversation:
             "context_updated",
             keys={s: sorted(getattr(update, s) or {}) for s in ("profile", "slots", "metadata")},
             sealed=sorted(update.sealed),
+            **({"withheld": [w.model_dump() for w in update.withheld]} if update.withheld else {}),
         )
 
     def _pending_refusal(self, handoff_id: str) -> str | None:
@@ -471,16 +671,24 @@ class Conversation:
                 except asyncio.TimeoutError:
                     pass
                 continue
-            if self.s.pending is not None and now >= self.s.pending.deadline:
+            if self.s.pending is not None and now >= self.s.pending.deadline and not self._delivering_handoff:
                 self._fall_back("nobody accepted within the SLA")
             elif now >= self._inactivity_deadline():
                 minutes = self.s.inactivity_timeout_seconds // 60
-                self._close(f"inactive for {minutes} minutes" if minutes else "inactive")
+                # Handed to us by another platform: idle here does not end the chat there, it goes back.
+                self._close(f"inactive for {minutes} minutes" if minutes else "inactive", peer_event="hand_back")
 
     def _inactivity_deadline(self) -> datetime:
         return self.s.last_activity_at + timedelta(seconds=self.s.inactivity_timeout_seconds)
 
+    @property
+    def _delivering_handoff(self) -> bool:
+        return self.s.pending is not None and self._handing_over == self.s.pending.handoff_id
+
     def _next_deadline(self) -> datetime:
+        if self._delivering_handoff:
+            # The delivery's own timeout (within the SLA) decides; the watcher must not fall back under it.
+            return self._inactivity_deadline()
         if self.s.pending is not None and self._waiting_is_not_inactivity:
             # A user waiting for a handoff is not idle: the SLA, not the inactivity timeout, governs the wait.
             return self.s.pending.deadline
@@ -496,15 +704,19 @@ class Conversation:
             await workflow.wait_condition(lambda: bool(self.s.outbox))
             entry = self._entry(self.s.outbox[0])
             self._delivering = True
+            if self.s.peer is None:
+                name, arg, where = Activities.DELIVER_TO_CHANNEL, self._channel_message(entry), "the channel"
+            else:
+                name, arg, where = Activities.DELIVER_TO_PEER, self._peer_delivery(entry), "the sending platform"
             try:
                 result = await workflow.execute_activity(
-                    Activities.DELIVER_TO_CHANNEL,
-                    ChannelMessage.model_construct(conversation_id=self.s.conversation_id, **dict(entry)),
+                    name,
+                    arg,
                     result_type=DeliveryResult,
                     start_to_close_timeout=CHANNEL_START_TO_CLOSE,
                     schedule_to_close_timeout=CHANNEL_SCHEDULE_TO_CLOSE,
                     retry_policy=CHANNEL_RETRY,
-                    summary=f"deliver seq {entry.seq} ({entry.role.value}) to the channel",
+                    summary=f"deliver seq {entry.seq} ({entry.role.value}) to {where}",
                 )
             except ActivityError as err:
                 result = DeliveryResult(outcome="rejected", detail=f"gave up: {err.cause or err}")
@@ -514,7 +726,10 @@ class Conversation:
             if result.outcome == "gone":
                 self.s.channel_stopped = True
                 self.s.outbox.clear()
-                self._audit("channel_gone", seq=entry.seq, status=result.status)
+                self._audit("channel_gone", seq=entry.seq, status=result.status, detail=result.detail)
+                if self.s.peer is not None and not self._closed:
+                    # The sending platform no longer has us on this conversation: nobody is listening here.
+                    self._close("the sending platform ended the handoff", peer_event=None)
             elif result.outcome == "rejected":
                 self._audit("delivery_rejected", seq=entry.seq, status=result.status, detail=result.detail)
 
@@ -524,10 +739,30 @@ class Conversation:
     def _closed(self) -> bool:
         return self.s.state is State.CLOSED
 
+    def _channel_message(self, entry: TranscriptEntry) -> ChannelMessage:
+        return ChannelMessage.model_construct(
+            conversation_id=self.s.conversation_id, seq=entry.seq, message_id=entry.message_id, role=entry.role,
+            author=entry.author, text=entry.text, at=entry.at,
+        )
+
+    def _peer_delivery(self, entry: TranscriptEntry) -> PeerDelivery:
+        peer = self.s.peer
+        assert peer is not None
+        if entry.event is None:
+            event = PeerEvent(type="message", remote_conversation_id=self.s.conversation_id,
+                              message_id=entry.message_id, text=entry.text)
+        else:
+            event = PeerEvent(type=entry.event, remote_conversation_id=self.s.conversation_id,
+                              message_id=entry.message_id, reason=self.s.closed_reason or "")
+        return PeerDelivery(agent_id=peer.agent_id, callback_url=peer.callback_url,
+                            conversation_id=self.s.conversation_id, seq=entry.seq, event=event)
+
     def _transition(self, event: Event, *, owner: str | None, queue: str | None) -> None:
         self.s.state = apply(self.s.state, event)
         self.s.owner = owner
         self.s.queue = queue
+        if self.s.state is not State.EXTERNAL_AGENT:
+            self.s.external = None
         if self._waiting_is_not_inactivity and not self._closed:
             # A change of owner restarts the inactivity clock, so nobody is closed on the moment they arrive.
             self.s.last_activity_at = workflow.now()
@@ -540,7 +775,10 @@ class Conversation:
         if waited:
             self.s.inbox.append(Work(kind="ai_turn", seq=waited[-1].seq))
 
-    def _append(self, role: Role, author: str, text: str, message_id: str | None = None) -> TranscriptEntry:
+    def _append(
+        self, role: Role, author: str, text: str, message_id: str | None = None, *, event: str | None = None,
+        deliver: bool = True,
+    ) -> TranscriptEntry:
         self.s.seq += 1
         now = workflow.now()
         entry = TranscriptEntry(
@@ -550,13 +788,14 @@ class Conversation:
             author=author,
             text=text,
             at=now,
+            event=event,
         )
         self.s.transcript.append(entry)
         self.s.recent_message_ids.append(entry.message_id)
         self._seen.add(entry.message_id)
         if role is not Role.SYSTEM:
             self.s.last_activity_at = now
-        if role is not Role.USER and not self.s.channel_stopped:
+        if role is not Role.USER and deliver and not self.s.channel_stopped:
             self.s.outbox.append(entry.seq)
         self._details()
         return entry

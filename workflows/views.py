@@ -33,6 +33,8 @@ def snapshot(s: ConversationState) -> Snapshot:
             "metadata": ctx.metadata,
             "sealed_sections": sorted(ctx.sealed),
         },
+        external=s.external,
+        peer=s.peer.model_dump(exclude={"transcript"}) if s.peer else None,
     )
 
 
@@ -47,6 +49,10 @@ def details(s: ConversationState) -> str:
     ]
     if s.pending is not None:
         lines.append(f"**Pending:** {s.pending.target.label} until {s.pending.deadline.isoformat()}")
+    if s.external is not None:
+        lines.append(f"**External conversation:** {s.external.remote_conversation_id}")
+    if s.peer is not None:
+        lines.append(f"**Handed to us by:** {s.peer.platform} for agent {s.peer.agent_id}")
     return "\n".join(lines)
 
 

@@ -1,0 +1,231 @@
+"""The platform protocol's outbound half (DESIGN.md): hand a conversation to an external agent, forward the user's
+messages to it, and send our local agent's events back to the platform that handed a conversation to us."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import httpx
+from pydantic import TypeAdapter, ValidationError
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from activities import webhooks
+from activities.channel import retry_after
+from activities.filtering import redact_text
+from activities.outbound import OutboundError, OutboundPolicy, Target, post_json, resolve_public
+from activities.registry import AgentRegistry
+from models.conversation import DeliveryResult
+from models.names import Activities, Routes
+from models.protocol import (
+    MAX_CARRIED,
+    ForwardMessage,
+    HandoffAccepted,
+    HandoffDelivery,
+    HandoffOutcome,
+    PeerDelivery,
+    RemoteId,
+)
+
+AGENT_UNAVAILABLE = "AgentUnavailable"
+REGISTRY_UNAVAILABLE = "RegistryUnavailable"
+USER_AGENT = "Baton-Platform/1"
+MAX_REASON = 200
+CARRIED_FIELDS = {"seq", "message_id", "role", "author", "text", "at"}
+# The remote names its conversation, and that name goes into our URL paths: hold it to the protocol's id shape.
+_REMOTE_ID = TypeAdapter(RemoteId)
+
+
+def forward_webhook_id(m: ForwardMessage) -> str:
+    return "fwd_" + hashlib.sha256(f"{m.conversation_id}\x00{m.message_id}".encode()).hexdigest()[:32]
+
+
+def peer_webhook_id(p: PeerDelivery) -> str:
+    key = f"{p.conversation_id}\x00{p.seq}\x00{p.event.message_id}".encode()
+    return "evt_" + hashlib.sha256(key).hexdigest()[:32]
+
+
+def _unavailable(reason: str, status: int | None = None, response: httpx.Response | None = None) -> ApplicationError:
+    delay = retry_after(response.headers.get("retry-after")) if response is not None else None
+    return ApplicationError(reason, {"status": status}, type=AGENT_UNAVAILABLE, next_retry_delay=delay)
+
+
+@contextmanager
+def _registry_errors() -> Iterator[None]:
+    """Registry failures (a bad BATON_SECRET_KEY, an unreadable store) will not heal by retrying."""
+    try:
+        yield
+    except Exception as e:
+        # Our own ValueErrors are written to be shown; anything else could carry a connection string.
+        shown = f": {e}" if type(e) is ValueError else ""
+        raise ApplicationError(
+            f"the agent registry is unavailable ({type(e).__name__}{shown})", type=REGISTRY_UNAVAILABLE,
+            non_retryable=True,
+        ) from None
+
+
+def _remote_reason(response: httpx.Response, secret: str) -> str:
+    """The answer's "detail" (or "reason"), printable and short; else what the status itself says."""
+    try:
+        answer = response.json()
+    except ValueError:
+        answer = None
+    found: Any = (answer.get("detail") or answer.get("reason")) if isinstance(answer, dict) else None
+    if found:
+        text = found if isinstance(found, str) else json.dumps(found, separators=(",", ":"))
+        # Untrusted text bound for logs and history: no control characters, and never our secret echoed back.
+        text = "".join(ch if ch.isprintable() else " " for ch in text.replace(secret, "[secret]"))
+        return text[:MAX_REASON]
+    if 300 <= response.status_code < 400:
+        return "redirect (not followed)"
+    return response.reason_phrase or "no reason given"
+
+
+def _accepted_id(response: httpx.Response) -> str | None:
+    """The remote conversation id of a 2xx that accepts the handoff, or None."""
+    try:
+        accepted = HandoffAccepted.model_validate_json(response.content)
+        return _REMOTE_ID.validate_python(accepted.remote_conversation_id) if accepted.accepted else None
+    except ValidationError:
+        return None
+
+
+def _classify(response: httpx.Response, what: str, secret: str) -> DeliveryResult:
+    """A forwarded message's or an event's answer: 2xx delivered; 404/409/410 the conversation is over."""
+    status = response.status_code
+    if 200 <= status < 300:
+        return DeliveryResult(outcome="delivered", status=status)
+    if status in (408, 429) or status >= 500:
+        raise _unavailable(f"{what} answered {status}", status, response)
+    detail = f"{what} answered {status}: {_remote_reason(response, secret)}"
+    activity.logger.warning("%s", detail)
+    return DeliveryResult(outcome="gone" if status in (404, 409, 410) else "rejected", status=status, detail=detail)
+
+
+class PlatformActivities:
+    """Looks secrets up in the registry (the workflow passes ids only); resolves every domain per attempt."""
+
+    def __init__(
+        self, registry: Callable[[], AgentRegistry], public_url: str, policy: OutboundPolicy | None = None
+    ) -> None:
+        self._registry = registry
+        self.public_url = public_url.rstrip("/")
+        self._policy = policy
+
+    def _resolved_policy(self) -> OutboundPolicy:
+        if self._policy is not None:
+            return self._policy
+        try:
+            return OutboundPolicy.from_env()
+        except ValueError as e:
+            raise ApplicationError(str(e), type="BadConfiguration", non_retryable=True) from None
+
+    async def _post(
+        self, target: Target, path: str, body: bytes, secret: str, msg_id: str, what: str
+    ) -> httpx.Response:
+        # Signed afresh per attempt, so a retry after a long outage is not refused as stale.
+        headers = {**webhooks.headers(secret, msg_id, body, int(time.time())), "user-agent": USER_AGENT}
+        try:
+            return await post_json(target, path, body, headers)
+        except httpx.TimeoutException as e:
+            raise _unavailable(f"{what} did not answer in time ({type(e).__name__})") from None
+        except httpx.HTTPError as e:
+            raise _unavailable(f"{what} unreachable ({type(e).__name__}: {e})") from None
+        except OutboundError as e:
+            raise _unavailable(f"{what} unreachable ({e.reason})") from None
+
+    @activity.defn(name=Activities.DELIVER_HANDOFF)
+    async def deliver_handoff(self, d: HandoffDelivery) -> HandoffOutcome:
+        with _registry_errors():
+            registry = self._registry()
+            found = registry.external(d.agent_id)
+        if found is None:
+            return HandoffOutcome(accepted=False, detail=f"unknown external agent {d.agent_id!r}")
+        agent, secret = found
+        what = f"external agent {d.agent_id!r}"
+        envelope = {
+            "handoff_id": d.handoff_id,
+            "source": {"platform": self.public_url, "conversation_id": d.conversation_id},
+            "reason": d.reason,
+            "context": d.context.model_dump(mode="json"),
+            # The receiver refuses more than MAX_CARRIED entries; the latest matter most.
+            "transcript": [e.model_dump(mode="json", include=CARRIED_FIELDS) for e in d.transcript[-MAX_CARRIED:]],
+            "callback_url": self.public_url + Routes.AGENT_EVENTS.format(agent_id=d.agent_id),
+        }
+        body = json.dumps(envelope, separators=(",", ":")).encode()
+        try:
+            target = await resolve_public(agent.domain or "", self._resolved_policy())
+        except OutboundError as e:
+            activity.logger.warning("handoff %s to %s not sent: %s", d.handoff_id, what, e.reason)
+            return HandoffOutcome(accepted=False, detail=f"{what} cannot be reached: {e.reason}")
+
+        path = Routes.AGENT_HANDOFFS.format(agent_id=quote(d.agent_id, safe=""))
+        response = await self._post(target, path, body, secret, "hof_" + d.handoff_id, what)
+        status = response.status_code
+        if 200 <= status < 300:
+            remote_id = _accepted_id(response)
+            if remote_id is None:
+                activity.logger.warning("handoff %s: %s answered %s without an id", d.handoff_id, what, status)
+                return HandoffOutcome(
+                    accepted=False, status=status, detail="answered 2xx without a remote_conversation_id"
+                )
+            # Linked before returning, so the agent's first callback finds its conversation.
+            registry.link(d.agent_id, remote_id, d.conversation_id, d.handoff_id)
+            return HandoffOutcome(accepted=True, remote_conversation_id=remote_id, status=status)
+        if status in (408, 429) or status >= 500:
+            raise _unavailable(f"{what} answered {status}", status, response)
+        detail = f"refused with {status}: {_remote_reason(response, secret)}"
+        activity.logger.warning("handoff %s to %s %s", d.handoff_id, what, detail)
+        return HandoffOutcome(accepted=False, status=status, detail=detail)
+
+    @activity.defn(name=Activities.FORWARD_TO_AGENT)
+    async def forward_to_agent(self, m: ForwardMessage) -> DeliveryResult:
+        with _registry_errors():
+            found = self._registry().external(m.agent_id)
+        if found is None:
+            return DeliveryResult(outcome="gone", detail=f"unknown external agent {m.agent_id!r}")
+        agent, secret = found
+        what = f"external agent {m.agent_id!r}"
+        # Defence in depth: the message left the filter's reach once it was typed after the handoff.
+        text, findings = redact_text(m.text)
+        if findings:
+            activity.logger.info("redacted %d finding(s) from message %s before forwarding", len(findings),
+                                 m.message_id)
+        body = json.dumps({"message_id": m.message_id, "text": text}, separators=(",", ":")).encode()
+        try:
+            target = await resolve_public(agent.domain or "", self._resolved_policy())
+        except OutboundError as e:
+            return DeliveryResult(outcome="gone", detail=f"{what} cannot be reached: {e.reason}")
+        path = Routes.AGENT_MESSAGES.format(
+            agent_id=quote(m.agent_id, safe=""), remote_conversation_id=quote(m.remote_conversation_id, safe="")
+        )
+        response = await self._post(target, path, body, secret, forward_webhook_id(m), what)
+        return _classify(response, what, secret)
+
+    @activity.defn(name=Activities.DELIVER_TO_PEER)
+    async def deliver_to_peer(self, p: PeerDelivery) -> DeliveryResult:
+        with _registry_errors():
+            secrets = self._registry().verifying_secrets(p.agent_id)
+        if not secrets:
+            return DeliveryResult(outcome="gone", detail=f"local agent {p.agent_id!r} was removed")
+        what = "the sending platform's callback"
+        try:
+            target = await resolve_public(p.callback_url, self._resolved_policy())
+        except OutboundError as e:
+            return DeliveryResult(outcome="gone", detail=f"{what} cannot be reached: {e.reason}")
+        # The callback URL is complete: post to its exact path and query, not to a path appended to it.
+        parts = urlsplit(p.callback_url.strip())
+        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        body = p.event.model_dump_json().encode()
+        response = await self._post(
+            dataclasses.replace(target, path=""), path, body, secrets[0], peer_webhook_id(p), what
+        )
+        return _classify(response, what, secrets[0])
+
