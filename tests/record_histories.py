@@ -6,7 +6,10 @@ older code look like."""
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
+import tempfile
+import uuid
 from pathlib import Path
 
 from models.conversation import (
@@ -22,15 +25,16 @@ from models.conversation import (
     Role,
     UserMessage,
 )
-from models.names import Signals, Updates
-from tests.conftest import start_dev_server
-from tests.harness import baton_worker, settings_for, snapshot, start_conversation
+from activities.registry import SqliteRegistry
+from models.names import Signals, Updates, workflow_id
+from tests.conftest import free_port, start_dev_server
+from tests.harness import baton_api, baton_worker, settings_for, snapshot, start_conversation
 from tests.receiver import Receiver
 
 HERE = Path(__file__).parent / "histories"
 
 
-async def ai_chat_then_close(client, settings, cid):
+async def ai_chat_then_close(client, settings, cid, **_):
     h = await start_conversation(client, settings, cid, text="Hello")
     await h.signal(Signals.SET_CONTEXT, ContextUpdate(profile={"name": "Ada"}, slots={"issue": "billing"}))
     for i, text in enumerate(["What can you do?", "thanks", "thanks"], start=2):
@@ -42,7 +46,7 @@ async def ai_chat_then_close(client, settings, cid):
     return h
 
 
-async def live_handoff_and_hand_back(client, settings, cid):
+async def live_handoff_and_hand_back(client, settings, cid, **_):
     h = await start_conversation(client, settings, cid, text="I want to talk to a human")
     while True:
         snap = await snapshot(h)
@@ -60,7 +64,7 @@ async def live_handoff_and_hand_back(client, settings, cid):
     return h
 
 
-async def fallback_then_give_up(client, settings, cid):
+async def fallback_then_give_up(client, settings, cid, **_):
     h = await start_conversation(client, settings, cid, text="Hello")
     first = await h.execute_update(
         Updates.SUBMIT_HANDOFF,
@@ -76,7 +80,7 @@ async def fallback_then_give_up(client, settings, cid):
     return h
 
 
-async def sla_expiry_walks_the_fallbacks(client, settings, cid):
+async def sla_expiry_walks_the_fallbacks(client, settings, cid, **_):
     h = await start_conversation(client, settings, cid, text="Hello")
     await h.signal(
         Signals.REQUEST_HANDOFF,
@@ -89,25 +93,66 @@ async def sla_expiry_walks_the_fallbacks(client, settings, cid):
     return h
 
 
+async def external_handoff_and_hand_back(client, settings, cid, http, **_):
+    """The embedded demo's path: this install hands the conversation to its own `tech-support` over loopback.
+    Returns both conversations: ours, and the one the receiving side opened."""
+
+    async def say(text):
+        r = await http.post(f"/v1/conversations/{cid}/messages", json={"message_id": uuid.uuid4().hex, "text": text})
+        assert r.status_code == 202, r.text
+
+    async def state(conversation):
+        return (await http.get(f"/v1/conversations/{conversation}")).json()
+
+    await http.put(f"/v1/conversations/{cid}/context", json={"profile": {"name": "Ada"}, "auth": {"token": "t"}})
+    await say("The app crashes with an error")
+    while (snap := await state(cid))["state"] != "external_agent":
+        await asyncio.sleep(0.1)
+    rid = snap["external"]["remote_conversation_id"]
+    await say("version 2.3.1")
+    await say("it works now, thanks")
+    while (await state(cid))["state"] != "ai" or (await state(rid))["state"] != "closed":
+        await asyncio.sleep(0.1)
+    await http.post(f"/v1/conversations/{cid}/close")
+    ours = client.get_workflow_handle(workflow_id(cid))
+    await ours.result()
+    return ours, client.get_workflow_handle(workflow_id(rid))
+
+
 SCENARIOS = {
     "ai_chat_then_close": ai_chat_then_close,
     "live_handoff_and_hand_back": live_handoff_and_hand_back,
     "fallback_then_give_up": fallback_then_give_up,
     "sla_expiry_walks_the_fallbacks": sla_expiry_walks_the_fallbacks,
+    "external_handoff_and_hand_back": external_handoff_and_hand_back,
 }
 
 
 async def main(prefix: str, names: list[str]) -> None:
     env = await start_dev_server()
+    os.environ["BATON_ALLOW_PRIVATE_NETWORKS"] = "1"  # the loopback handoff
+    port = free_port()
     try:
-        async with Receiver() as channel:
-            settings = settings_for("record", channel_url=channel.url, channel_secret=channel.secret)
-            async with baton_worker(env.client, settings):
-                for name in names or SCENARIOS:
-                    handle = await SCENARIOS[name](env.client, settings, f"{prefix}-{name}".replace("_", "-"))
-                    history = await handle.fetch_history()
-                    (HERE / f"{prefix}_{name}.json").write_text(history.to_json())
-                    print(f"wrote {prefix}_{name}.json ({len(history.events)} events)")
+        with tempfile.TemporaryDirectory() as home:
+            async with Receiver() as channel:
+                settings = settings_for(
+                    "record", channel_url=channel.url, channel_secret=channel.secret, home=Path(home),
+                    public_url=f"http://127.0.0.1:{port}", demo_tech_agent="tech-support",
+                )
+                registry = SqliteRegistry(settings.home / "agents.db", settings.secret_key)
+                _, secret = registry.create_local("tech-support", "tech-support")
+                registry.save_external("tech-support", secret, settings.public_url)
+                async with baton_worker(env.client, settings, registry), baton_api(
+                    env.client, settings, registry, port=port
+                ) as http:
+                    for name in names or SCENARIOS:
+                        cid = f"{prefix}-{name}".replace("_", "-")
+                        handles = await SCENARIOS[name](env.client, settings, cid, http=http)
+                        for suffix, handle in zip(("", "_receiving_side"), handles if isinstance(handles, tuple) else (handles,)):
+                            history = await handle.fetch_history()
+                            (HERE / f"{prefix}_{name}{suffix}.json").write_text(history.to_json())
+                            print(f"wrote {prefix}_{name}{suffix}.json ({len(history.events)} events)")
+                registry.close()
     finally:
         await env.shutdown()
 
