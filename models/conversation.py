@@ -255,6 +255,8 @@ class ConversationState(BaseModel):
     human_stretch_ended: bool = False
     peer: PeerLink | None = None
     external: ExternalLink | None = None
+    # External agents are reached through the platform protocol (set where the `platform-protocol` patch is taken).
+    protocol: bool = False
 
 
 ConversationInput.model_rebuild()

@@ -98,7 +98,6 @@ class Conversation:
         # O(1) de-duplication; the list in the state is what continue-as-new carries.
         self._seen = set(self.s.recent_message_ids)
         self._waiting_is_not_inactivity = False
-        self._protocol = False
         # The handoff id being delivered to an external agent: its SLA is the delivery's own timeout meanwhile.
         self._handing_over: str | None = None
         if input.carried is None:
@@ -119,7 +118,6 @@ class Conversation:
     @workflow.run
     async def run(self, input: ConversationInput) -> Snapshot:
         self._waiting_is_not_inactivity = workflow.patched(PATCH_WAITING_IS_NOT_INACTIVITY)
-        self._protocol = workflow.patched(PATCH_PLATFORM_PROTOCOL)
         self._publish()
         delivery = asyncio.create_task(self._deliver_loop())
         clock = asyncio.create_task(self._watch_deadlines())
@@ -335,7 +333,7 @@ class Conversation:
         if (why := self._pending_refusal(accept.handoff_id)) is not None:
             raise Reject(why)
         pending = self.s.pending
-        if self._protocol and pending is not None and pending.target.external_agent:
+        if self.s.protocol and pending is not None and pending.target.external_agent:
             raise Reject(
                 f"external agent {pending.target.external_agent} accepts through the platform protocol (its 202)"
             )
@@ -447,7 +445,10 @@ class Conversation:
 
     def _reach(self, pending: PendingHandoff) -> None:
         """An external agent is reached through the platform protocol; queues wait for a claim."""
-        if self._protocol and pending.target.external_agent:
+        # Asked only here, where the behaviour branches: conversations that never reach an external agent
+        # record no marker for it.
+        if pending.target.external_agent and workflow.patched(PATCH_PLATFORM_PROTOCOL):
+            self.s.protocol = True
             self.s.inbox.append(Work(kind="deliver_handoff", handoff_id=pending.handoff_id))
 
     async def _hand_over(self, handoff_id: str) -> None:
