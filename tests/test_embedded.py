@@ -115,3 +115,37 @@ def test_embedded_default_chats_survives_a_restart_and_speaks_temporal(embedded)
         assert http.post("/v1/conversations/e2e-1/messages", json={"message_id": "m5", "text": "still there?"}).status_code == 202
         entries = wait_for_roles(http, "e2e-1", ["user", "ai", "user", "ai", "user", "ai"])
         assert entries[-2]["text"] == "still there?"
+
+
+def test_embedded_demo_hands_a_crash_to_tech_support_and_back(embedded):
+    """The walk-through of the README: a technical problem crosses the platform protocol (over loopback, to this
+    install's own `tech-support` agent), the user keeps chatting in the same conversation, and is handed back."""
+    headers = {"Authorization": f"Bearer {embedded.key()}"}
+    with httpx.Client(base_url=embedded.api, headers=headers, timeout=30) as http:
+
+        def say(mid: str, text: str) -> None:
+            assert http.post("/v1/conversations/crash-1/messages", json={"message_id": mid, "text": text}).status_code == 202
+
+        def wait_for_text(fragment: str) -> list[dict]:
+            deadline = time.monotonic() + 30
+            while True:
+                entries = http.get("/v1/conversations/crash-1/transcript").json().get("entries", [])
+                if any(fragment in e["text"] for e in entries):
+                    return entries
+                assert time.monotonic() < deadline, (fragment, entries, (embedded.home.parent / "baton.out").read_text()[-2000:])
+                time.sleep(0.2)
+
+        assert http.put("/v1/conversations/crash-1/context", json={"profile": {"name": "Ada"}}).status_code == 200
+        say("m1", "The app crashes with an error")
+        wait_for_text("I'm the tech-support assistant")
+        snap = http.get("/v1/conversations/crash-1").json()
+        assert snap["state"] == "external_agent" and snap["owner"] == "tech-support"
+        say("m2", "version 4.1")
+        wait_for_text("known crash")
+        say("m3", "it works now, thanks")
+        entries = wait_for_text("back with you")
+        assert http.get("/v1/conversations/crash-1").json()["state"] == "ai"
+        assert [e["role"] for e in entries].count("external_agent") == 3
+        # The receiving side's conversation is visible like any other (and ended with the hand back).
+        rid = snap["external"]["remote_conversation_id"]
+        assert http.get(f"/v1/conversations/{rid}").json()["state"] == "closed"

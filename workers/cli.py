@@ -12,6 +12,7 @@ import signal
 import sys
 from pathlib import Path
 
+import httpx
 import uvicorn
 
 from activities import sealing, webhooks
@@ -84,16 +85,62 @@ async def _dev(args: argparse.Namespace) -> None:
         settings.public_url = f"http://{settings.api_host}:{settings.api_port}"
     settings, keys = ensure_dev_keys(settings)
     settings.check(api=True)
+    # The demo hands technical problems to this install's own `tech-support` agent over loopback, which the
+    # outbound rule (public addresses only) would refuse; set BATON_ALLOW_PRIVATE_NETWORKS=0 to keep the rule.
+    os.environ.setdefault("BATON_ALLOW_PRIVATE_NETWORKS", "1")
+    if settings.demo_tech_agent is None and settings.ai_agent == "demo":
+        settings.demo_tech_agent = DEMO_AGENT
     stop = _stop_event()
     server = DevServer(settings.home, port=args.temporal_port, ui_port=None if args.no_ui else args.ui_port)
     await server.start()
     try:
         client = await connect(server.address, "default")
         _banner(settings, server, keys)
+        demo = asyncio.create_task(_connect_demo_agent(settings)) if settings.demo_tech_agent == DEMO_AGENT else None
         await _run_parts(settings, client, ["worker", "api"], stop)
+        if demo is not None:
+            demo.cancel()
     finally:
         server.stop()
         print("baton: stopped", flush=True)
+
+
+DEMO_AGENT = "tech-support"
+
+
+async def _connect_demo_agent(settings: Settings) -> None:
+    """The embedded demo's second platform is this one: a local agent `tech-support`, connected as an external
+    agent through the real Verify & Save route over loopback, once the API is listening."""
+    from activities.registry import SqliteRegistry
+
+    api = f"http://{settings.api_host}:{settings.api_port}"
+    registry = SqliteRegistry(settings.home / "agents.db", settings.secret_key or "")
+    try:
+        if registry.local(DEMO_AGENT) is None:
+            registry.create_local(DEMO_AGENT, DEMO_AGENT)
+        external = registry.external(DEMO_AGENT)
+        if external is not None and external[0].domain == settings.public_url.rstrip("/"):
+            return
+        secret = registry.verifying_secrets(DEMO_AGENT)[0]
+    finally:
+        registry.close()
+    async with httpx.AsyncClient(base_url=api, timeout=10) as http:
+        for _ in range(100):
+            try:
+                if (await http.get("/healthz")).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            await asyncio.sleep(0.2)
+        r = await http.post(
+            "/v1/admin/agents/external",
+            json={"agent_id": DEMO_AGENT, "secret": secret, "domain": settings.public_url},
+            headers={"Authorization": f"Bearer {settings.admin_key}"},
+        )
+    if r.status_code == 201:
+        log.info("demo: connected external agent %r at %s (Verify & Save over loopback)", DEMO_AGENT, settings.public_url)
+    else:
+        log.warning("demo: could not connect %r: %s %s", DEMO_AGENT, r.status_code, r.text[:200])
 
 
 def _banner(settings: Settings, server, keys: dict[str, str]) -> None:
@@ -107,7 +154,7 @@ Baton is running (Ctrl-C stops everything).
   Temporal    {server.address}   (Web UI: {ui})
   Data        {server.home / 'temporal.db'}
   Channel     {channel}
-  AI agent    {settings.ai_agent}
+  AI agent    {settings.ai_agent}{f"   (technical problems go to {settings.demo_tech_agent!r} over the platform protocol)" if settings.demo_tech_agent else ""}
   Keys        {settings.home / 'keys.env'}
     BATON_API_KEY={keys['BATON_API_KEY']}
     BATON_ADMIN_KEY={keys['BATON_ADMIN_KEY']}
@@ -118,6 +165,7 @@ Try:
     -H "Authorization: Bearer {keys['BATON_API_KEY']}" -H 'content-type: application/json' \\
     -d '{{"message_id": "m1", "text": "Hello!"}}'
   curl -s {api}/v1/conversations/demo-1/transcript -H "Authorization: Bearer {keys['BATON_API_KEY']}"
+  Then say "The app crashes with an error" (tech-support takes over) or "I want to talk to a human".
 """,
         flush=True,
     )
