@@ -604,3 +604,15 @@ def test_init_script_refuses_an_attribute_of_another_type(services, dev_server_a
     result = run_init(services, dev_server_address, namespace, tmp_path)
     assert result.returncode != 0
     assert "different type" in result.stderr
+
+
+def test_worker_and_api_share_the_agent_registry(services):
+    """The worker signs handoffs with secrets the API's Verify & Save stored: same volume, same BATON_HOME."""
+    homes = set()
+    for name in ("baton-worker", "baton-api"):
+        svc = services[name]
+        home = svc["environment"]["BATON_HOME"]
+        homes.add(home)
+        assert f"baton-data:{home}" in svc["volumes"], svc["volumes"]
+        assert svc["environment"]["BATON_SECRET_KEY"]
+    assert len(homes) == 1
