@@ -37,19 +37,13 @@ class CarriedEntry(Incoming):
     at: datetime
 
 
-class CarriedContext(Incoming):
-    profile: dict[str, Any] = Field(default_factory=dict)
-    slots: dict[str, Any] = Field(default_factory=dict)
-    metadata: dict[str, Any] = Field(default_factory=dict)
-
-
 class HandoffEnvelope(Incoming):
     """POST /v1/agents/{agent_id}/handoffs: context and transcript already filtered by the sender."""
 
     handoff_id: MessageId
     source: Source
     reason: Reason = ""
-    context: CarriedContext = Field(default_factory=CarriedContext)
+    context: SharedContext = Field(default_factory=SharedContext)
     transcript: list[CarriedEntry] = Field(default_factory=list, max_length=MAX_CARRIED)
     callback_url: Url
 

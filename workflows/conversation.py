@@ -472,6 +472,8 @@ class Conversation:
                 "context_filtered", handoff_id=handoff_id, target=label,
                 receipt=[r.model_dump() for r in filtered.receipt],
             )
+            if self.s.pending is None or self.s.pending.handoff_id != handoff_id:
+                return  # closed while filtering: nothing is sent
             left = pending.deadline - workflow.now()
             outcome = await workflow.execute_activity(
                 Activities.DELIVER_HANDOFF,
@@ -524,21 +526,17 @@ class Conversation:
             self._audit("not_forwarded", seq=seq, state=self.s.state.value)
             return
         entry = self._entry(seq)
-        try:
-            result = await workflow.execute_activity(
-                Activities.FORWARD_TO_AGENT,
-                ForwardMessage(
-                    agent_id=link.agent_id, remote_conversation_id=link.remote_conversation_id,
-                    conversation_id=self.s.conversation_id, message_id=entry.message_id, text=entry.text,
-                ),
-                result_type=DeliveryResult,
-                start_to_close_timeout=CHANNEL_START_TO_CLOSE,
-                schedule_to_close_timeout=FORWARD_TIMEOUT,
-                retry_policy=CHANNEL_RETRY,
-                summary=f"forward seq {seq} to {link.agent_id}",
-            )
-        except ActivityError as err:
-            result = DeliveryResult(outcome="gone", detail=f"unreachable: {err.cause or err}")
+        result = await self._send(
+            Activities.FORWARD_TO_AGENT,
+            ForwardMessage(
+                agent_id=link.agent_id, remote_conversation_id=link.remote_conversation_id,
+                conversation_id=self.s.conversation_id, message_id=entry.message_id, text=entry.text,
+            ),
+            FORWARD_TIMEOUT,
+            f"forward seq {seq} to {link.agent_id}",
+            # Out of reach for two minutes counts as gone: the user is not left talking to nobody.
+            give_up="gone",
+        )
         if result.outcome == "delivered":
             return
         if self.s.external is None or self.s.external.handoff_id != link.handoff_id:
@@ -710,17 +708,10 @@ class Conversation:
             else:
                 name, arg, where = Activities.DELIVER_TO_PEER, self._peer_delivery(entry), "the sending platform"
             try:
-                result = await workflow.execute_activity(
-                    name,
-                    arg,
-                    result_type=DeliveryResult,
-                    start_to_close_timeout=CHANNEL_START_TO_CLOSE,
-                    schedule_to_close_timeout=CHANNEL_SCHEDULE_TO_CLOSE,
-                    retry_policy=CHANNEL_RETRY,
-                    summary=f"deliver seq {entry.seq} ({entry.role.value}) to {where}",
+                result = await self._send(
+                    name, arg, CHANNEL_SCHEDULE_TO_CLOSE, f"deliver seq {entry.seq} ({entry.role.value}) to {where}",
+                    give_up="rejected",
                 )
-            except ActivityError as err:
-                result = DeliveryResult(outcome="rejected", detail=f"gave up: {err.cause or err}")
             finally:
                 self._delivering = False
             self.s.outbox.pop(0)
@@ -735,6 +726,23 @@ class Conversation:
                 self._audit("delivery_rejected", seq=entry.seq, status=result.status, detail=result.detail)
 
     # ---- helpers --------------------------------------------------------------------------------
+
+    async def _send(
+        self, activity: str, arg: object, within: timedelta, summary: str, give_up: str
+    ) -> DeliveryResult:
+        """One signed delivery with the channel's retries; when they run out, the outcome is `give_up`."""
+        try:
+            return await workflow.execute_activity(
+                activity,
+                arg,
+                result_type=DeliveryResult,
+                start_to_close_timeout=CHANNEL_START_TO_CLOSE,
+                schedule_to_close_timeout=within,
+                retry_policy=CHANNEL_RETRY,
+                summary=summary,
+            )
+        except ActivityError as err:
+            return DeliveryResult(outcome=give_up, detail=f"gave up: {err.cause or err}")
 
     @property
     def _closed(self) -> bool:
