@@ -45,7 +45,7 @@ RemotePath = Annotated[str, Path(min_length=1, max_length=128, pattern=ID_PATTER
 PLATFORM_CHANNEL = "platform"
 # A callback can overtake the handoff it belongs to (the other side answers its 202 and greets at once):
 # wait this long for our side to record the acceptance before calling the conversation unknown.
-SETTLE_SECONDS = 10.0
+SETTLE_SECONDS = 5.0
 
 
 class Ack(BaseModel):
