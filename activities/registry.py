@@ -5,6 +5,8 @@ listing returns them. SQLite by default; `AgentRegistry` is the interface a Post
 
 from __future__ import annotations
 
+import hashlib
+import json
 import secrets
 import sqlite3
 import threading
@@ -31,6 +33,16 @@ class AgentInfo(BaseModel):
     rotating_until: datetime | None = None
 
 
+class LiveAgentInfo(BaseModel):
+    """A live (human) agent working the desk: never its token."""
+
+    agent_id: str
+    name: str
+    queues: list[str]
+    skills: list[str] = []
+    created_at: datetime
+
+
 class AgentRegistry(Protocol):
     def create_local(self, name: str, agent_id: str | None = None) -> tuple[AgentInfo, str]: ...
     def rotate_local(self, agent_id: str) -> str | None: ...
@@ -46,10 +58,20 @@ class AgentRegistry(Protocol):
     def linked(self, agent_id: str, remote_conversation_id: str) -> str | None: ...
     def recall(self, agent_id: str, webhook_id: str) -> str | None: ...
     def remember(self, agent_id: str, webhook_id: str, response: str) -> None: ...
+    # Live agents (the desk): a bearer token each, stored only as its SHA-256.
+    def create_live_agent(
+        self, agent_id: str, name: str, queues: list[str], skills: list[str] | None = None
+    ) -> tuple[LiveAgentInfo, str]: ...
+    def live_agent_by_token(self, token: str) -> LiveAgentInfo | None: ...
+    def list_live_agents(self) -> list[LiveAgentInfo]: ...
 
 
 class AgentIdTaken(ValueError):
     """A local agent id that is already in use."""
+
+
+class LiveAgentIdTaken(ValueError):
+    """A live agent id that is already in use."""
 
 
 # A local and an external agent may share an id: on one install handing off to itself over loopback (the
@@ -83,7 +105,27 @@ _SCHEMA = (
         PRIMARY KEY (agent_id, webhook_id)
     )""",
     "CREATE INDEX IF NOT EXISTS seen_webhooks_at ON seen_webhooks (seen_at)",
+    """CREATE TABLE IF NOT EXISTS live_agents (
+        agent_id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        queues TEXT NOT NULL,
+        skills TEXT NOT NULL,
+        token_hash TEXT NOT NULL UNIQUE,
+        created_at TEXT NOT NULL
+    )""",
 )
+LIVE_TOKEN_PREFIX = "lat_"
+
+
+def _token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _live_agent(row: tuple) -> LiveAgentInfo:
+    return LiveAgentInfo(
+        agent_id=row[0], name=row[1], queues=json.loads(row[2]), skills=json.loads(row[3]), created_at=row[4]
+    )
+
 # Longer than any sender retries a request; older ids are forgotten (their timestamps are long stale anyway).
 REMEMBER_WEBHOOKS = timedelta(days=3)
 _COLUMNS = "agent_id, kind, name, domain, secret_sealed, previous_secret_sealed, previous_valid_until, created_at, verified_at"
@@ -250,3 +292,42 @@ class SqliteRegistry:
                 (agent_id, webhook_id, response, now.isoformat()),
             )
             self._db.execute("DELETE FROM seen_webhooks WHERE seen_at < ?", ((now - REMEMBER_WEBHOOKS).isoformat(),))
+
+    # ---- live agents (the desk) ----------------------------------------------------------------------
+
+    def create_live_agent(
+        self, agent_id: str, name: str, queues: list[str], skills: list[str] | None = None
+    ) -> tuple[LiveAgentInfo, str]:
+        """A new live agent and its bearer token, returned this once: only the token's SHA-256 is stored."""
+        token = LIVE_TOKEN_PREFIX + secrets.token_urlsafe(24)
+        now = _now()
+        queues, skills = list(dict.fromkeys(queues)), list(dict.fromkeys(skills or []))
+        with self._lock:
+            try:
+                self._db.execute(
+                    "INSERT INTO live_agents (agent_id, name, queues, skills, token_hash, created_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (agent_id, name, json.dumps(queues), json.dumps(skills), _token_hash(token), now.isoformat()),
+                )
+            except sqlite3.IntegrityError:
+                raise LiveAgentIdTaken(f"a live agent '{agent_id}' already exists") from None
+        return LiveAgentInfo(agent_id=agent_id, name=name, queues=queues, skills=skills, created_at=now), token
+
+    def live_agent_by_token(self, token: str) -> LiveAgentInfo | None:
+        """The live agent holding `token`, or None. Looked up by the token's hash, so the comparison leaks
+        nothing about the token through timing."""
+        if not token.startswith(LIVE_TOKEN_PREFIX):
+            return None
+        with self._lock:
+            row = self._db.execute(
+                "SELECT agent_id, name, queues, skills, created_at FROM live_agents WHERE token_hash = ?",
+                (_token_hash(token),),
+            ).fetchone()
+        return _live_agent(row) if row else None
+
+    def list_live_agents(self) -> list[LiveAgentInfo]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT agent_id, name, queues, skills, created_at FROM live_agents ORDER BY created_at, agent_id"
+            ).fetchall()
+        return [_live_agent(r) for r in rows]

@@ -24,6 +24,7 @@ from activities.filtering import clean_ingress, redact_text
 from activities.registry import AgentRegistry, SqliteRegistry
 from api.agents import agent_router
 from api.auth import bearer
+from api.desk import desk_router
 from api.protocol import protocol_router
 from api.temporal import conflict, initial_attributes, start_input, update
 from models.conversation import (
@@ -108,6 +109,7 @@ def create_app(settings: Settings, client: Client | None = None, registry: Agent
 
     app.include_router(agent_router(agents, settings.admin_key))
     app.include_router(protocol_router(agents, settings))
+    app.include_router(desk_router(agents, settings))
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
