@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from activities import sealing, webhooks
+from activities import webhooks
 from activities.registry import SqliteRegistry
 from models.conversation import State
 from models.names import workflow_id
