@@ -34,6 +34,9 @@ class Embedded:
         return f"127.0.0.1:{self.temporal_port}"
 
     def start(self) -> None:
+        # Fresh ports on every start: a port freed by the previous run can be taken meanwhile as some
+        # connection's ephemeral source port, and the restart would then fail to bind.
+        self.temporal_port, self.ui_port, self.api_port = free_port(), free_port(), free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith(("BATON_", "TEMPORAL_"))}
         self.process = subprocess.Popen(
             [str(BATON), "dev", "--home", str(self.home), "--temporal-port", str(self.temporal_port),
