@@ -20,6 +20,7 @@ from api.temporal import handle, not_found_or_closed, update
 from models.conversation import (
     ID_PATTERN,
     MAX_TEXT,
+    NAME_PATTERN,
     AcceptHandoff,
     AgentMessage,
     CloseRequest,
@@ -37,7 +38,6 @@ from models.conversation import (
 from models.names import WORKFLOW_ID_PREFIX, WORKFLOW_TYPE, Queries, SearchAttributes, Updates
 from workers.settings import Settings
 
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@-]*$"
 ConversationPath = Annotated[
     str, Path(min_length=1, max_length=128, pattern=ID_PATTERN, alias="conversation_id")
 ]

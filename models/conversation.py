@@ -13,7 +13,9 @@ MAX_TEXT = 8000
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]*$"
 ConversationId = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=ID_PATTERN)]
 MessageId = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[\x21-\x7e]+$")]
-Name = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@-]*$")]
+# Names of queues, channels, authors and agents.
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@-]*$"
+Name = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=NAME_PATTERN)]
 Text = Annotated[str, StringConstraints(min_length=1, max_length=MAX_TEXT)]
 Reason = Annotated[str, StringConstraints(max_length=500)]
 ParamValue = str | int | float | bool | None

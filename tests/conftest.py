@@ -61,6 +61,17 @@ async def ts_env():
 
 
 @pytest.fixture
+def registry(tmp_path):
+    """A real agent registry (SQLite) in the test's own folder."""
+    from activities import sealing
+    from activities.registry import SqliteRegistry
+
+    r = SqliteRegistry(tmp_path / "agents.db", sealing.new_key())
+    yield r
+    r.close()
+
+
+@pytest.fixture
 def task_queue() -> str:
     return f"baton-test-{uuid.uuid4().hex[:10]}"
 

@@ -21,13 +21,6 @@ ADMIN = {"Authorization": "Bearer ba_test_admin"}
 
 
 @pytest.fixture
-def registry(tmp_path):
-    r = SqliteRegistry(tmp_path / "agents.db", sealing.new_key())
-    yield r
-    r.close()
-
-
-@pytest.fixture
 async def http(dev_env, task_queue, registry):
     async with baton_api(dev_env.client, settings_for(task_queue), registry) as client:
         yield client

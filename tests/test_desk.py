@@ -8,18 +8,9 @@ import uuid
 
 import pytest
 
-from activities import sealing
-from activities.registry import SqliteRegistry
 from tests.harness import baton_api, baton_worker, eventually, settings_for
 
 ADMIN = {"Authorization": "Bearer ba_test_admin"}
-
-
-@pytest.fixture
-def registry(tmp_path):
-    r = SqliteRegistry(tmp_path / "agents.db", sealing.new_key())
-    yield r
-    r.close()
 
 
 @pytest.fixture
