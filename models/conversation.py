@@ -83,18 +83,59 @@ class AgentMessage(Contract):
 
 
 class HandoffTarget(Contract):
+    """One rung of a handoff: a live queue, a named live agent, an external agent (platform protocol), a
+    third-party desk (webhook), or, at the end of an escalation ladder, back to the AI / a leave-a-message notice."""
+
     queue: Name | None = None
+    live_agent: Name | None = None
     external_agent: Name | None = None
+    desk: Name | None = None
+    ai: bool = False
+    leave_message: bool = False
+    # What the user is told when the ladder ends on `ai` or `leave_message` (a default when empty).
+    message: Annotated[str, StringConstraints(max_length=1000)] | None = None
 
     @model_validator(mode="after")
     def _exactly_one(self) -> HandoffTarget:
-        if (self.queue is None) == (self.external_agent is None):
-            raise ValueError("a target names exactly one of 'queue' or 'external_agent'")
+        named = [self.queue, self.live_agent, self.external_agent, self.desk]
+        chosen = sum(v is not None for v in named) + int(self.ai) + int(self.leave_message)
+        if chosen != 1:
+            raise ValueError(
+                "a target names exactly one of 'queue', 'live_agent', 'external_agent', 'desk', 'ai' or "
+                "'leave_message'"
+            )
+        if self.message is not None and not (self.ai or self.leave_message):
+            raise ValueError("'message' belongs to an 'ai' or 'leave_message' target")
         return self
 
     @property
     def label(self) -> str:
-        return f"queue:{self.queue}" if self.queue else f"external_agent:{self.external_agent}"
+        if self.queue:
+            return f"queue:{self.queue}"
+        if self.live_agent:
+            return f"live_agent:{self.live_agent}"
+        if self.external_agent:
+            return f"external_agent:{self.external_agent}"
+        if self.desk:
+            return f"desk:{self.desk}"
+        return "ai" if self.ai else "leave_message"
+
+    @property
+    def waits_for_person(self) -> bool:
+        """A live queue or a named live agent: the conversation waits on the desk's waiting list."""
+        return self.queue is not None or self.live_agent is not None
+
+    @property
+    def desk_queue(self) -> str | None:
+        """The `BatonQueue` value the desk lists this target under (a named agent's personal queue)."""
+        if self.queue:
+            return self.queue
+        return f"agent:{self.live_agent}" if self.live_agent else None
+
+    @property
+    def final(self) -> bool:
+        """The ladder ends here: back to the AI (with a message or a leave-a-message notice)."""
+        return self.ai or self.leave_message
 
 
 class HandoffRequest(Contract):
@@ -103,6 +144,23 @@ class HandoffRequest(Contract):
     fallback: list[HandoffTarget] = Field(default_factory=list, max_length=10)
     params: dict[str, ParamValue] = Field(default_factory=dict, max_length=50)
     sla_seconds: int | None = Field(default=None, ge=1, le=7 * 24 * 3600)
+    # The intent that triggered it (a config intent, or the AI agent's); routes may match on it.
+    intent: Name | None = None
+    # Who asks; when given it must be the current owner (a live agent's transfer), checked atomically.
+    by: Name | None = None
+
+    @model_validator(mode="after")
+    def _target_is_a_place(self) -> HandoffRequest:
+        if self.target is not None and self.target.final:
+            raise ValueError("target must be a queue, live_agent, external_agent or desk ('ai' and "
+                             "'leave_message' only end a fallback list)")
+        return self
+
+
+class CancelHandoff(Contract):
+    """The user stopped waiting ("never mind"): back to the AI."""
+
+    reason: Reason = "the user cancelled"
 
 
 class HandBack(Contract):
@@ -166,10 +224,18 @@ class AuditEntry(BaseModel):
     detail: dict[str, Any] = Field(default_factory=dict)
 
 
+class OpenWindow(BaseModel):
+    """When a queue is open (business hours), as absolute UTC instants computed by the routing activity."""
+
+    start: datetime
+    end: datetime
+
+
 class PendingHandoff(BaseModel):
     handoff_id: str
     reason: str
-    target: HandoffTarget
+    # None while the routing activity decides (the request named no target, or routing is being asked).
+    target: HandoffTarget | None
     fallback: list[HandoffTarget] = Field(default_factory=list)
     params: dict[str, ParamValue] = Field(default_factory=dict)
     requested_at: datetime
@@ -178,6 +244,16 @@ class PendingHandoff(BaseModel):
     sla_seconds: int | None = None
     # The first transcript seq the target has not been shown yet is derived from this.
     from_seq: int
+    # ---- set by the routing decision (older runs: routed at once, none of these) ----
+    routed: bool = True
+    intent: str | None = None
+    rule: str | None = None
+    # Business hours of the ladder's queues: target label -> open windows (absent label: always open).
+    hours: dict[str, list[OpenWindow]] = Field(default_factory=dict)
+    allowlist: list[str] | None = None
+    cancel_phrases: list[str] = Field(default_factory=list)
+    position_update_seconds: int = 0
+    position: int | None = None
 
 
 class Context(BaseModel):
@@ -322,6 +398,7 @@ class HandoffEvent(Contract):
     reason: Reason = ""
     params: dict[str, ParamValue] = Field(default_factory=dict)
     target: HandoffTarget | None = None
+    intent: Name | None = None
 
 
 class AgentTurn(BaseModel):

@@ -18,6 +18,7 @@ class Signals:
     HAND_BACK = "hand_back"
     CLOSE = "close"
     SET_CONTEXT = "set_context"
+    CANCEL_HANDOFF = "cancel_handoff"
 
 
 class Updates:
@@ -31,6 +32,7 @@ class Updates:
     SUBMIT_CONTEXT = "submit_context"
     ACCEPT_HANDOFF = "accept_handoff"
     REJECT_HANDOFF = "reject_handoff"
+    CANCEL_HANDOFF = "cancel_handoff"
 
 
 class Queries:
@@ -64,6 +66,9 @@ class Routes:
     AGENT_HANDOFFS = "/v1/agents/{agent_id}/handoffs"
     AGENT_MESSAGES = "/v1/agents/{agent_id}/conversations/{remote_conversation_id}/messages"
     AGENT_EVENTS = "/v1/agents/{agent_id}/events"
+    # A third-party desk's status callbacks (accepted / failed / message / completed).
+    DESK_EVENTS = "/v1/desks/{desk}/events"
+    DESK_TRANSCRIPT = "/v1/desk/conversations/{conversation_id}/transcript"
 
 
 class Activities:
@@ -73,3 +78,7 @@ class Activities:
     DELIVER_HANDOFF = "deliver_handoff"
     FORWARD_TO_AGENT = "forward_to_agent"
     DELIVER_TO_PEER = "deliver_to_peer"
+    ROUTE_HANDOFF = "route_handoff"
+    QUEUE_POSITION = "queue_position"
+    DELIVER_TO_DESK = "deliver_to_desk"
+    FORWARD_TO_DESK = "forward_to_desk"

@@ -1,0 +1,56 @@
+"""A third-party desk reached by webhook (Microsoft-handoff-style): what we send it, and its status callbacks.
+
+We POST the handoff (filtered context and transcript, signed per Standard Webhooks with the desk's secret) to
+`{url}/handoffs`; a 2xx means "received", not "accepted". The desk answers later on our callback route
+`POST /v1/desks/{desk}/events` with `accepted`, `failed`, `message` (its agent's reply) and `completed`
+(hand back to the AI). While the desk owns the conversation, the user's messages go to `{url}/messages`."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field, model_validator
+
+from models.conversation import ID_PATTERN, MessageId, Name, Reason, Text, TranscriptEntry
+from models.filtering import SharedContext
+from models.protocol import Incoming
+
+
+class DeskHandoff(BaseModel):
+    """The deliver_to_desk activity's input (built by the workflow; context and transcript already filtered)."""
+
+    desk: str
+    handoff_id: str
+    conversation_id: str
+    reason: str = ""
+    context: SharedContext = Field(default_factory=SharedContext)
+    transcript: list[TranscriptEntry] = Field(default_factory=list)
+
+
+class DeskForward(BaseModel):
+    """The forward_to_desk activity's input: a user's message while the desk owns the conversation."""
+
+    desk: str
+    handoff_id: str
+    conversation_id: str
+    message_id: str
+    text: str
+
+
+class DeskEvent(Incoming):
+    """POST /v1/desks/{desk}/events, signed with the desk's secret."""
+
+    type: Literal["accepted", "failed", "message", "completed"]
+    conversation_id: str = Field(min_length=1, max_length=128, pattern=ID_PATTERN)
+    handoff_id: str = Field(min_length=1, max_length=200)
+    # The desk's agent (display only; the conversation's owner is `desk:{desk}`).
+    agent: Name | None = None
+    reason: Reason = ""
+    message_id: MessageId | None = None
+    text: Text | None = None
+
+    @model_validator(mode="after")
+    def _message_has_text(self) -> DeskEvent:
+        if self.type == "message" and (self.message_id is None or self.text is None):
+            raise ValueError("a 'message' event needs 'message_id' and 'text'")
+        return self

@@ -1,0 +1,69 @@
+"""The routing activity's contract: what the workflow asks (one handoff) and the decision it records in history.
+
+The decision carries everything the workflow needs later (the ladder, the queues' open windows, the SLA, the
+cancel phrases), so a config change never alters a running conversation: replay reads the recorded decision."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from models.conversation import HandoffTarget, OpenWindow, ParamValue
+
+
+class RouteRequest(BaseModel):
+    conversation_id: str
+    handoff_id: str
+    reason: str = ""
+    intent: str | None = None
+    params: dict[str, ParamValue] = Field(default_factory=dict)
+    slots: dict[str, Any] = Field(default_factory=dict)
+    channel: str = "web"
+    # The user's language (context profile/metadata `language` or `locale`), when known.
+    language: str | None = None
+    # Named by the requester: routing honours it (rule "explicit") and only adds the queue's SLA and hours.
+    target: HandoffTarget | None = None
+    fallback: list[HandoffTarget] = Field(default_factory=list)
+    sla_seconds: int | None = None
+    # "signal" | "update" | "ai" | "ai_failure" | a live agent's transfer ("agent:<id>")
+    requested_by: str = "update"
+    # The workflow's clock: business hours are judged at this instant (time-skipping tests move it).
+    at: datetime
+
+
+class Skipped(BaseModel):
+    target: str  # label
+    why: str
+
+
+class RouteDecision(BaseModel):
+    # The route's name, "explicit" (the request named the target), "ai_failure", or "none" (nothing matched).
+    rule: str
+    why: str
+    # The first rung open at `at`; `ai`/`leave_message` when none is.
+    target: HandoffTarget
+    # The rest of the ladder, walked on durable timers when the SLA runs out or a queue closes.
+    fallback: list[HandoffTarget] = Field(default_factory=list)
+    skipped: list[Skipped] = Field(default_factory=list)
+    sla_seconds: int
+    # Target label -> open windows from `at` for the next 8 days; a label absent here is always open.
+    hours: dict[str, list[OpenWindow]] = Field(default_factory=dict)
+    # Context paths the target may see (None: the filter policy's default).
+    allowlist: list[str] | None = None
+    cancel_phrases: list[str] = Field(default_factory=list)
+    # How often a waiting user's position is re-checked (0: never).
+    position_update_seconds: int = 0
+    # The user's position in the target's queue at decision time (None: not a queue, or unknown).
+    position: int | None = None
+
+
+class PositionRequest(BaseModel):
+    conversation_id: str
+    queue: str
+    waiting_since: datetime
+
+
+class PositionResult(BaseModel):
+    position: int | None  # None: could not be counted (visibility unavailable)
