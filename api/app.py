@@ -22,15 +22,19 @@ from temporalio.service import RPCError, RPCStatusCode
 from activities import sealing
 from activities.filtering import clean_ingress, redact_text
 from activities.registry import AgentRegistry, SqliteRegistry
+from models.config import BatonConfig, default_config, load_config
 from api.agents import agent_router
 from api.auth import bearer
 from api.desk import desk_router
+from api.desk_events import desk_events_router
 from api.protocol import protocol_router
+from api.targets import check_targets
 from api.temporal import conflict, initial_attributes, start_input, update
 from models.conversation import (
     ID_PATTERN,
     MAX_TEXT,
     AuditPage,
+    CancelHandoff,
     CloseRequest,
     CommandResult,
     ContextUpdate,
@@ -44,6 +48,7 @@ from models.conversation import (
     UserMessage,
 )
 from models.names import WORKFLOW_TYPE, Queries, Routes, Signals, Updates, workflow_id
+from workers.routing_config import desk_lookup
 from workers.settings import Settings
 
 ConversationPath = Annotated[
@@ -80,9 +85,14 @@ class TranscriptOut(BaseModel):
     last_seq: int
 
 
-def create_app(settings: Settings, client: Client | None = None, registry: AgentRegistry | None = None) -> FastAPI:
+def create_app(
+    settings: Settings, client: Client | None = None, registry: AgentRegistry | None = None,
+    config: BatonConfig | None = None,
+) -> FastAPI:
     """`client` is connected at start-up when not given (tests pass their own); the agent registry is opened
-    (`.baton/agents.db`) on first use when not given."""
+    (`.baton/agents.db`) on first use when not given; the routing config is read from BATON_CONFIG when not given."""
+    if config is None:
+        config = load_config(settings.config) if settings.config else default_config()
 
     async def lifespan(app: FastAPI):
         if app.state.client is None:
@@ -109,7 +119,9 @@ def create_app(settings: Settings, client: Client | None = None, registry: Agent
 
     app.include_router(agent_router(agents, settings.admin_key))
     app.include_router(protocol_router(agents, settings))
-    app.include_router(desk_router(agents, settings))
+    app.include_router(desk_router(agents, settings, config))
+    app.include_router(desk_events_router(desk_lookup(config), agents))
+    app.state.config = config
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -198,8 +210,18 @@ def create_app(settings: Settings, client: Client | None = None, registry: Agent
 
     @app.post(Routes.HANDOFF, response_model=CommandResult, dependencies=[Auth], tags=["conversations"])
     async def post_handoff(conversation_id: ConversationPath, body: HandoffRequest, request: Request) -> CommandResult:
-        """Ask for a handoff now. 409 with the reason when the conversation's state forbids it."""
+        """Ask for a handoff now: to a named target, or (no target) where the config's routes send it.
+        422 when a target is unknown; 409 with the reason when the conversation's state forbids it."""
+        targets = ([("target", body.target)] if body.target else []) + [
+            (f"fallback.{i}", t) for i, t in enumerate(body.fallback)
+        ]
+        check_targets(targets, config, agents)
         return await update(temporal(request), conversation_id, Updates.SUBMIT_HANDOFF, body)
+
+    @app.delete(Routes.HANDOFF, response_model=CommandResult, dependencies=[Auth], tags=["conversations"])
+    async def cancel_handoff(conversation_id: ConversationPath, request: Request) -> CommandResult:
+        """The user stopped waiting ("never mind"): back to the AI. 409 when no handoff is pending."""
+        return await update(temporal(request), conversation_id, Updates.CANCEL_HANDOFF, CancelHandoff())
 
     @app.post(Routes.CLOSE, response_model=CommandResult, dependencies=[Auth], tags=["conversations"])
     async def post_close(conversation_id: ConversationPath, request: Request, body: CloseRequest | None = None) -> CommandResult:

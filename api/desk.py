@@ -16,7 +16,9 @@ from temporalio.service import RPCError, RPCStatusCode
 from activities.filtering import redact_text
 from activities.registry import AgentRegistry, LiveAgentIdTaken, LiveAgentInfo
 from api.auth import bearer
+from api.targets import check_targets
 from api.temporal import handle, not_found_or_closed, update
+from models.config import BatonConfig
 from models.conversation import (
     ID_PATTERN,
     MAX_TEXT,
@@ -34,6 +36,9 @@ from models.conversation import (
     Role,
     Snapshot,
     State,
+    TranscriptEntry,
+    TranscriptPage,
+    TranscriptQuery,
 )
 from models.names import WORKFLOW_ID_PREFIX, WORKFLOW_TYPE, Queries, SearchAttributes, Updates
 from workers.settings import Settings
@@ -88,7 +93,23 @@ class DeskMessageAccepted(BaseModel):
 class TransferIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     queue: Name | None = None
-    agent_id: Name | None = Field(default=None, description="not supported yet: transfer to a queue")
+    agent_id: Name | None = Field(default=None, description="a live agent: only they can claim it")
+    reason: Reason | None = None
+
+
+class DeskConversation(BaseModel):
+    """What a live agent sees: the filtered context for this handoff and the transcript (including what the
+    user wrote while waiting)."""
+
+    conversation_id: str
+    state: State
+    owner: str | None
+    queue: str | None
+    reason: str | None
+    waiting_since: datetime | None
+    context: dict | None = Field(description="the context filtered for this handoff (route allowlist applied)")
+    entries: list[TranscriptEntry]
+    next_after: int
 
 
 class ReasonIn(BaseModel):
@@ -96,7 +117,16 @@ class ReasonIn(BaseModel):
     reason: Reason | None = None
 
 
-def desk_router(registry: Callable[[], AgentRegistry], settings: Settings) -> APIRouter:
+def personal_queue(agent_id: str) -> str:
+    """A transfer to a named agent waits in their personal queue (`agent:<id>`), which only they work."""
+    return f"agent:{agent_id}"
+
+
+def works(agent: LiveAgentInfo, queue: str | None) -> bool:
+    return queue is not None and (queue in agent.queues or queue == personal_queue(agent.agent_id))
+
+
+def desk_router(registry: Callable[[], AgentRegistry], settings: Settings, config: BatonConfig) -> APIRouter:
     router = APIRouter()
     admin = [Depends(bearer(settings.admin_key, "BATON_ADMIN_KEY"))]
 
@@ -148,8 +178,11 @@ def desk_router(registry: Callable[[], AgentRegistry], settings: Settings) -> AP
     async def waiting(queue: QueuePath, request: Request, agent: LiveAgentInfo = agent_dep) -> WaitingList:
         """Conversations waiting in `queue`, oldest first. Read from Temporal visibility (eventually
         consistent), then each confirmed by its own snapshot, so one just claimed is not offered."""
-        if queue not in agent.queues:
-            raise HTTPException(403, f"queue '{queue}' is not one of {agent.agent_id}'s queues")
+        if not works(agent, queue):
+            raise HTTPException(
+                403, f"queue '{queue}' is not one of {agent.agent_id}'s queues (nor their personal queue "
+                f"'{personal_queue(agent.agent_id)}')",
+            )
         client = temporal(request)
         # `queue` matched the Name pattern (no quotes), so it is safe inside the query string.
         visibility = (
@@ -173,7 +206,7 @@ def desk_router(registry: Callable[[], AgentRegistry], settings: Settings) -> AP
         rows = []
         for (cid, since), snap in zip(found, snaps):
             pending = snap.pending_handoff if snap else None
-            if pending is None or pending.target.queue != queue:
+            if pending is None or pending.target is None or pending.target.desk_queue != queue:
                 continue  # visibility lags: claimed, transferred or closed since
             rows.append((since or snap.waiting_since or pending.requested_at, cid, pending.reason))
         rows.sort(key=lambda r: (r[0], r[1]))
@@ -195,7 +228,9 @@ def desk_router(registry: Callable[[], AgentRegistry], settings: Settings) -> AP
             raise HTTPException(
                 409, f"no handoff is pending: the conversation is in state '{snap.state.value}' (owner {snap.owner})"
             )
-        if pending.target.queue is None or pending.target.queue not in agent.queues:
+        if pending.target is None:
+            raise HTTPException(409, "the handoff is still being routed; try again in a moment")
+        if not works(agent, pending.target.desk_queue):
             raise HTTPException(
                 403, f"the pending handoff is for {pending.target.label}, not one of {agent.agent_id}'s queues"
             )
@@ -220,20 +255,44 @@ def desk_router(registry: Callable[[], AgentRegistry], settings: Settings) -> AP
 
     @router.post("/v1/desk/conversations/{conversation_id}/transfer", response_model=CommandResult, tags=["desk"])
     async def transfer(conversation_id: ConversationPath, body: TransferIn, request: Request, agent: LiveAgentInfo = agent_dep) -> CommandResult:
-        """Re-route the conversation the caller owns to another queue (it waits there for a claim)."""
-        if body.agent_id is not None:
-            raise HTTPException(422, "transfer to a named agent is not supported yet: send {\"queue\": <name>}")
-        if body.queue is None:
-            raise HTTPException(422, "send {\"queue\": <name>}: the queue to transfer to")
+        """Re-route the conversation the caller owns to another queue, or to a named live agent (who alone can
+        claim it). The workflow checks ownership atomically: anyone but the owner gets 409."""
+        if (body.queue is None) == (body.agent_id is None):
+            raise HTTPException(422, "send exactly one of {\"queue\": <name>} or {\"agent_id\": <live agent>}")
+        if body.agent_id == agent.agent_id:
+            raise HTTPException(422, "you already own the conversation: transfer to another agent or a queue")
+        target = HandoffTarget(queue=body.queue) if body.queue else HandoffTarget(live_agent=body.agent_id)
+        check_targets([("queue" if body.queue else "agent_id", target)], config, registry)
+        request_ = HandoffRequest(
+            reason=body.reason or f"transfer by {agent.agent_id}", target=target, by=agent.agent_id
+        )
+        return await update(temporal(request), conversation_id, Updates.SUBMIT_HANDOFF, request_)
+
+    @router.get("/v1/desk/conversations/{conversation_id}/transcript", response_model=DeskConversation, tags=["desk"])
+    async def read(
+        conversation_id: ConversationPath, request: Request, after: int = 0, agent: LiveAgentInfo = agent_dep
+    ) -> DeskConversation:
+        """For the owner, or (while it waits) any agent of its queue: the filtered context and the transcript,
+        so what the user wrote while waiting reaches whoever accepts."""
+        if after < 0:
+            raise HTTPException(422, "after: must be >= 0")
         client = temporal(request)
         snap = await snapshot(client, conversation_id)
-        if snap.state is not State.LIVE_AGENT or snap.owner != agent.agent_id:
+        pending = snap.pending_handoff
+        waiting_for_me = pending is not None and pending.target is not None and works(agent, pending.target.desk_queue)
+        if snap.owner != agent.agent_id and not waiting_for_me:
             raise HTTPException(
-                409, f"only the owner ({snap.owner}) can transfer; {agent.agent_id} does not own the conversation "
-                f"(state '{snap.state.value}')",
+                403, f"{agent.agent_id} neither owns this conversation nor works the queue it waits in"
             )
-        request_ = HandoffRequest(reason=f"transfer by {agent.agent_id}", target=HandoffTarget(queue=body.queue))
-        return await update(client, conversation_id, Updates.SUBMIT_HANDOFF, request_)
+        page = await handle(client, conversation_id).query(
+            Queries.TRANSCRIPT, TranscriptQuery(after=after, limit=1000), result_type=TranscriptPage
+        )
+        return DeskConversation(
+            conversation_id=conversation_id, state=snap.state, owner=snap.owner, queue=snap.queue,
+            reason=pending.reason if pending else None, waiting_since=snap.waiting_since,
+            context=snap.shared_context, entries=page.entries,
+            next_after=page.entries[-1].seq if page.entries else after,
+        )
 
     @router.post("/v1/desk/conversations/{conversation_id}/release", response_model=CommandResult, tags=["desk"])
     async def release(

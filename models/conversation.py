@@ -250,10 +250,14 @@ class PendingHandoff(BaseModel):
     rule: str | None = None
     # Business hours of the ladder's queues: target label -> open windows (absent label: always open).
     hours: dict[str, list[OpenWindow]] = Field(default_factory=dict)
+    # SLA seconds per waiting rung of the ladder (target label -> seconds).
+    slas: dict[str, int] = Field(default_factory=dict)
     allowlist: list[str] | None = None
     cancel_phrases: list[str] = Field(default_factory=list)
     position_update_seconds: int = 0
     position: int | None = None
+    # The last transcript seq carried in the envelope sent to an external desk (later ones are forwarded).
+    carried_until: int | None = None
 
 
 class Context(BaseModel):
@@ -289,6 +293,13 @@ class ExternalLink(BaseModel):
     handoff_id: str
 
 
+class DeskLink(BaseModel):
+    """Sending side: the third-party desk that accepted this conversation."""
+
+    desk: str
+    handoff_id: str
+
+
 class RunSegment(BaseModel):
     """A previous run (before continue-as-new) still holds these transcript entries; queries reach it."""
 
@@ -300,7 +311,9 @@ class RunSegment(BaseModel):
 class Work(BaseModel):
     """One unit of deferred work for the main loop, in arrival order."""
 
-    kind: Literal["ai_turn", "ai_resume", "ai_welcome", "deliver_handoff", "forward"]
+    kind: Literal[
+        "ai_turn", "ai_resume", "ai_welcome", "deliver_handoff", "forward", "route", "share", "forward_desk"
+    ]
     seq: int = 0
     handoff_id: str | None = None
 
@@ -335,6 +348,10 @@ class ConversationState(BaseModel):
     external: ExternalLink | None = None
     # External agents are reached through the platform protocol (set where the `platform-protocol` patch is taken).
     protocol: bool = False
+    # A third-party desk owns the conversation (the user's messages are forwarded to it).
+    desk: DeskLink | None = None
+    # The filtered context the live agent (or desk) was given for the current handoff; never the raw context.
+    shared_context: dict[str, Any] | None = None
 
 
 ConversationInput.model_rebuild()
@@ -374,6 +391,9 @@ class Snapshot(BaseModel):
     # Sending side: the external agent and its conversation id. Receiving side: who handed it to us.
     external: ExternalLink | None = None
     peer: dict[str, Any] | None = None
+    desk: DeskLink | None = None
+    # What the live agent may see of the context (filtered for the current handoff's route).
+    shared_context: dict[str, Any] | None = None
 
 
 class AuditPage(BaseModel):

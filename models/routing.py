@@ -27,6 +27,8 @@ class RouteRequest(BaseModel):
     target: HandoffTarget | None = None
     fallback: list[HandoffTarget] = Field(default_factory=list)
     sla_seconds: int | None = None
+    # The conversation's own SLA: used when neither the request, the queue nor the config's timeouts give one.
+    default_sla_seconds: int = Field(default=300, ge=1)
     # "signal" | "update" | "ai" | "ai_failure" | a live agent's transfer ("agent:<id>")
     requested_by: str = "update"
     # The workflow's clock: business hours are judged at this instant (time-skipping tests move it).
@@ -48,6 +50,8 @@ class RouteDecision(BaseModel):
     fallback: list[HandoffTarget] = Field(default_factory=list)
     skipped: list[Skipped] = Field(default_factory=list)
     sla_seconds: int
+    # Target label -> SLA seconds, for every queue / live_agent rung of the ladder (target and fallback).
+    slas: dict[str, int] = Field(default_factory=dict)
     # Target label -> open windows from `at` for the next 8 days; a label absent here is always open.
     hours: dict[str, list[OpenWindow]] = Field(default_factory=dict)
     # Context paths the target may see (None: the filter policy's default).

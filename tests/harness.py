@@ -45,12 +45,12 @@ async def baton_worker(client: Client, settings: Settings, registry: Any = None,
 @contextlib.asynccontextmanager
 async def baton_api(
     client: Client, settings: Settings, registry: Any = None, port: int | None = None,
-    wrap: Callable[[Any], Any] | None = None,
+    wrap: Callable[[Any], Any] | None = None, config: Any = None,
 ) -> AsyncIterator[httpx.AsyncClient]:
     """The real API on a loopback port (free unless given); yields an httpx client with the API key set.
-    `wrap` wraps the ASGI app (e.g. to record every byte the API receives)."""
+    `wrap` wraps the ASGI app (e.g. to record every byte the API receives); `config` is the routing config."""
     port = port or free_port()
-    app = create_app(settings, client, registry)
+    app = create_app(settings, client, registry, config=config)
     served = wrap(app) if wrap else app
     server = EmbeddedServer(uvicorn.Config(served, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
     task = asyncio.create_task(server.serve())

@@ -63,10 +63,12 @@ async def ask_for_a_human(http, channel) -> str:
 
     async def pending():
         s = await snap(http, conversation)
-        return s["state"] == "handoff_pending" and s
+        # Routed (the routing activity decided) once the queue is set.
+        return s["state"] == "handoff_pending" and s["queue"] and s
 
     s = await eventually(pending)
-    assert s["queue"] == "general" and s["pending_handoff"]["target"] == {"queue": "general", "external_agent": None}
+    assert s["queue"] == "general" and s["pending_handoff"]["target"]["queue"] == "general"
+    assert s["pending_handoff"]["rule"] == "default"
     return conversation
 
 
@@ -214,8 +216,8 @@ async def test_transfer_to_another_queue_waits_there(http, channel):
     bob = await live_agent(http, "bob")
 
     r = await http.post(f"/v1/desk/conversations/{conversation}/transfer", headers=as_agent(alice),
-                        json={"agent_id": "bob"})
-    assert r.status_code == 422 and "not supported yet" in r.json()["detail"]
+                        json={"agent_id": "bob", "queue": "billing"})
+    assert r.status_code == 422 and "exactly one of" in r.json()["detail"]
     r = await http.post(f"/v1/desk/conversations/{conversation}/transfer", headers=as_agent(alice), json={})
     assert r.status_code == 422
     r = await http.post(f"/v1/desk/conversations/{conversation}/transfer", headers=as_agent(bob),

@@ -17,6 +17,7 @@ import uvicorn
 
 from activities import sealing, webhooks
 from api.serve import EmbeddedServer
+from workers import routing_config
 from workers.settings import KEYS_FILE, Settings, ensure_dev_keys, read_keys_file
 
 log = logging.getLogger("baton")
@@ -30,21 +31,22 @@ def _stop_event() -> asyncio.Event:
     return stop
 
 
-async def _serve_worker(settings: Settings, client, stop: asyncio.Event) -> None:
+async def _serve_worker(settings: Settings, client, stop: asyncio.Event, config=None) -> None:
     from workers.worker import build_worker, http_client
 
     async with http_client() as http:
-        worker = build_worker(client, settings, http)
+        worker = build_worker(client, settings, http, config=config)
         async with worker:
             log.info("worker polling task queue %r", settings.task_queue)
             await stop.wait()
 
 
-async def _serve_api(settings: Settings, client, stop: asyncio.Event) -> None:
+async def _serve_api(settings: Settings, client, stop: asyncio.Event, routing=None) -> None:
     from api.app import create_app
 
     config = uvicorn.Config(
-        create_app(settings, client), host=settings.api_host, port=settings.api_port, log_level="warning"
+        create_app(settings, client, config=routing), host=settings.api_host, port=settings.api_port,
+        log_level="warning",
     )
     server = EmbeddedServer(config)
     task = asyncio.create_task(server.serve())
@@ -57,12 +59,12 @@ async def _serve_api(settings: Settings, client, stop: asyncio.Event) -> None:
         raise SystemExit(f"baton: the API could not listen on {settings.api_host}:{settings.api_port}")
 
 
-async def _run_parts(settings: Settings, client, parts: list[str], stop: asyncio.Event) -> None:
+async def _run_parts(settings: Settings, client, parts: list[str], stop: asyncio.Event, config=None) -> None:
     tasks = []
     if "worker" in parts:
-        tasks.append(asyncio.create_task(_serve_worker(settings, client, stop)))
+        tasks.append(asyncio.create_task(_serve_worker(settings, client, stop, config)))
     if "api" in parts:
-        tasks.append(asyncio.create_task(_serve_api(settings, client, stop)))
+        tasks.append(asyncio.create_task(_serve_api(settings, client, stop, config)))
     try:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
         for t in done:
@@ -85,6 +87,11 @@ async def _dev(args: argparse.Namespace) -> None:
         settings.public_url = f"http://{settings.api_host}:{settings.api_port}"
     settings, keys = ensure_dev_keys(settings)
     settings.check(api=True)
+    # The documented example config is the embedded default's routing (when run from a checkout).
+    if settings.config is None and DEMO_CONFIG.exists():
+        settings.config = DEMO_CONFIG
+    config = routing_config.load(settings)
+    settings = routing_config.apply_timeouts(settings, config)
     # The demo hands technical problems to this install's own `tech-support` agent over loopback, which the
     # outbound rule (public addresses only) would refuse; set BATON_ALLOW_PRIVATE_NETWORKS=0 to keep the rule.
     os.environ.setdefault("BATON_ALLOW_PRIVATE_NETWORKS", "1")
@@ -97,7 +104,7 @@ async def _dev(args: argparse.Namespace) -> None:
         client = await connect(server.address, "default")
         _banner(settings, server, keys)
         demo = asyncio.create_task(_connect_demo_agent(settings)) if settings.demo_tech_agent == DEMO_AGENT else None
-        await _run_parts(settings, client, ["worker", "api"], stop)
+        await _run_parts(settings, client, ["worker", "api"], stop, config)
         if demo is not None:
             demo.cancel()
     finally:
@@ -106,6 +113,7 @@ async def _dev(args: argparse.Namespace) -> None:
 
 
 DEMO_AGENT = "tech-support"
+DEMO_CONFIG = Path("config/baton.yaml")
 
 
 async def _connect_demo_agent(settings: Settings) -> None:
@@ -154,6 +162,7 @@ Baton is running (Ctrl-C stops everything).
   Temporal    {server.address}   (Web UI: {ui})
   Data        {server.home / 'temporal.db'}
   Channel     {channel}
+  Routing     {settings.config or "built-in default (every handoff to queue 'general')"}
   AI agent    {settings.ai_agent}{f"   (technical problems go to {settings.demo_tech_agent!r} over the platform protocol)" if settings.demo_tech_agent else ""}
   Keys        {settings.home / 'keys.env'}
     BATON_API_KEY={keys['BATON_API_KEY']}
@@ -176,9 +185,11 @@ async def _component(parts: list[str]) -> None:
 
     settings = Settings.from_env()
     settings.check(api="api" in parts)
+    config = routing_config.load(settings)
+    settings = routing_config.apply_timeouts(settings, config)
     stop = _stop_event()
     client = await connect()
-    await _run_parts(settings, client, parts, stop)
+    await _run_parts(settings, client, parts, stop, config)
 
 
 def _agents(args: argparse.Namespace) -> int:

@@ -32,6 +32,8 @@ class Settings(BaseModel):
     demo_tech_agent: str | None = None
     inactivity_timeout_seconds: int = Field(default=1800, ge=10)
     handoff_sla_seconds: int = Field(default=300, ge=1)
+    # The routing config file (YAML or TOML, see config/baton.yaml); None: models.config.default_config().
+    config: Path | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -52,6 +54,7 @@ class Settings(BaseModel):
             "demo_tech_agent": "BATON_DEMO_TECH_AGENT",
             "inactivity_timeout_seconds": "BATON_INACTIVITY_TIMEOUT",
             "handoff_sla_seconds": "BATON_HANDOFF_SLA",
+            "config": "BATON_CONFIG",
         }
         return cls(**{field: env[var] for field, var in names.items() if env.get(var)})
 

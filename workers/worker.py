@@ -10,9 +10,13 @@ from temporalio.worker import Worker
 
 from activities.agents import DemoAgent, WebhookAgent
 from activities.channel import ChannelDeliverer
+from activities.desk_adapter import ThirdPartyDesks
 from activities.filtering import filter_context
 from activities.platform import PlatformActivities
 from activities.registry import AgentRegistry, SqliteRegistry
+from activities.routing import IntentFirst, Router
+from models.config import BatonConfig
+from workers import routing_config
 from workers.settings import Settings
 from workflows.conversation import Conversation
 
@@ -52,14 +56,22 @@ def registry_opener(settings: Settings, registry: AgentRegistry | None = None):
 
 
 def build_worker(
-    client: Client, settings: Settings, http: httpx.AsyncClient, registry: AgentRegistry | None = None, **options
+    client: Client, settings: Settings, http: httpx.AsyncClient, registry: AgentRegistry | None = None,
+    config: BatonConfig | None = None, **options
 ) -> Worker:
+    """`config` is the routing config (BATON_CONFIG, else the built-in default) when not given."""
+    if config is None:
+        config = routing_config.load(settings)
     if settings.ai_agent == "demo":
-        agent = DemoAgent(tech_agent=settings.demo_tech_agent)
+        bot = DemoAgent(tech_agent=settings.demo_tech_agent)
     else:
-        agent = WebhookAgent(settings.ai_agent, settings.ai_agent_secret, http)
+        bot = WebhookAgent(settings.ai_agent, settings.ai_agent_secret, http)
+    # The config's handoff intents ("I want to talk to a human") are matched before the bot is asked.
+    agent = IntentFirst(config, bot.respond)
     channel = ChannelDeliverer(settings.channel_url, settings.channel_secret, http)
     platform = PlatformActivities(registry_opener(settings, registry), settings.public_url)
+    router = Router(config, lambda: client, settings.task_queue)
+    desks = ThirdPartyDesks(routing_config.desk_lookup(config), settings.public_url)
     return Worker(
         client,
         task_queue=settings.task_queue,
@@ -71,6 +83,10 @@ def build_worker(
             platform.deliver_handoff,
             platform.forward_to_agent,
             platform.deliver_to_peer,
+            router.route_handoff,
+            router.queue_position,
+            desks.deliver_to_desk,
+            desks.forward_to_desk,
         ],
         **options,
     )

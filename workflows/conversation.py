@@ -17,6 +17,7 @@ with workflow.unsafe.imports_passed_through():
         AgentTurn,
         AuditEntry,
         AuditPage,
+        CancelHandoff,
         ChannelMessage,
         CloseRequest,
         CommandResult,
@@ -24,6 +25,7 @@ with workflow.unsafe.imports_passed_through():
         ConversationInput,
         ConversationState,
         DeliveryResult,
+        DeskLink,
         ExternalLink,
         HandBack,
         HandoffRequest,
@@ -39,9 +41,11 @@ with workflow.unsafe.imports_passed_through():
         UserMessage,
         Work,
     )
+    from models.desk import DeskForward, DeskHandoff
     from models.filtering import FilterRequest, FilterResult
     from models.names import WORKFLOW_TYPE, Activities, Queries, SearchAttributes, Signals, Updates
     from models.protocol import ForwardMessage, HandoffDelivery, HandoffOutcome, PeerDelivery, PeerEvent
+    from models.routing import PositionRequest, PositionResult, RouteDecision, RouteRequest
     from workflows import views
     from workflows.transitions import Event, apply, may_speak, refusal
 
@@ -53,6 +57,11 @@ PATCH_WAITING_IS_NOT_INACTIVITY = "waiting-is-not-inactivity"
 # An external-agent target is reached through the platform protocol (filter, signed envelope, forwarding);
 # before it, such a handoff only waited for an accept_handoff update.
 PATCH_PLATFORM_PROTOCOL = "platform-protocol"
+# A handoff is routed by the config's rules in the `route_handoff` activity (the decision is recorded in history),
+# walks its escalation ladder with business hours, tells the user their queue position, can be cancelled, and a
+# failing AI agent is routed by the config's failure rule. Before it, targets came from the request (default
+# queue `general`) and a failing AI agent only apologised.
+PATCH_ROUTING = "routing-rules"
 
 AI_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=500), maximum_interval=timedelta(seconds=5), maximum_attempts=4)
 # Unlimited attempts within a day: a chat backend that is down for an hour still gets every message, in order.
@@ -70,6 +79,8 @@ EXTERNAL_ACCEPT_TIMEOUT = timedelta(seconds=60)
 # A user's message to an external agent that cannot be passed on within this is answered by our AI instead.
 FORWARD_TIMEOUT = timedelta(minutes=2)
 FILTER_RETRY = RetryPolicy(maximum_attempts=3)
+ROUTE_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=200), maximum_attempts=3)
+POSITION_RETRY = RetryPolicy(maximum_attempts=2)
 CARRY_TO_AGENT = 50  # transcript entries an envelope carries
 
 
@@ -100,6 +111,8 @@ class Conversation:
         self._waiting_is_not_inactivity = False
         # The handoff id being delivered to an external agent: its SLA is the delivery's own timeout meanwhile.
         self._handing_over: str | None = None
+        # Handoff ids whose queue-position announcer is running.
+        self._announcing: set[str] = set()
         if input.carried is None:
             if input.context is not None:
                 self.s.context = input.context.model_copy(deep=True)
@@ -121,6 +134,8 @@ class Conversation:
         self._publish()
         delivery = asyncio.create_task(self._deliver_loop())
         clock = asyncio.create_task(self._watch_deadlines())
+        if self.s.pending is not None and self.s.pending.rule is not None:
+            self._announce_positions(self.s.pending)  # carried over by continue-as-new while waiting
         while True:
             await workflow.wait_condition(
                 lambda: bool(self.s.inbox)
@@ -153,6 +168,12 @@ class Conversation:
             await self._hand_over(work.handoff_id or "")
         elif work.kind == "forward":
             await self._forward(work.seq)
+        elif work.kind == "route":
+            await self._route(work.handoff_id or "")
+        elif work.kind == "share":
+            await self._share(work.handoff_id or "")
+        elif work.kind == "forward_desk":
+            await self._forward_to_desk(work.seq)
 
     async def _ai_turn(self, work: Work) -> None:
         if self.s.state is not State.AI:
@@ -187,6 +208,10 @@ class Conversation:
             if isinstance(err, CancelledError):
                 raise
             self._audit("ai_failed", seq=work.seq, error=str(getattr(err, "cause", None) or err))
+            if self.s.peer is None and workflow.patched(PATCH_ROUTING):
+                # The AI agent failed for good: the config's failure rule decides who takes over.
+                await self._route_ai_failure()
+                return
             self._say(Role.SYSTEM, "system", "Sorry, I can't answer right now. Please try again in a moment.")
             return
         self.s.human_stretch_ended = False
@@ -208,7 +233,8 @@ class Conversation:
                 return
         if reply.handoff is not None:
             request = HandoffRequest(
-                reason=reply.handoff.reason, target=reply.handoff.target, params=reply.handoff.params
+                reason=reply.handoff.reason, target=reply.handoff.target, params=reply.handoff.params,
+                intent=reply.handoff.intent,
             )
             self._start_handoff(request, requested_by="ai")
 
@@ -230,7 +256,7 @@ class Conversation:
 
     @workflow.signal(name=Signals.REQUEST_HANDOFF)
     def on_request_handoff(self, request: HandoffRequest) -> None:
-        if (why := refusal(self.s.state, Event.REQUEST_HANDOFF)) is None:
+        if (why := self._handoff_refusal(request)) is None:
             self._start_handoff(request, requested_by="signal")
         else:
             self._audit("signal_rejected", signal=Signals.REQUEST_HANDOFF, reason=why)
@@ -276,13 +302,39 @@ class Conversation:
             raise Reject(why)
 
     @workflow.update(name=Updates.SUBMIT_HANDOFF)
-    def submit_handoff(self, request: HandoffRequest) -> CommandResult:
+    async def submit_handoff(self, request: HandoffRequest) -> CommandResult:
         pending = self._start_handoff(request, requested_by="update")
+        if not pending.routed:
+            # Answer once the routing decision is in: the caller sees where it went, and an accept that follows
+            # this answer never meets a handoff that is still being routed.
+            await workflow.wait_condition(
+                lambda: self.s.pending is None
+                or self.s.pending.handoff_id != pending.handoff_id
+                or self.s.pending.routed
+            )
         return self._result(handoff_id=pending.handoff_id)
 
     @submit_handoff.validator
     def _check_handoff(self, request: HandoffRequest) -> None:
-        if (why := refusal(self.s.state, Event.REQUEST_HANDOFF)) is not None:
+        if (why := self._handoff_refusal(request)) is not None:
+            raise Reject(why)
+
+    @workflow.signal(name=Signals.CANCEL_HANDOFF)
+    def on_cancel_handoff(self, request: CancelHandoff) -> None:
+        if (why := self._cancel_refusal()) is None:
+            self._cancel(request.reason, by="signal")
+        else:
+            self._audit("signal_rejected", signal=Signals.CANCEL_HANDOFF, reason=why)
+
+    @workflow.update(name=Updates.CANCEL_HANDOFF)
+    def cancel_handoff(self, request: CancelHandoff) -> CommandResult:
+        pending = self.s.pending
+        self._cancel(request.reason, by="update")
+        return self._result(handoff_id=pending.handoff_id if pending else None)
+
+    @cancel_handoff.validator
+    def _check_cancel(self, request: CancelHandoff) -> None:
+        if (why := self._cancel_refusal()) is not None:
             raise Reject(why)
 
     @workflow.update(name=Updates.SUBMIT_HAND_BACK)
@@ -318,13 +370,23 @@ class Conversation:
     @workflow.update(name=Updates.ACCEPT_HANDOFF)
     def accept_handoff(self, accept: AcceptHandoff) -> CommandResult:
         pending = self.s.pending
-        assert pending is not None
-        event = Event.ACCEPT_LIVE if pending.target.queue else Event.ACCEPT_EXTERNAL
-        self._transition(event, owner=accept.owner, queue=pending.target.queue)
+        assert pending is not None and pending.target is not None
+        target = pending.target
+        live = target.queue is not None or target.live_agent is not None or target.desk is not None
+        event = Event.ACCEPT_LIVE if live else Event.ACCEPT_EXTERNAL
+        self._transition(event, owner=accept.owner, queue=target.desk_queue if live else target.queue)
         self.s.pending = None
         self.s.waiting_since = None
-        self._audit("handoff_accepted", handoff_id=pending.handoff_id, target=pending.target.label, owner=accept.owner)
-        self._say(Role.SYSTEM, "system", f"{accept.owner} has joined the conversation.")
+        self._audit("handoff_accepted", handoff_id=pending.handoff_id, target=target.label, owner=accept.owner)
+        if target.desk:
+            self.s.desk = DeskLink(desk=target.desk, handoff_id=pending.handoff_id)
+            # What the user wrote after the desk's envelope was cut goes on to the desk, in order.
+            for entry in self.s.transcript:
+                if entry.role is Role.USER and entry.seq > (pending.carried_until or pending.from_seq - 1):
+                    self.s.inbox.append(Work(kind="forward_desk", seq=entry.seq))
+            self._say(Role.SYSTEM, "system", "Our support team has joined the conversation.")
+        else:
+            self._say(Role.SYSTEM, "system", f"{accept.owner} has joined the conversation.")
         self._publish()
         return self._result(handoff_id=pending.handoff_id)
 
@@ -333,10 +395,17 @@ class Conversation:
         if (why := self._pending_refusal(accept.handoff_id)) is not None:
             raise Reject(why)
         pending = self.s.pending
-        if self.s.protocol and pending is not None and pending.target.external_agent:
-            raise Reject(
-                f"external agent {pending.target.external_agent} accepts through the platform protocol (its 202)"
-            )
+        assert pending is not None
+        target = pending.target
+        if not pending.routed or target is None:
+            raise Reject(f"handoff {pending.handoff_id} is still being routed; try again in a moment")
+        if target.external_agent and (self.s.protocol or pending.rule is not None):
+            raise Reject(f"external agent {target.external_agent} accepts through the platform protocol (its 202)")
+        if target.live_agent and accept.owner != target.live_agent:
+            raise Reject(f"handoff {pending.handoff_id} was transferred to {target.live_agent}, not {accept.owner}")
+        if target.desk and accept.owner != f"desk:{target.desk}":
+            raise Reject(f"handoff {pending.handoff_id} went to desk {target.desk}; only it can accept")
+
 
     @workflow.update(name=Updates.REJECT_HANDOFF)
     def reject_handoff(self, reject: RejectHandoff) -> CommandResult:
@@ -384,6 +453,15 @@ class Conversation:
             self.s.inbox.append(Work(kind="ai_turn", seq=entry.seq))
         elif self.s.state is State.EXTERNAL_AGENT and self.s.external is not None:
             self.s.inbox.append(Work(kind="forward", seq=entry.seq))
+        elif self.s.state is State.LIVE_AGENT and self.s.desk is not None:
+            self.s.inbox.append(Work(kind="forward_desk", seq=entry.seq))
+        elif (
+            self.s.state is State.HANDOFF_PENDING
+            and self.s.pending is not None
+            and self.s.pending.cancel_phrases
+            and views.is_cancel(message.text, self.s.pending.cancel_phrases)
+        ):
+            self._cancel("the user stopped waiting", by="user")
         return self._result(seq=entry.seq)
 
     def _via_refusal(self, message: UserMessage) -> str | None:
@@ -408,7 +486,282 @@ class Conversation:
             self._audit("redacted_at_ingress", seq=entry.seq, kinds=message.redacted)
         return self._result(seq=entry.seq)
 
-    def _start_handoff(self, request: HandoffRequest, requested_by: str) -> PendingHandoff:
+    def _handoff_refusal(self, request: HandoffRequest) -> str | None:
+        if (why := refusal(self.s.state, Event.REQUEST_HANDOFF)) is not None:
+            return why
+        if request.by is not None and request.by != self.s.owner:
+            return f"only the owner ({self.s.owner}) can transfer; {request.by} does not own the conversation"
+        return None
+
+    def _start_handoff(
+        self, request: HandoffRequest, requested_by: str, decision: RouteDecision | None = None
+    ) -> PendingHandoff:
+        if decision is None and not workflow.patched(PATCH_ROUTING):
+            return self._start_handoff_v1(request, requested_by)
+        now = workflow.now()
+        previous_owner = self.s.owner
+        self._transition(Event.REQUEST_HANDOFF, owner=None, queue=None)
+        sla = request.sla_seconds or self.s.handoff_sla_seconds
+        intent = request.intent
+        if intent is None and isinstance(request.params.get("intent"), str):
+            intent = str(request.params["intent"])
+        pending = PendingHandoff(
+            handoff_id=str(workflow.uuid4()),
+            reason=request.reason,
+            # The requested target, if any, until the routing decision says where this goes.
+            target=request.target,
+            fallback=request.fallback,
+            params=request.params,
+            requested_at=now,
+            deadline=now + timedelta(seconds=sla),
+            sla_seconds=request.sla_seconds,
+            from_seq=self.s.seq + 1,
+            routed=False,
+            intent=intent,
+        )
+        self.s.pending = pending
+        self.s.handoffs += 1
+        self.s.waiting_since = now
+        self.s.shared_context = None
+        self._audit(
+            "handoff_requested",
+            handoff_id=pending.handoff_id,
+            by=request.by or requested_by,
+            from_owner=previous_owner,
+            reason=request.reason,
+            target=request.target.label if request.target else None,
+            fallback=[t.label for t in request.fallback],
+            params=request.params,
+            intent=intent,
+        )
+        if decision is not None:
+            self._apply_decision(pending, decision)
+        else:
+            self.s.inbox.append(Work(kind="route", handoff_id=pending.handoff_id))
+        self._publish()
+        return pending
+
+    def _route_request(self, pending: PendingHandoff, requested_by: str) -> RouteRequest:
+        ctx = self.s.context
+        language = None
+        for source in (ctx.profile, ctx.metadata):
+            for key in ("language", "locale"):
+                if isinstance(source.get(key), str):
+                    language = language or source[key]
+        return RouteRequest(
+            conversation_id=self.s.conversation_id, handoff_id=pending.handoff_id, reason=pending.reason,
+            intent=pending.intent, params=pending.params, slots=ctx.slots, channel=self.s.channel,
+            language=language, target=pending.target, fallback=pending.fallback, sla_seconds=pending.sla_seconds,
+            default_sla_seconds=self.s.handoff_sla_seconds, requested_by=requested_by, at=workflow.now(),
+        )
+
+    async def _decide(self, request: RouteRequest) -> RouteDecision | None:
+        try:
+            return await workflow.execute_activity(
+                Activities.ROUTE_HANDOFF,
+                request,
+                result_type=RouteDecision,
+                start_to_close_timeout=timedelta(seconds=10),
+                schedule_to_close_timeout=timedelta(seconds=30),
+                retry_policy=ROUTE_RETRY,
+                summary=f"route handoff ({request.reason or request.requested_by})"[:200],
+            )
+        except ActivityError as err:
+            self._audit("routing_failed", handoff_id=request.handoff_id, error=str(err.cause or err))
+            return None
+
+    async def _route(self, handoff_id: str) -> None:
+        """The config's rules decide where the pending handoff goes; the decision is recorded in history."""
+        pending = self.s.pending
+        if pending is None or pending.handoff_id != handoff_id or pending.routed:
+            return  # cancelled or closed meanwhile
+        decision = await self._decide(self._route_request(pending, "request"))
+        if self.s.pending is None or self.s.pending.handoff_id != handoff_id:
+            self._audit("route_ignored", handoff_id=handoff_id, reason="the handoff ended while it was routed")
+            return
+        if decision is None:
+            # The router is down: the requested target or the default queue, so nobody waits on a broken config.
+            decision = RouteDecision(
+                rule="unavailable", why="the routing activity failed; using the requested target or the default queue",
+                target=pending.target or HandoffTarget(queue=DEFAULT_QUEUE), fallback=pending.fallback,
+                sla_seconds=pending.sla_seconds or self.s.handoff_sla_seconds,
+            )
+        self._apply_decision(self.s.pending, decision)
+        self._publish()
+
+    async def _route_ai_failure(self) -> None:
+        """The AI agent failed for good: the config's failure rule hands the conversation on, or the AI apologises."""
+        probe = PendingHandoff(
+            handoff_id=str(workflow.uuid4()), reason="the AI agent failed", target=None,
+            requested_at=workflow.now(), deadline=workflow.now(), from_seq=self.s.seq + 1,
+        )
+        decision = await self._decide(self._route_request(probe, "ai_failure"))
+        if self.s.state is not State.AI:
+            return  # someone else took over meanwhile
+        if decision is None or decision.target.final:
+            message = decision.target.message if decision and decision.target.message else None
+            self._say(Role.SYSTEM, "system", message or "Sorry, I can't answer right now. Please try again in a moment.")
+            return
+        self._start_handoff(HandoffRequest(reason="the AI agent failed"), requested_by="ai_failure", decision=decision)
+
+    def _apply_decision(self, pending: PendingHandoff, decision: RouteDecision) -> None:
+        self._audit(
+            "handoff_routed", handoff_id=pending.handoff_id, rule=decision.rule, why=decision.why,
+            target=decision.target.label, fallback=[t.label for t in decision.fallback],
+            skipped=[k.model_dump() for k in decision.skipped], sla_seconds=decision.sla_seconds,
+        )
+        routed = pending.model_copy(
+            update={
+                "routed": True, "rule": decision.rule, "target": decision.target, "fallback": decision.fallback,
+                "hours": decision.hours, "slas": decision.slas, "allowlist": decision.allowlist,
+                "cancel_phrases": decision.cancel_phrases, "sla_seconds": decision.sla_seconds,
+                "position_update_seconds": decision.position_update_seconds, "position": decision.position,
+            }
+        )
+        self.s.pending = routed
+        self._enter(routed, decision.target, decision.position)
+
+    def _enter(self, pending: PendingHandoff, target: HandoffTarget, position: int | None = None) -> None:
+        """Start waiting on one rung of the ladder: a desk queue, an external agent, a third-party desk, or the end."""
+        if target.final:
+            self._give_up(pending, target)
+            return
+        now = workflow.now()
+        deadline = now + timedelta(seconds=pending.slas.get(target.label) or pending.sla_seconds or self.s.handoff_sla_seconds)
+        closes = self._window_end(pending, target, now)
+        if closes is not None:
+            deadline = min(deadline, closes)
+        pending.target = target
+        pending.deadline = deadline
+        pending.position = position if target.waits_for_person else None
+        self.s.queue = target.desk_queue
+        self._say(Role.SYSTEM, "system", views.waiting_notice(target, pending.position))
+        if target.waits_for_person:
+            self.s.inbox.append(Work(kind="share", handoff_id=pending.handoff_id))
+            self._announce_positions(pending)
+        elif target.external_agent:
+            self._reach(pending)
+        elif target.desk:
+            self.s.inbox.append(Work(kind="deliver_handoff", handoff_id=pending.handoff_id))
+
+    def _give_up(self, pending: PendingHandoff, target: HandoffTarget) -> None:
+        """The ladder ended: back to the AI with a message, or a leave-a-message notice."""
+        self._transition(Event.GIVE_UP, owner="ai", queue=None)
+        self._back_to_ai(pending)
+        if target.leave_message:
+            self._audit("leave_message_offered", handoff_id=pending.handoff_id)
+            self._say(Role.SYSTEM, "system", target.message or views.LEAVE_MESSAGE)
+        else:
+            self._say(Role.SYSTEM, "system", target.message or views.GIVE_UP)
+
+    def _is_open(self, pending: PendingHandoff, target: HandoffTarget, at: datetime) -> bool:
+        windows = pending.hours.get(target.label)
+        return windows is None or any(w.start <= at < w.end for w in windows)
+
+    def _window_end(self, pending: PendingHandoff, target: HandoffTarget, at: datetime) -> datetime | None:
+        for w in pending.hours.get(target.label) or []:
+            if w.start <= at < w.end:
+                return w.end
+        return None
+
+    def _cancel_refusal(self) -> str | None:
+        if (why := refusal(self.s.state, Event.CANCEL)) is not None:
+            return why
+        return None
+
+    def _cancel(self, reason: str, by: str) -> None:
+        pending = self.s.pending
+        assert pending is not None
+        self._audit("handoff_cancelled", handoff_id=pending.handoff_id, by=by, reason=reason)
+        self._transition(Event.CANCEL, owner="ai", queue=None)
+        self.s.pending = None
+        self.s.waiting_since = None
+        self.s.shared_context = None
+        self._say(Role.SYSTEM, "system", views.CANCELLED)
+        self._publish()
+
+    async def _share(self, handoff_id: str) -> None:
+        """What the live agent who claims this may see: the context filtered by the route's allowlist."""
+        pending = self.s.pending
+        if pending is None or pending.handoff_id != handoff_id or pending.target is None:
+            return
+        try:
+            filtered = await self._filter(pending, [])
+        except ActivityError as err:
+            self._audit("context_not_shared", handoff_id=handoff_id, error=str(err.cause or err))
+            return
+        if self.s.state in (State.HANDOFF_PENDING, State.LIVE_AGENT):
+            self.s.shared_context = filtered.context.model_dump()
+
+    async def _filter(self, pending: PendingHandoff, carried: list[TranscriptEntry]) -> FilterResult:
+        label = pending.target.label if pending.target else "routing"
+        request = FilterRequest.from_context(self.s.context, carried)
+        if pending.allowlist is not None:
+            request = request.model_copy(update={"allowlist": pending.allowlist})
+        filtered = await workflow.execute_activity(
+            Activities.FILTER_CONTEXT,
+            request,
+            result_type=FilterResult,
+            start_to_close_timeout=timedelta(seconds=10),
+            retry_policy=FILTER_RETRY,
+            summary=f"filter the context for {label}",
+        )
+        self._audit(
+            "context_filtered", handoff_id=pending.handoff_id, target=label,
+            receipt=[r.model_dump() for r in filtered.receipt],
+        )
+        return filtered
+
+    def _announce_positions(self, pending: PendingHandoff) -> None:
+        target = pending.target
+        if target is None or not target.waits_for_person or pending.position_update_seconds <= 0:
+            return
+        if pending.handoff_id in self._announcing:
+            return
+        self._announcing.add(pending.handoff_id)
+        asyncio.create_task(self._position_loop(pending.handoff_id, pending.position_update_seconds))
+
+    def _still_waiting(self, handoff_id: str) -> bool:
+        return self.s.pending is not None and self.s.pending.handoff_id == handoff_id and not self._closed
+
+    async def _position_loop(self, handoff_id: str, every: int) -> None:
+        """Re-count the user's queue position on a durable timer; tell them when it improved meaningfully."""
+        try:
+            while True:
+                try:
+                    await workflow.wait_condition(
+                        lambda: not self._still_waiting(handoff_id),
+                        timeout=timedelta(seconds=every),
+                        timeout_summary="queue position check",
+                    )
+                    return  # no longer waiting
+                except asyncio.TimeoutError:
+                    pass
+                pending = self.s.pending
+                assert pending is not None and pending.target is not None
+                try:
+                    result = await workflow.execute_activity(
+                        Activities.QUEUE_POSITION,
+                        PositionRequest(
+                            conversation_id=self.s.conversation_id, queue=pending.target.desk_queue or "",
+                            waiting_since=self.s.waiting_since or pending.requested_at,
+                        ),
+                        result_type=PositionResult,
+                        start_to_close_timeout=timedelta(seconds=10),
+                        retry_policy=POSITION_RETRY,
+                        summary=f"queue position in {pending.target.desk_queue}",
+                    )
+                except ActivityError:
+                    continue
+                if not self._still_waiting(handoff_id) or result.position is None:
+                    continue
+                if views.position_worth_telling(pending.position, result.position):
+                    self._say(Role.SYSTEM, "system", views.position_notice(result.position))
+                pending.position = result.position
+        finally:
+            self._announcing.discard(handoff_id)
+
+    def _start_handoff_v1(self, request: HandoffRequest, requested_by: str) -> PendingHandoff:
         target = request.target or HandoffTarget(queue=DEFAULT_QUEUE)
         now = workflow.now()
         previous_owner = self.s.owner
@@ -454,24 +807,33 @@ class Conversation:
     async def _hand_over(self, handoff_id: str) -> None:
         """Filter the context for the external agent, deliver the signed envelope; its 202 is the acceptance."""
         pending = self.s.pending
-        if pending is None or pending.handoff_id != handoff_id or not pending.target.external_agent:
+        if pending is None or pending.handoff_id != handoff_id or pending.target is None:
             return  # closed, cancelled or fallen back meanwhile
+        if pending.target.desk:
+            await self._hand_to_desk(pending)
+            return
+        if not pending.target.external_agent:
+            return
         agent, label = pending.target.external_agent, pending.target.label
         carried = self.s.transcript[-CARRY_TO_AGENT:]
         self._handing_over = handoff_id
         try:
-            filtered = await workflow.execute_activity(
-                Activities.FILTER_CONTEXT,
-                FilterRequest.from_context(self.s.context, carried),
-                result_type=FilterResult,
-                start_to_close_timeout=timedelta(seconds=10),
-                retry_policy=FILTER_RETRY,
-                summary=f"filter the context for {label}",
-            )
-            self._audit(
-                "context_filtered", handoff_id=handoff_id, target=label,
-                receipt=[r.model_dump() for r in filtered.receipt],
-            )
+            if pending.rule is None:
+                # Conversations from before routing filtered without the route's allowlist (same commands).
+                filtered = await workflow.execute_activity(
+                    Activities.FILTER_CONTEXT,
+                    FilterRequest.from_context(self.s.context, carried),
+                    result_type=FilterResult,
+                    start_to_close_timeout=timedelta(seconds=10),
+                    retry_policy=FILTER_RETRY,
+                    summary=f"filter the context for {label}",
+                )
+                self._audit(
+                    "context_filtered", handoff_id=handoff_id, target=label,
+                    receipt=[r.model_dump() for r in filtered.receipt],
+                )
+            else:
+                filtered = await self._filter(pending, carried)
             if self.s.pending is None or self.s.pending.handoff_id != handoff_id:
                 return  # closed while filtering: nothing is sent
             left = pending.deadline - workflow.now()
@@ -515,6 +877,73 @@ class Conversation:
                 self.s.inbox.append(Work(kind="forward", seq=entry.seq))
         self._publish()
 
+    async def _hand_to_desk(self, pending: PendingHandoff) -> None:
+        """Filter, then send the signed handoff to a third-party desk; its `accepted` callback is the acceptance."""
+        handoff_id = pending.handoff_id
+        desk = pending.target.desk if pending.target else None
+        assert desk is not None
+        carried = self.s.transcript[-CARRY_TO_AGENT:]
+        self._handing_over = handoff_id
+        try:
+            filtered = await self._filter(pending, carried)
+            if not self._still_waiting(handoff_id):
+                return  # cancelled or closed while filtering: nothing is sent
+            pending.carried_until = carried[-1].seq if carried else 0
+            self.s.shared_context = filtered.context.model_dump()
+            left = pending.deadline - workflow.now()
+            result = await self._send(
+                Activities.DELIVER_TO_DESK,
+                DeskHandoff(
+                    desk=desk, handoff_id=handoff_id, conversation_id=self.s.conversation_id, reason=pending.reason,
+                    context=filtered.context, transcript=filtered.transcript,
+                ),
+                max(timedelta(seconds=1), min(EXTERNAL_ACCEPT_TIMEOUT, left)),
+                f"hand the conversation to desk {desk}",
+                give_up="gone",
+            )
+        except ActivityError as err:
+            result = DeliveryResult(outcome="rejected", detail=f"could not filter: {err.cause or err}")
+        finally:
+            self._handing_over = None
+        if not self._still_waiting(handoff_id):
+            return  # accepted already (a fast desk), cancelled or closed
+        if result.outcome != "delivered":
+            self._fall_back(f"desk {desk} did not take the handoff: {result.outcome} {result.detail or ''}".strip())
+            return
+        self._audit("handoff_delivered", handoff_id=handoff_id, target=f"desk:{desk}", status=result.status)
+
+    async def _forward_to_desk(self, seq: int) -> None:
+        link = self.s.desk
+        if self.s.state is State.AI:
+            await self._ai_turn(Work(kind="ai_turn", seq=seq))
+            return
+        if self.s.state is not State.LIVE_AGENT or link is None:
+            self._audit("not_forwarded", seq=seq, state=self.s.state.value)
+            return
+        entry = self._entry(seq)
+        result = await self._send(
+            Activities.FORWARD_TO_DESK,
+            DeskForward(
+                desk=link.desk, handoff_id=link.handoff_id, conversation_id=self.s.conversation_id,
+                message_id=entry.message_id, text=entry.text,
+            ),
+            FORWARD_TIMEOUT,
+            f"forward seq {seq} to desk {link.desk}",
+            give_up="gone",
+        )
+        if result.outcome == "delivered" or self.s.desk is None or self.s.desk.handoff_id != link.handoff_id:
+            return
+        if result.outcome == "rejected":
+            self._audit("forward_rejected", seq=seq, desk=link.desk, status=result.status, detail=result.detail)
+            self._say(Role.SYSTEM, "system", "Sorry, that message could not be passed on. Please try rephrasing it.")
+            return
+        self._audit("desk_lost", seq=seq, desk=link.desk, status=result.status, detail=result.detail)
+        self._transition(Event.HAND_BACK, owner="ai", queue=None)
+        self.s.human_stretch_ended = True
+        self._say(Role.SYSTEM, "system", "Our support team can't be reached right now, so the assistant is back with you.")
+        self.s.inbox.insert(0, Work(kind="ai_turn", seq=seq))
+        self._publish()
+
     async def _forward(self, seq: int) -> None:
         """A user's message to the external agent that owns the conversation, through the platform protocol."""
         link = self.s.external
@@ -556,6 +985,41 @@ class Conversation:
     def _fall_back(self, why: str) -> None:
         pending = self.s.pending
         assert pending is not None
+        if pending.rule is None:
+            self._fall_back_v1(why)
+            return
+        target = pending.target
+        self._audit("handoff_failed", handoff_id=pending.handoff_id, target=target.label if target else None, reason=why)
+        now = workflow.now()
+        ladder, skipped, next_target = list(pending.fallback), [], None
+        while ladder:
+            candidate = ladder.pop(0)
+            if self._is_open(pending, candidate, now):
+                next_target = candidate
+                break
+            skipped.append(candidate.label)
+        if next_target is None:
+            next_target = HandoffTarget(ai=True)
+        if next_target.final:
+            if skipped:
+                self._audit("fallback_skipped", handoff_id=pending.handoff_id, skipped=skipped, reason="closed")
+            self._give_up(pending, next_target)
+            self._publish()
+            return
+        self._transition(Event.FALL_BACK, owner=None, queue=next_target.desk_queue)
+        # A new id, so a late accept for the target that failed is recognised as stale.
+        moved = pending.model_copy(
+            update={"handoff_id": str(workflow.uuid4()), "fallback": ladder, "position": None, "carried_until": None}
+        )
+        self.s.pending = moved
+        self.s.shared_context = None
+        self._audit("handoff_fallback", handoff_id=moved.handoff_id, target=next_target.label, skipped=skipped)
+        self._enter(moved, next_target)
+        self._publish()
+
+    def _fall_back_v1(self, why: str) -> None:
+        pending = self.s.pending
+        assert pending is not None and pending.target is not None
         self._audit("handoff_failed", handoff_id=pending.handoff_id, target=pending.target.label, reason=why)
         now = workflow.now()
         if pending.fallback:
@@ -670,8 +1134,10 @@ class Conversation:
                 except asyncio.TimeoutError:
                     pass
                 continue
-            if self.s.pending is not None and now >= self.s.pending.deadline and not self._delivering_handoff:
-                self._fall_back("nobody accepted within the SLA")
+            pending = self.s.pending
+            if pending is not None and now >= pending.deadline and not self._delivering_handoff and pending.routed:
+                closed = pending.target is not None and not self._is_open(pending, pending.target, now)
+                self._fall_back("the queue closed (business hours)" if closed else "nobody accepted within the SLA")
             elif now >= self._inactivity_deadline():
                 minutes = self.s.inactivity_timeout_seconds // 60
                 # Handed to us by another platform: idle here does not end the chat there, it goes back.
@@ -685,8 +1151,8 @@ class Conversation:
         return self.s.pending is not None and self._handing_over == self.s.pending.handoff_id
 
     def _next_deadline(self) -> datetime:
-        if self._delivering_handoff:
-            # The delivery's own timeout (within the SLA) decides; the watcher must not fall back under it.
+        if self._delivering_handoff or (self.s.pending is not None and not self.s.pending.routed):
+            # The delivery's own timeout (within the SLA) decides, and routing takes moments: no fall back under them.
             return self._inactivity_deadline()
         if self.s.pending is not None and self._waiting_is_not_inactivity:
             # A user waiting for a handoff is not idle: the SLA, not the inactivity timeout, governs the wait.
@@ -772,6 +1238,10 @@ class Conversation:
         self.s.queue = queue
         if self.s.state is not State.EXTERNAL_AGENT:
             self.s.external = None
+        if self.s.state is not State.LIVE_AGENT:
+            self.s.desk = None
+        if self.s.state in (State.AI, State.CLOSED):
+            self.s.shared_context = None
         if self._waiting_is_not_inactivity and not self._closed:
             # A change of owner restarts the inactivity clock, so nobody is closed on the moment they arrive.
             self.s.last_activity_at = workflow.now()

@@ -35,6 +35,8 @@ def snapshot(s: ConversationState) -> Snapshot:
         },
         external=s.external,
         peer=s.peer.model_dump(exclude={"transcript"}) if s.peer else None,
+        desk=s.desk,
+        shared_context=s.shared_context,
     )
 
 
@@ -48,7 +50,9 @@ def details(s: ConversationState) -> str:
         f"**Handoffs:** {s.handoffs}",
     ]
     if s.pending is not None:
-        lines.append(f"**Pending:** {s.pending.target.label} until {s.pending.deadline.isoformat()}")
+        where = s.pending.target.label if s.pending.target else "routing"
+        rule = f" (rule {s.pending.rule})" if s.pending.rule else ""
+        lines.append(f"**Pending:** {where}{rule} until {s.pending.deadline.isoformat()}")
     if s.external is not None:
         lines.append(f"**External conversation:** {s.external.remote_conversation_id}")
     if s.peer is not None:
@@ -56,10 +60,56 @@ def details(s: ConversationState) -> str:
     return "\n".join(lines)
 
 
-def waiting_notice(target: HandoffTarget) -> str:
-    if target.queue:
-        return "I'm connecting you with a person. Please stay here; someone will be with you shortly."
+def waiting_notice(target: HandoffTarget, position: int | None = None) -> str:
+    if target.waits_for_person:
+        text = "I'm connecting you with a person. Please stay here; someone will be with you shortly."
+        if position is not None:
+            text += f" You are number {position} in the queue."
+        return text
+    if target.desk:
+        return "I'm connecting you with our support team. Please stay here; someone will be with you shortly."
     return "I'm connecting you with a specialist assistant. One moment, please."
+
+
+def position_notice(position: int) -> str:
+    return "You're next in the queue." if position == 1 else f"You're now number {position} in the queue."
+
+
+def position_worth_telling(last: int | None, now: int) -> bool:
+    """Tell the user when their position improved meaningfully: near the front, or by a quarter of the way."""
+    if last is None:
+        return True
+    if now >= last:
+        return False
+    return now <= 3 or last - now >= max(2, last // 4)
+
+
+GIVE_UP = (
+    "Sorry, nobody is available to take over right now. The assistant is back with you; "
+    "you can ask for a person again later."
+)
+LEAVE_MESSAGE = (
+    "Nobody can take this conversation right now. Leave your message here, with how we can reach you, and a "
+    "person will get back to you. The assistant is back with you meanwhile."
+)
+CANCELLED = "OK, I've cancelled your request for a person. The assistant is back with you."
+
+
+def normalized(text: str) -> str:
+    kept = "".join(c.lower() if c.isalnum() or c.isspace() or c == "'" else " " for c in text)
+    return " ".join(kept.split())
+
+
+def is_cancel(text: str, phrases: list[str]) -> bool:
+    """"never mind" cancels waiting: the whole message is a phrase, or starts with a multi-word phrase."""
+    said = normalized(text)
+    for phrase in phrases:
+        p = normalized(phrase)
+        if not p:
+            continue
+        if said == p or (" " in p and said.startswith(p + " ")):
+            return True
+    return False
 
 
 def carry(s: ConversationState, run_id: str) -> ConversationState:

@@ -1,0 +1,226 @@
+"""A third-party desk reached by webhook (Microsoft-handoff-style): hand it a conversation, forward the user's
+messages to it. Its status callbacks (accepted / failed / message / completed) arrive at api/desk_events.py.
+
+Every request is signed per Standard Webhooks with the desk's secret, with a `webhook-id` that stays the same on
+every retry of the same delivery. The desk's URL is operator-configured: it goes through the outbound policy
+(non-public addresses and redirects refused unless BATON_ALLOW_PRIVATE_NETWORKS allows it)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from activities import webhooks
+from activities.channel import retry_after
+from activities.filtering import redact_text
+from activities.outbound import OutboundError, OutboundPolicy, Target, post_json, resolve_public
+from models.conversation import DeliveryResult
+from models.desk import DeskForward, DeskHandoff
+from models.names import Activities, Routes
+from models.protocol import MAX_CARRIED
+
+# Retryable: the desk did not answer, or answered 408/429/5xx.
+DESK_UNAVAILABLE = "DeskUnavailable"
+# Final: no desk by that name is configured.
+UNKNOWN_DESK = "UnknownDesk"
+# Final: the desk has no (usable) secret, or the install's outbound setting is malformed.
+BAD_CONFIGURATION = "BadConfiguration"
+USER_AGENT = "Baton-Desk/1"
+MAX_REASON = 200
+CARRIED_FIELDS = {"seq", "message_id", "role", "author", "text", "at"}
+
+
+@dataclass(frozen=True)
+class DeskEndpoint:
+    """A configured desk: its base URL (we POST to `{url}/handoffs` and `{url}/messages`) and its
+    Standard Webhooks secret (`whsec_<base64>`), which signs both directions."""
+
+    name: str
+    url: str
+    # Left out of repr, so logging an endpoint never prints it.
+    secret: str = field(repr=False)
+
+
+def handoff_webhook_id(h: DeskHandoff) -> str:
+    return "dsk_" + hashlib.sha256(f"{h.conversation_id}\x00{h.handoff_id}".encode()).hexdigest()[:32]
+
+
+def forward_webhook_id(m: DeskForward) -> str:
+    return "dskm_" + hashlib.sha256(f"{m.conversation_id}\x00{m.message_id}".encode()).hexdigest()[:32]
+
+
+def events_path(desk: str) -> str:
+    return Routes.DESK_EVENTS.format(desk=quote(desk, safe=""))
+
+
+def _unavailable(reason: str, status: int | None = None, response: httpx.Response | None = None) -> ApplicationError:
+    delay = retry_after(response.headers.get("retry-after")) if response is not None else None
+    return ApplicationError(reason, {"status": status}, type=DESK_UNAVAILABLE, next_retry_delay=delay)
+
+
+def _hide(text: str, secret: str) -> str:
+    """The text without the secret, whole or as its bare base64 key (a desk might echo either)."""
+    for form in (secret, secret.removeprefix(webhooks.SECRET_PREFIX)):
+        if len(form) >= 8:
+            text = text.replace(form, "[secret]")
+    return text
+
+
+def _remote_reason(response: httpx.Response, secret: str) -> str:
+    """The answer's "detail" (or "reason"), printable and short; else what the status itself says."""
+    try:
+        answer = response.json()
+    except ValueError:
+        answer = None
+    found: Any = (answer.get("detail") or answer.get("reason")) if isinstance(answer, dict) else None
+    if found:
+        text = found if isinstance(found, str) else json.dumps(found, separators=(",", ":"))
+        # Untrusted text bound for logs and history: no control characters, and never our secret echoed back.
+        text = "".join(ch if ch.isprintable() else " " for ch in _hide(text, secret))
+        return text[:MAX_REASON]
+    if 300 <= response.status_code < 400:
+        return "redirect (not followed)"
+    return response.reason_phrase or "no reason given"
+
+
+def _redacted(text: str, what: str) -> str:
+    """Defence in depth: the text was filtered (or typed after the filter ran); redact it once more."""
+    clean, findings = redact_text(text)
+    if findings:
+        activity.logger.info("redacted %d finding(s) from %s before sending it to a desk", len(findings), what)
+    return clean
+
+
+class ThirdPartyDesks:
+    """Looks each desk up by name per attempt (the workflow passes names, never URLs or secrets)."""
+
+    def __init__(
+        self,
+        lookup: Callable[[str], DeskEndpoint | None],
+        public_url: str,
+        policy: OutboundPolicy | None = None,
+    ) -> None:
+        self._lookup = lookup
+        self.public_url = public_url.rstrip("/")
+        self._policy = policy
+
+    def _resolved_policy(self) -> OutboundPolicy:
+        if self._policy is not None:
+            return self._policy
+        try:
+            return OutboundPolicy.from_env()
+        except ValueError as e:
+            raise ApplicationError(str(e), type=BAD_CONFIGURATION, non_retryable=True) from None
+
+    def _endpoint(self, desk: str) -> DeskEndpoint:
+        """The desk's endpoint with a usable secret, or a final error naming the desk (never the secret)."""
+        try:
+            endpoint = self._lookup(desk)
+        except Exception as e:
+            # A configuration that cannot be read will not heal by retrying; only our own ValueErrors are shown.
+            shown = f": {e}" if type(e) is ValueError else ""
+            raise ApplicationError(
+                f"the desk configuration is unavailable ({type(e).__name__}{shown})", type=BAD_CONFIGURATION,
+                non_retryable=True,
+            ) from None
+        if endpoint is None:
+            raise ApplicationError(f"unknown desk {desk!r}", type=UNKNOWN_DESK, non_retryable=True)
+        if not endpoint.secret:
+            raise ApplicationError(f"desk {desk!r} has no webhook secret", type=BAD_CONFIGURATION, non_retryable=True)
+        try:
+            webhooks.secret_key(endpoint.secret)
+        except ValueError as e:  # the message never echoes the secret
+            raise ApplicationError(f"desk {desk!r}: {e}", type=BAD_CONFIGURATION, non_retryable=True) from None
+        return endpoint
+
+    async def _target(self, endpoint: DeskEndpoint, what: str) -> Target | str:
+        """The checked target, or why the desk's URL is refused for good. A name that does not resolve may heal."""
+        try:
+            return await resolve_public(endpoint.url, self._resolved_policy())
+        except OutboundError as e:
+            if e.retryable:
+                raise _unavailable(f"{what} unreachable ({e.reason})") from None
+            activity.logger.warning("%s not contacted: %s", what, e.reason)
+            return f"{what} cannot be reached: {e.reason}"
+
+    async def _post(
+        self, target: Target, path: str, body: bytes, secret: str, msg_id: str, what: str
+    ) -> httpx.Response:
+        # Signed afresh per attempt, so a retry after a long outage is not refused as stale.
+        headers = {**webhooks.headers(secret, msg_id, body, int(time.time())), "user-agent": USER_AGENT}
+        try:
+            return await post_json(target, path, body, headers)
+        except httpx.TimeoutException as e:
+            raise _unavailable(f"{what} did not answer in time ({type(e).__name__})") from None
+        except httpx.HTTPError as e:
+            raise _unavailable(_hide(f"{what} unreachable ({type(e).__name__}: {e})", secret)) from None
+        except OutboundError as e:
+            raise _unavailable(f"{what} unreachable ({e.reason})") from None
+
+    def _classify(
+        self, response: httpx.Response, what: str, secret: str, gone: tuple[int, ...] = ()
+    ) -> DeliveryResult:
+        status = response.status_code
+        if 200 <= status < 300:
+            return DeliveryResult(outcome="delivered", status=status)
+        if status in (408, 429) or status >= 500:
+            raise _unavailable(f"{what} answered {status}", status, response)
+        detail = f"{what} answered {status}: {_remote_reason(response, secret)}"
+        activity.logger.warning("%s", detail)
+        return DeliveryResult(outcome="gone" if status in gone else "rejected", status=status, detail=detail)
+
+    @activity.defn(name=Activities.DELIVER_TO_DESK)
+    async def deliver_to_desk(self, h: DeskHandoff) -> DeliveryResult:
+        """POST the handoff to `{url}/handoffs`. "delivered" means received: the desk accepts (or fails) later
+        through its callback. 4xx other than 408/429 is "rejected"; 408/429/5xx and network errors are retried."""
+        endpoint = self._endpoint(h.desk)
+        what = f"desk {h.desk!r}"
+        transcript = []
+        # The latest entries matter most; a desk need not take an unbounded history.
+        for entry in h.transcript[-MAX_CARRIED:]:
+            carried = entry.model_dump(mode="json", include=CARRIED_FIELDS)
+            carried["text"] = _redacted(entry.text, f"transcript entry {entry.seq}")
+            transcript.append(carried)
+        envelope = {
+            "handoff_id": h.handoff_id,
+            "conversation_id": h.conversation_id,
+            "reason": _redacted(h.reason, "the handoff reason"),
+            "context": h.context.model_dump(mode="json"),
+            "transcript": transcript,
+            "callback_url": self.public_url + events_path(h.desk),
+        }
+        body = json.dumps(envelope, separators=(",", ":")).encode()
+        target = await self._target(endpoint, what)
+        if isinstance(target, str):
+            return DeliveryResult(outcome="rejected", detail=target)
+        response = await self._post(target, "/handoffs", body, endpoint.secret, handoff_webhook_id(h), what)
+        return self._classify(response, what, endpoint.secret)
+
+    @activity.defn(name=Activities.FORWARD_TO_DESK)
+    async def forward_to_desk(self, m: DeskForward) -> DeliveryResult:
+        """POST the user's message to `{url}/messages`. 404/409/410 mean the desk no longer has the conversation
+        ("gone"); other 4xx except 408/429 "rejected"; 408/429/5xx and network errors are retried."""
+        endpoint = self._endpoint(m.desk)
+        what = f"desk {m.desk!r}"
+        message = {
+            "conversation_id": m.conversation_id,
+            "handoff_id": m.handoff_id,
+            "message_id": m.message_id,
+            "text": _redacted(m.text, f"message {m.message_id}"),
+        }
+        body = json.dumps(message, separators=(",", ":")).encode()
+        target = await self._target(endpoint, what)
+        if isinstance(target, str):
+            # A desk we may never contact cannot hold the conversation.
+            return DeliveryResult(outcome="gone", detail=target)
+        response = await self._post(target, "/messages", body, endpoint.secret, forward_webhook_id(m), what)
+        return self._classify(response, what, endpoint.secret, gone=(404, 409, 410))

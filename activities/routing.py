@@ -1,0 +1,290 @@
+"""Routing: where a handoff goes (the config's routes, business hours, SLAs), the user's place in the queue, and
+intent recognition in front of the AI agent.
+
+`decide` is pure: the `route_handoff` activity runs it once per handoff and the workflow records the decision, so
+replay and running conversations never see a config change."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+from temporalio import activity
+from temporalio.client import Client
+
+from models.config import BatonConfig, BusinessHours, Route, When
+from models.conversation import AgentReply, AgentTurn, HandoffEvent, HandoffTarget, OpenWindow, ParamValue
+from models.names import WORKFLOW_TYPE, Activities, SearchAttributes, workflow_id
+from models.routing import PositionRequest, PositionResult, RouteDecision, RouteRequest, Skipped
+
+# Business hours are computed this far ahead; the workflow re-asks when a wait outlasts them.
+HORIZON = timedelta(days=8)
+AI_FAILURE_MESSAGE = "Sorry, I can't answer right now. Please try again in a moment."
+NO_ROUTE_MESSAGE = "Sorry, nobody can take this conversation right now. The assistant is back with you."
+AWAY_MESSAGE = "Our team is away right now{back}. The assistant is back with you{again}."
+COUNT_TIMEOUT = timedelta(seconds=10)
+
+
+# ---- the decision -------------------------------------------------------------------------------------
+
+
+def decide(config: BatonConfig, req: RouteRequest, position: int | None = None) -> RouteDecision:
+    """Choose the ladder (ai_failure rule, the request's own target, or the first matching route), then walk it
+    at `req.at`: unknown queues and queues closed by business hours are skipped; the first rung left is the
+    target, the rest the fallback. Nothing left: back to the AI with a message saying when the team is back."""
+    at = _utc(req.at)
+    route: Route | None = None
+    if req.requested_by == "ai_failure":
+        if config.ai_failure is None:
+            return _decision(config, req, at, rule="none", why="the AI agent failed; no ai_failure rule",
+                             ladder=[HandoffTarget(ai=True, message=AI_FAILURE_MESSAGE)], position=position)
+        rule, why = "ai_failure", "the AI agent failed"
+        ladder = [config.ai_failure.to, *config.ai_failure.fallback]
+    elif req.target is not None:
+        rule, why = "explicit", f"the request named {req.target.label}"
+        ladder = [req.target, *req.fallback]
+    else:
+        for candidate in config.routes:
+            matched = conditions_met(candidate.when, req)
+            if matched is not None:
+                route = candidate
+                break
+        if route is None:
+            return _decision(config, req, at, rule="none", why="no route matched",
+                             ladder=[HandoffTarget(ai=True, message=NO_ROUTE_MESSAGE)], position=position)
+        rule, why = route.name, ", ".join(matched) or "no conditions"
+        ladder = [route.to, *route.fallback]
+    return _decision(config, req, at, rule=rule, why=why, ladder=ladder, route=route, position=position)
+
+
+def _decision(
+    config: BatonConfig,
+    req: RouteRequest,
+    at: datetime,
+    *,
+    rule: str,
+    why: str,
+    ladder: list[HandoffTarget],
+    route: Route | None = None,
+    position: int | None = None,
+) -> RouteDecision:
+    schedules = {rung.label: bh for rung in ladder if (bh := _business_hours(config, rung)) is not None}
+    hours = {label: schedule.windows(at, at + HORIZON) for label, schedule in schedules.items()}
+
+    skipped: list[Skipped] = []
+    remaining: list[HandoffTarget] = []
+    # The earliest opening among queues skipped for hours, and how to say it.
+    back: tuple[datetime, str] | None = None
+    closed_for_hours = False
+    for rung in ladder:
+        if rung.queue is not None and not config.queue_known(rung.queue):
+            skipped.append(Skipped(target=rung.label, why="unknown queue"))
+            continue
+        # Only the target must be open now; the fallback is re-checked by the workflow when it gets there.
+        windows = hours.get(rung.label)
+        if not remaining and windows is not None and not is_open(windows, at):
+            closed_for_hours = True
+            opening = next_opening(windows, at)
+            if opening is None:
+                skipped.append(Skipped(target=rung.label, why=f"closed (not open in the next {HORIZON.days} days)"))
+                continue
+            text = describe_instant(opening, schedules[rung.label].zone, at)
+            skipped.append(Skipped(target=rung.label, why=f"closed (opens {text})"))
+            if back is None or opening < back[0]:
+                back = opening, text
+            continue
+        remaining.append(rung)
+
+    if not remaining:
+        if back is not None:
+            message = AWAY_MESSAGE.format(back=f" (back {back[1]})", again="; you can ask again then")
+        elif closed_for_hours:
+            message = AWAY_MESSAGE.format(back="", again="")
+        else:
+            message = NO_ROUTE_MESSAGE
+        remaining = [HandoffTarget(ai=True, message=message)]
+
+    target, fallback = remaining[0], remaining[1:]
+    slas = {rung.label: sla_for(config, req, rung) for rung in remaining if rung.waits_for_person}
+    allowlist = route.allowlist if route is not None and route.allowlist is not None else config.filter.allowlist
+    return RouteDecision(
+        rule=rule,
+        why=why,
+        target=target,
+        fallback=fallback,
+        skipped=skipped,
+        sla_seconds=sla_for(config, req, target),
+        slas=slas,
+        hours=hours,
+        allowlist=list(allowlist) if allowlist is not None else None,
+        cancel_phrases=list(config.waiting.cancel_phrases),
+        position_update_seconds=config.waiting.position_update_seconds,
+        position=position,
+    )
+
+
+def conditions_met(when: When, req: RouteRequest) -> list[str] | None:
+    """The conditions of `when` that `req` meets, described ("intent=human", "channel=web"); None when any fails.
+    An empty `when` matches with no description."""
+    met: list[str] = []
+    if when.reason is not None:
+        reason = req.reason.lower()
+        hit = next((r for r in when.reason if r.lower() in reason), None)
+        if hit is None:
+            return None
+        met.append(f"reason contains {hit!r}")
+    if when.intent is not None:
+        asked = [i for i in (req.intent, req.params.get("intent")) if isinstance(i, str)]
+        hit = next((i for i in asked if i in when.intent), None)
+        if hit is None:
+            return None
+        met.append(f"intent={hit}")
+    for section, given, wanted in (("params", req.params, when.params), ("slots", req.slots, when.slots)):
+        for name, values in (wanted or {}).items():
+            if name not in given or not any(_same(given[name], value) for value in values):
+                return None
+            met.append(f"{section}.{name}={given[name]}")
+    if when.channel is not None:
+        if req.channel not in when.channel:
+            return None
+        met.append(f"channel={req.channel}")
+    if when.language is not None:
+        language = (req.language or "").replace("_", "-").lower()
+        if not language:
+            return None
+        hit = next((w for w in when.language if language == w.lower() or language.startswith(w.lower() + "-")), None)
+        if hit is None:
+            return None
+        met.append(f"language={req.language}")
+    return met
+
+
+def _same(given: object, wanted: ParamValue) -> bool:
+    # True == 1 in Python; in a config they are different values.
+    if isinstance(given, bool) or isinstance(wanted, bool):
+        return type(given) is type(wanted) and given == wanted
+    return given == wanted
+
+
+def sla_for(config: BatonConfig, req: RouteRequest, rung: HandoffTarget) -> int:
+    """The request's SLA, else the queue's, else the config's timeouts, else the conversation's default."""
+    if req.sla_seconds is not None:
+        return req.sla_seconds
+    queue = config.queues.get(rung.queue) if rung.queue is not None else None
+    if queue is not None and queue.sla_seconds is not None:
+        return queue.sla_seconds
+    if config.timeouts.handoff_sla_seconds is not None:
+        return config.timeouts.handoff_sla_seconds
+    return req.default_sla_seconds
+
+
+def _business_hours(config: BatonConfig, rung: HandoffTarget) -> BusinessHours | None:
+    if rung.queue is None:
+        return None
+    queue = config.queues.get(rung.queue)
+    return queue.business_hours if queue is not None else None
+
+
+def is_open(windows: list[OpenWindow], at: datetime) -> bool:
+    return any(w.start <= at < w.end for w in windows)
+
+
+def next_opening(windows: list[OpenWindow], at: datetime) -> datetime | None:
+    return min((w.start for w in windows if w.start > at), default=None)
+
+
+def describe_instant(instant: datetime, zone: ZoneInfo, now: datetime) -> str:
+    """"Mon 09:00 Europe/Berlin" (with the date when it is a week or more away)."""
+    local = instant.astimezone(zone)
+    far = (local.date() - now.astimezone(zone).date()).days >= 7
+    return f"{local:%a %d %b %H:%M} {zone.key}" if far else f"{local:%a %H:%M} {zone.key}"
+
+
+def _utc(at: datetime) -> datetime:
+    # The workflow's clock is aware UTC; a naive instant is taken as UTC.
+    return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
+
+
+# ---- activities ---------------------------------------------------------------------------------------
+
+
+def position_query(task_queue: str, queue: str, conversation_id: str, since: datetime) -> str:
+    """The visibility query counting the conversations waiting on `queue` since before `since`, other than this
+    one. Names and ids are validated upstream; a quote here would be an injection, so it is refused."""
+    values = (task_queue, queue, conversation_id)
+    if any("'" in v or "\\" in v for v in values):
+        raise ValueError("a queue, task queue or conversation id with a quote or backslash cannot be queried")
+    rfc3339 = _utc(since).isoformat().replace("+00:00", "Z")
+    return (
+        f"WorkflowType = '{WORKFLOW_TYPE}' AND TaskQueue = '{task_queue}' "
+        f"AND {SearchAttributes.STATE.name} = 'handoff_pending' AND {SearchAttributes.QUEUE.name} = '{queue}' "
+        f"AND {SearchAttributes.WAITING_SINCE.name} < '{rfc3339}' AND WorkflowId != '{workflow_id(conversation_id)}'"
+    )
+
+
+class Router:
+    """The routing activities: the decision (with the user's position) and position re-checks while waiting."""
+
+    def __init__(self, config: BatonConfig, client: Callable[[], Client | None], task_queue: str) -> None:
+        self.config = config
+        # Called when needed: the worker's client may be created after the activities.
+        self.client = client
+        self.task_queue = task_queue
+
+    @activity.defn(name=Activities.ROUTE_HANDOFF)
+    async def route_handoff(self, req: RouteRequest) -> RouteDecision:
+        decision = decide(self.config, req)
+        queue = decision.target.desk_queue
+        if decision.target.waits_for_person and queue is not None:
+            position = await self.position(queue, req.conversation_id, req.at)
+            decision = decision.model_copy(update={"position": position})
+        return decision
+
+    @activity.defn(name=Activities.QUEUE_POSITION)
+    async def queue_position(self, req: PositionRequest) -> PositionResult:
+        return PositionResult(position=await self.position(req.queue, req.conversation_id, req.waiting_since))
+
+    async def position(self, queue: str, conversation_id: str, since: datetime) -> int | None:
+        """1 + the conversations waiting on `queue` since before `since`; None when it cannot be counted (no
+        client, visibility unavailable): a position is a courtesy, never a reason to fail the handoff."""
+        try:
+            client = self.client()
+            if client is None:
+                return None
+            query = position_query(self.task_queue, queue, conversation_id, since)
+            result = await client.count_workflows(query, rpc_timeout=COUNT_TIMEOUT)
+            return result.count + 1
+        except Exception as err:  # noqa: BLE001 - any failure only costs the position
+            activity.logger.warning("queue position for %r not counted: %s: %s", queue, type(err).__name__, err)
+            return None
+
+
+class IntentFirst:
+    """In front of the AI agent: a user message that matches a config intent with `handoff: true` is answered
+    with the intent's reply and a handoff, without asking the agent. Conversations another platform handed to
+    one of our local agents are left to that agent."""
+
+    def __init__(self, config: BatonConfig, inner: Callable[[AgentTurn], Awaitable[AgentReply]]) -> None:
+        self.config = config
+        self.inner = inner
+
+    @activity.defn(name=Activities.AI_RESPOND)
+    async def respond(self, turn: AgentTurn) -> AgentReply:
+        reply = self.intercept(turn)
+        return reply if reply is not None else await self.inner(turn)
+
+    def intercept(self, turn: AgentTurn) -> AgentReply | None:
+        """The handoff reply when the turn's message triggers an intent; None to ask the agent. The first matching
+        intent decides: one with `handoff: false` lets the agent answer."""
+        if turn.message is None or turn.agent is not None:
+            return None
+        found = self.config.match_intent(turn.message.text)
+        if found is None or not found[1].handoff:
+            return None
+        name, intent = found
+        return AgentReply(
+            text=intent.reply,
+            handoff=HandoffEvent(reason=f"the user's message matched intent '{name}'", intent=name,
+                                 params=dict(intent.params)),
+        )
