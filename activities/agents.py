@@ -87,7 +87,8 @@ class DemoAgent:
         if turn.message is None:
             name = turn.profile.get("name")
             who = f"Hi {name}, " if isinstance(name, str) and name else "Hi, "
-            problem = turn.slots.get("problem")
+            # The demo assistant stores `problem`; a config intent that handed off stores the user's `request`.
+            problem = turn.slots.get("problem") or turn.slots.get("request")
             known = f"I can see you reported: \u201c{problem}\u201d. " if isinstance(problem, str) and problem else ""
             return AgentReply(
                 text=f"{who}I'm the tech-support assistant. {known}Which version of the app are you using?"

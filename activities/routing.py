@@ -287,4 +287,7 @@ class IntentFirst:
             text=intent.reply,
             handoff=HandoffEvent(reason=f"the user's message matched intent '{name}'", intent=name,
                                  params=dict(intent.params)),
+            # What the user asked travels with the handoff (as slots, through the route's allowlist), so whoever
+            # takes over does not ask again. The text was already redacted at ingress.
+            slots={"handoff_intent": name, "request": turn.message.text[:200]},
         )

@@ -26,6 +26,7 @@ from models.conversation import (
     UserMessage,
 )
 from activities.registry import SqliteRegistry
+from models.config import load_config
 from models.names import Signals, Updates, workflow_id
 from tests.conftest import free_port, start_dev_server
 from tests.harness import baton_api, baton_worker, settings_for, snapshot, start_conversation
@@ -50,7 +51,7 @@ async def live_handoff_and_hand_back(client, settings, cid, **_):
     h = await start_conversation(client, settings, cid, text="I want to talk to a human")
     while True:
         snap = await snapshot(h)
-        if snap.pending_handoff:
+        if snap.pending_handoff and snap.pending_handoff.routed:
             break
         await asyncio.sleep(0.05)
     await h.signal(Signals.USER_MESSAGE, UserMessage(message_id="w1", text="hello? anyone?"))
@@ -119,12 +120,102 @@ async def external_handoff_and_hand_back(client, settings, cid, http, **_):
     return ours, client.get_workflow_handle(workflow_id(rid))
 
 
+RECORDING_CONFIG = """
+intents:
+  human: {keywords: ["human"], reply: "Of course, I'll bring in a person."}
+  technical: {keywords: ["crashes", "error"]}
+waiting: {position_update_seconds: 1, cancel_phrases: ["never mind"]}
+desks:
+  acme: {url: "DESK_URL", secret_env: ACME_DESK_SECRET}
+routes:
+  - {name: human, when: {intent: human}, to: {queue: general}}
+  - {name: technical, when: {intent: technical}, to: {external_agent: tech-support}, fallback: [{queue: general}]}
+  - {name: outsourced, when: {reason: outsource}, to: {desk: acme}, fallback: [{queue: general}],
+     allowlist: ["profile.name"]}
+  - {name: default, to: {queue: general}}
+"""
+
+
+async def routed_intent_claim_release(client, settings, cid, http, **_):
+    """A config intent routes to `general`; the user hears their position; a live agent claims over the desk API,
+    replies, releases; the AI speaks up again."""
+    await http.put(f"/v1/conversations/{cid}/context", json={"profile": {"name": "Ada", "email": "ada@example.com"}})
+    await http.post(f"/v1/conversations/{cid}/messages", json={"message_id": "u1", "text": "I want a human"})
+    token = (await http.post("/v1/admin/live-agents", headers={"Authorization": "Bearer ba_test_admin"},
+                             json={"agent_id": f"agent-{cid}", "name": "Alice", "queues": ["general"]})).json()["token"]
+    agent = {"Authorization": f"Bearer {token}"}
+    while (await http.get(f"/v1/conversations/{cid}")).json()["queue"] != "general":
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(1.5)  # one position check
+    await http.post(f"/v1/conversations/{cid}/messages", json={"message_id": "u2", "text": "hello?"})
+    assert (await http.post(f"/v1/desk/conversations/{cid}/claim", headers=agent)).status_code == 200
+    await http.post(f"/v1/desk/conversations/{cid}/messages", headers=agent, json={"message_id": "a1", "text": "Hi"})
+    assert (await http.post(f"/v1/desk/conversations/{cid}/release", headers=agent)).status_code == 200
+    await http.post(f"/v1/conversations/{cid}/messages", json={"message_id": "u3", "text": "thanks"})
+    await asyncio.sleep(0.5)
+    await http.post(f"/v1/conversations/{cid}/close")
+    h = client.get_workflow_handle(workflow_id(cid))
+    await h.result()
+    return h
+
+
+async def ladder_then_cancel(client, settings, cid, http, **_):
+    """An explicit target with a 1 s SLA falls back to the next rung; the user says "never mind"."""
+    await http.post(f"/v1/conversations/{cid}/messages", json={"message_id": "u1", "text": "hello"})
+    await http.post(f"/v1/conversations/{cid}/handoff", json={"reason": "billing", "target": {"queue": "tier1"},
+                                                             "fallback": [{"queue": "general"}], "sla_seconds": 1})
+    while (await http.get(f"/v1/conversations/{cid}")).json()["queue"] != "general":
+        await asyncio.sleep(0.1)
+    await http.post(f"/v1/conversations/{cid}/messages", json={"message_id": "u2", "text": "Never mind"})
+    while (await http.get(f"/v1/conversations/{cid}")).json()["state"] != "ai":
+        await asyncio.sleep(0.05)
+    await http.post(f"/v1/conversations/{cid}/close")
+    h = client.get_workflow_handle(workflow_id(cid))
+    await h.result()
+    return h
+
+
+async def desk_accepts_and_completes(client, settings, cid, http, desk, **_):
+    """A third-party desk gets the signed envelope, accepts, chats (the user's message is forwarded), completes."""
+    import json
+
+    from activities import webhooks
+
+    async def event(body):
+        raw = json.dumps({"conversation_id": cid, **body}).encode()
+        r = await http.post("/v1/desks/acme/events", content=raw,
+                            headers=webhooks.headers(desk.secret, uuid.uuid4().hex, raw))
+        assert r.status_code == 200, r.text
+
+    await http.put(f"/v1/conversations/{cid}/context", json={"profile": {"name": "Ada", "phone": "020 7946 0958"}})
+    await http.post(f"/v1/conversations/{cid}/messages", json={"message_id": "u1", "text": "hello"})
+    await http.post(f"/v1/conversations/{cid}/handoff", json={"reason": "outsource"})
+    while not any(q.path.endswith("/handoffs") and q.json["conversation_id"] == cid for q in desk.requests):
+        await asyncio.sleep(0.05)
+    handoff_id = next(q.json["handoff_id"] for q in desk.requests
+                      if q.path.endswith("/handoffs") and q.json["conversation_id"] == cid)
+    await event({"type": "accepted", "handoff_id": handoff_id, "agent": "Sam"})
+    await event({"type": "message", "handoff_id": handoff_id, "message_id": "d1", "text": "Sam here"})
+    await http.post(f"/v1/conversations/{cid}/messages", json={"message_id": "u2", "text": "my parcel is late"})
+    while not any(q.path.endswith("/messages") and q.json["conversation_id"] == cid for q in desk.requests):
+        await asyncio.sleep(0.05)
+    await event({"type": "completed", "handoff_id": handoff_id})
+    await asyncio.sleep(0.5)
+    await http.post(f"/v1/conversations/{cid}/close")
+    h = client.get_workflow_handle(workflow_id(cid))
+    await h.result()
+    return h
+
+
 SCENARIOS = {
     "ai_chat_then_close": ai_chat_then_close,
     "live_handoff_and_hand_back": live_handoff_and_hand_back,
     "fallback_then_give_up": fallback_then_give_up,
     "sla_expiry_walks_the_fallbacks": sla_expiry_walks_the_fallbacks,
     "external_handoff_and_hand_back": external_handoff_and_hand_back,
+    "routed_intent_claim_release": routed_intent_claim_release,
+    "ladder_then_cancel": ladder_then_cancel,
+    "desk_accepts_and_completes": desk_accepts_and_completes,
 }
 
 
@@ -134,7 +225,11 @@ async def main(prefix: str, names: list[str]) -> None:
     port = free_port()
     try:
         with tempfile.TemporaryDirectory() as home:
-            async with Receiver() as channel:
+            async with Receiver() as channel, Receiver(path="/desk") as desk:
+                os.environ["ACME_DESK_SECRET"] = desk.secret
+                config_path = Path(home) / "baton.yaml"
+                config_path.write_text(RECORDING_CONFIG.replace("DESK_URL", desk.url))
+                config = load_config(config_path)
                 settings = settings_for(
                     "record", channel_url=channel.url, channel_secret=channel.secret, home=Path(home),
                     public_url=f"http://127.0.0.1:{port}", demo_tech_agent="tech-support",
@@ -142,12 +237,12 @@ async def main(prefix: str, names: list[str]) -> None:
                 registry = SqliteRegistry(settings.home / "agents.db", settings.secret_key)
                 _, secret = registry.create_local("tech-support", "tech-support")
                 registry.save_external("tech-support", secret, settings.public_url)
-                async with baton_worker(env.client, settings, registry), baton_api(
-                    env.client, settings, registry, port=port
+                async with baton_worker(env.client, settings, registry, config=config), baton_api(
+                    env.client, settings, registry, port=port, config=config
                 ) as http:
                     for name in names or SCENARIOS:
                         cid = f"{prefix}-{name}".replace("_", "-")
-                        handles = await SCENARIOS[name](env.client, settings, cid, http=http)
+                        handles = await SCENARIOS[name](env.client, settings, cid, http=http, desk=desk)
                         for suffix, handle in zip(("", "_receiving_side"), handles if isinstance(handles, tuple) else (handles,)):
                             history = await handle.fetch_history()
                             (HERE / f"{prefix}_{name}{suffix}.json").write_text(history.to_json())

@@ -479,3 +479,119 @@ waiting: {{position_update_seconds: 0}}
         assert (await snapshot(handle)).state is State.AI
         await handle.signal(Signals.CLOSE, CloseRequest())
         await handle.result()
+
+
+# ---- a third-party desk, end to end (dev server, real HTTP both ways) -----------------------------------------
+
+
+async def _desk_event(http, desk_secret: str, body: dict) -> object:
+    import json as _json
+
+    from activities import webhooks
+
+    raw = _json.dumps(body).encode()
+    return await http.post(f"/v1/desks/acme/events", content=raw,
+                           headers=webhooks.headers(desk_secret, f"evt-{uuid.uuid4().hex}", raw))
+
+
+@pytest.fixture
+async def desk_env(dev_env, task_queue, channel, registry, tmp_path, monkeypatch):
+    async with Receiver(path="/desk") as desk:
+        monkeypatch.setenv("BATON_ALLOW_PRIVATE_NETWORKS", "1")  # the fake desk listens on loopback
+        monkeypatch.setenv("ACME_DESK_SECRET", desk.secret)
+        config = load_config(write_config(tmp_path, f"""
+desks:
+  acme: {{url: "{desk.url}", secret_env: ACME_DESK_SECRET}}
+queues:
+  general: {{sla_seconds: 300}}
+routes:
+  - name: outsourced
+    when: {{reason: outsource}}
+    to: {{desk: acme}}
+    fallback: [{{queue: general}}]
+    allowlist: ["profile.name"]
+  - name: default
+    to: {{queue: general}}
+waiting: {{position_update_seconds: 0}}
+"""))
+        settings = settings_for(task_queue, channel_url=channel.url, channel_secret=channel.secret)
+        async with baton_worker(dev_env.client, settings, registry, config=config), baton_api(
+            dev_env.client, settings, registry, config=config
+        ) as http:
+            yield http, desk
+
+
+async def test_a_third_party_desk_accepts_chats_and_completes(desk_env, channel):
+    http, desk = desk_env
+    conversation = cid()
+    r = await http.put(f"/v1/conversations/{conversation}/context",
+                       json={"profile": {"name": "Ada", "phone": "+44 20 7946 0958"}})
+    assert r.status_code == 200, r.text
+    await say(http, conversation, "hello")
+    r = await http.post(f"/v1/conversations/{conversation}/handoff", json={"reason": "outsource this"})
+    assert r.status_code == 200, r.text
+    await desk.wait_for(lambda reqs: any(q.path == "/desk/handoffs" for q in reqs))
+    envelope = next(q for q in desk.requests if q.path == "/desk/handoffs")
+    assert envelope.verified, envelope.describe()
+    body = envelope.json
+    assert body["context"]["profile"] == {"name": "Ada"}  # the route's allowlist: no phone number
+    assert "7946" not in envelope.body.decode()
+    assert body["callback_url"].endswith("/v1/desks/acme/events")
+    handoff_id = body["handoff_id"]
+    s = await snap(http, conversation)
+    assert s["state"] == "handoff_pending" and s["pending_handoff"]["target"]["desk"] == "acme"
+    # While the desk has not accepted, the user's messages wait; they are forwarded once it does.
+    await say(http, conversation, "are you there?", "while-waiting")
+
+    r = await _desk_event(http, desk.secret, {"type": "accepted", "conversation_id": conversation,
+                                              "handoff_id": "stale-id"})
+    assert r.status_code == 409
+    r = await _desk_event(http, desk.secret, {"type": "accepted", "conversation_id": conversation,
+                                              "handoff_id": handoff_id, "agent": "Sam"})
+    assert r.status_code == 200 and r.json()["owner"] == "desk:acme", r.text
+    await desk.wait_for(lambda reqs: any(q.path == "/desk/messages" for q in reqs))
+    forwarded = [q.json for q in desk.requests if q.path == "/desk/messages"]
+    assert [f["message_id"] for f in forwarded] == ["while-waiting"]
+
+    r = await _desk_event(http, desk.secret, {"type": "message", "conversation_id": conversation,
+                                              "handoff_id": handoff_id, "message_id": "d1", "text": "Sam here."})
+    assert r.status_code == 200, r.text
+    await channel.wait_for(lambda reqs: any((q.json or {}).get("text") == "Sam here." for q in reqs))
+    await say(http, conversation, "my parcel is late", "after-accept")
+    await desk.wait_for(lambda reqs: sum(q.path == "/desk/messages" for q in reqs) >= 2)
+    assert not [e for e in await entries(http, conversation) if e["role"] == "ai" and e["seq"] > s["seq"]]
+
+    r = await _desk_event(http, desk.secret, {"type": "completed", "conversation_id": conversation,
+                                              "handoff_id": handoff_id})
+    assert r.status_code == 200 and r.json()["state"] == "ai", r.text
+
+    async def ai_back():
+        return any(e["role"] == "ai" and "back with you" in e["text"] for e in await entries(http, conversation))
+    await eventually(ai_back)
+
+
+async def test_a_desk_that_fails_the_handoff_falls_back_to_the_queue(desk_env, channel):
+    http, desk = desk_env
+    conversation = cid()
+    await say(http, conversation, "hello")
+    r = await http.post(f"/v1/conversations/{conversation}/handoff", json={"reason": "outsource this"})
+    assert r.status_code == 200, r.text
+    await desk.wait_for(lambda reqs: any(q.path == "/desk/handoffs" for q in reqs))
+    handoff_id = next(q for q in desk.requests if q.path == "/desk/handoffs").json["handoff_id"]
+    r = await _desk_event(http, desk.secret, {"type": "failed", "conversation_id": conversation,
+                                              "handoff_id": handoff_id, "reason": "no agents online"})
+    assert r.status_code == 200, r.text
+    s = await waiting_in(http, conversation, "general")
+    assert s["pending_handoff"]["handoff_id"] != handoff_id
+    failed = [e for e in await audit(http, conversation) if e["kind"] == "handoff_failed"]
+    assert failed[-1]["detail"]["target"] == "desk:acme" and "no agents online" in failed[-1]["detail"]["reason"]
+
+
+async def test_a_desk_that_refuses_the_envelope_falls_back_at_once(desk_env, channel):
+    http, desk = desk_env
+    desk.script((400, {}, {"error": "unknown tenant"}))
+    conversation = cid()
+    await say(http, conversation, "hello")
+    r = await http.post(f"/v1/conversations/{conversation}/handoff", json={"reason": "outsource this"})
+    assert r.status_code == 200, r.text
+    await waiting_in(http, conversation, "general")

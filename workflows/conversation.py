@@ -61,6 +61,12 @@ PATCH_PLATFORM_PROTOCOL = "platform-protocol"
 # walks its escalation ladder with business hours, tells the user their queue position, can be cancelled, and a
 # failing AI agent is routed by the config's failure rule. Before it, targets came from the request (default
 # queue `general`) and a failing AI agent only apologised.
+#
+# This patch is asked once, at the start of every run, and implies the two before it, so a new run records exactly
+# one patch marker. Asking a patch for the first time while reacting to a local activity's result (where the
+# AI agent's handoff lands) produced histories that failed replay with TMPRL1100 now and then (the SDK's automatic
+# `TemporalChangeVersion` upsert); a single marker in the first workflow task is the shape that always replayed.
+# Runs started by older code keep their old behaviour to their end (they never take this patch midway).
 PATCH_ROUTING = "routing-rules"
 
 AI_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=500), maximum_interval=timedelta(seconds=5), maximum_attempts=4)
@@ -109,6 +115,7 @@ class Conversation:
         # O(1) de-duplication; the list in the state is what continue-as-new carries.
         self._seen = set(self.s.recent_message_ids)
         self._waiting_is_not_inactivity = False
+        self._routing = False
         # The handoff id being delivered to an external agent: its SLA is the delivery's own timeout meanwhile.
         self._handing_over: str | None = None
         # Handoff ids whose queue-position announcer is running.
@@ -130,7 +137,10 @@ class Conversation:
 
     @workflow.run
     async def run(self, input: ConversationInput) -> Snapshot:
-        self._waiting_is_not_inactivity = workflow.patched(PATCH_WAITING_IS_NOT_INACTIVITY)
+        if workflow.patched(PATCH_ROUTING):
+            self._routing = self._waiting_is_not_inactivity = True
+        else:
+            self._waiting_is_not_inactivity = workflow.patched(PATCH_WAITING_IS_NOT_INACTIVITY)
         self._publish()
         delivery = asyncio.create_task(self._deliver_loop())
         clock = asyncio.create_task(self._watch_deadlines())
@@ -208,7 +218,7 @@ class Conversation:
             if isinstance(err, CancelledError):
                 raise
             self._audit("ai_failed", seq=work.seq, error=str(getattr(err, "cause", None) or err))
-            if self.s.peer is None and workflow.patched(PATCH_ROUTING):
+            if self.s.peer is None and self._routing:
                 # The AI agent failed for good: the config's failure rule decides who takes over.
                 await self._route_ai_failure()
                 return
@@ -496,7 +506,7 @@ class Conversation:
     def _start_handoff(
         self, request: HandoffRequest, requested_by: str, decision: RouteDecision | None = None
     ) -> PendingHandoff:
-        if decision is None and not workflow.patched(PATCH_ROUTING):
+        if decision is None and not self._routing:
             return self._start_handoff_v1(request, requested_by)
         now = workflow.now()
         previous_owner = self.s.owner
@@ -738,7 +748,8 @@ class Conversation:
                 except asyncio.TimeoutError:
                     pass
                 pending = self.s.pending
-                assert pending is not None and pending.target is not None
+                if not self._still_waiting(handoff_id) or pending is None or pending.target is None:
+                    return  # the timer and the end of the wait arrived together
                 try:
                     result = await workflow.execute_activity(
                         Activities.QUEUE_POSITION,
@@ -798,9 +809,9 @@ class Conversation:
 
     def _reach(self, pending: PendingHandoff) -> None:
         """An external agent is reached through the platform protocol; queues wait for a claim."""
-        # Asked only here, where the behaviour branches: conversations that never reach an external agent
-        # record no marker for it.
-        if pending.target.external_agent and workflow.patched(PATCH_PLATFORM_PROTOCOL):
+        # Runs of the current code know it from PATCH_ROUTING; runs that began before it ask the older patch
+        # only here, where the behaviour branches, as they did when they were recorded.
+        if pending.target.external_agent and (self._routing or workflow.patched(PATCH_PLATFORM_PROTOCOL)):
             self.s.protocol = True
             self.s.inbox.append(Work(kind="deliver_handoff", handoff_id=pending.handoff_id))
 
