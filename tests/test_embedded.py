@@ -42,6 +42,8 @@ class Embedded:
             [str(BATON), "dev", "--home", str(self.home), "--temporal-port", str(self.temporal_port),
              "--ui-port", str(self.ui_port), "--api-port", str(self.api_port)],
             env=env, stdout=open(self.home.parent / "baton.out", "ab"), stderr=subprocess.STDOUT,
+            # From the checkout, as `make run` does: `baton dev` then routes by config/baton.yaml.
+            cwd=Path(__file__).resolve().parent.parent,
         )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -140,7 +142,9 @@ def test_embedded_demo_hands_a_crash_to_tech_support_and_back(embedded):
 
         assert http.put("/v1/conversations/crash-1/context", json={"profile": {"name": "Ada"}}).status_code == 200
         say("m1", "The app crashes with an error")
-        wait_for_text("I'm the tech-support assistant")
+        entries = wait_for_text("I'm the tech-support assistant")
+        # The user's words travelled with the handoff: tech-support starts from them instead of asking again.
+        assert any("I can see you reported" in e["text"] and "crashes" in e["text"] for e in entries), entries
         snap = http.get("/v1/conversations/crash-1").json()
         assert snap["state"] == "external_agent" and snap["owner"] == "tech-support"
         say("m2", "version 4.1")
@@ -152,3 +156,39 @@ def test_embedded_demo_hands_a_crash_to_tech_support_and_back(embedded):
         # The receiving side's conversation is visible like any other (and ended with the hand back).
         rid = snap["external"]["remote_conversation_id"]
         assert http.get(f"/v1/conversations/{rid}").json()["state"] == "closed"
+
+
+def test_embedded_demo_puts_a_request_for_a_human_in_queue_general_for_the_desk(embedded):
+    """The README's desk walk-through: "I want to talk to a human" waits in `general` (the demo config's `human`
+    route); a live agent lists, claims, replies and releases; the AI speaks up again."""
+    keys = read_keys_file(embedded.home / KEYS_FILE)
+    api = {"Authorization": f"Bearer {keys['BATON_API_KEY']}"}
+    with httpx.Client(base_url=embedded.api, timeout=30) as http:
+        r = http.post("/v1/admin/live-agents", headers={"Authorization": f"Bearer {keys['BATON_ADMIN_KEY']}"},
+                      json={"agent_id": "alice", "name": "Alice", "queues": ["general"]})
+        assert r.status_code == 201, r.text
+        alice = {"Authorization": f"Bearer {r.json()['token']}"}
+        r = http.post("/v1/conversations/human-1/messages", headers=api,
+                      json={"message_id": "m1", "text": "I want to talk to a human"})
+        assert r.status_code == 202
+        deadline = time.monotonic() + 30
+        while not (waiting := http.get("/v1/desk/queues/general/waiting", headers=alice).json()["waiting"]):
+            assert time.monotonic() < deadline, (embedded.home.parent / "baton.out").read_text()[-2000:]
+            time.sleep(0.2)
+        assert waiting[0]["conversation_id"] == "human-1" and waiting[0]["position"] == 1
+        snap = http.get("/v1/conversations/human-1", headers=api).json()
+        assert snap["pending_handoff"]["rule"] == "human"
+        assert http.post("/v1/desk/conversations/human-1/claim", headers=alice).status_code == 200
+        r = http.post("/v1/desk/conversations/human-1/messages", headers=alice,
+                      json={"message_id": "a1", "text": "Hi, Alice here."})
+        assert r.status_code == 202
+        assert http.post("/v1/desk/conversations/human-1/release", headers=alice).status_code == 200
+        deadline = time.monotonic() + 30
+        while True:
+            entries = http.get("/v1/conversations/human-1/transcript", headers=api).json()["entries"]
+            if any(e["role"] == "ai" and "back with you" in e["text"] for e in entries):
+                break
+            assert time.monotonic() < deadline, entries
+            time.sleep(0.2)
+        roles = [e["role"] for e in entries]
+        assert "live_agent" in roles and roles.index("live_agent") < len(roles) - 1

@@ -29,6 +29,7 @@ from tests.harness import (
     baton_api,
     baton_worker,
     eventually,
+    history_text,
     settings_for,
     snapshot,
     start_conversation,
@@ -521,7 +522,7 @@ waiting: {{position_update_seconds: 0}}
             yield http, desk
 
 
-async def test_a_third_party_desk_accepts_chats_and_completes(desk_env, channel):
+async def test_a_third_party_desk_accepts_chats_and_completes(dev_env, desk_env, channel):
     http, desk = desk_env
     conversation = cid()
     r = await http.put(f"/v1/conversations/{conversation}/context",
@@ -568,6 +569,12 @@ async def test_a_third_party_desk_accepts_chats_and_completes(desk_env, channel)
     async def ai_back():
         return any(e["role"] == "ai" and "back with you" in e["text"] for e in await entries(http, conversation))
     await eventually(ai_back)
+
+    # Canaries: the desk's signing secret (with and without its prefix) never enters workflow history; the
+    # decoded history does hold the conversation (positive control), so the check is not vacuous.
+    history = history_text(await dev_env.client.get_workflow_handle(f"conversation-{conversation}").fetch_history())
+    assert "Sam here." in history and "Ada" in history
+    assert desk.secret not in history and desk.secret.removeprefix("whsec_") not in history
 
 
 async def test_a_desk_that_fails_the_handoff_falls_back_to_the_queue(desk_env, channel):
