@@ -924,13 +924,11 @@ class Conversation:
         self._audit("handoff_delivered", handoff_id=handoff_id, target=f"desk:{desk}", status=result.status)
 
     async def _forward_to_desk(self, seq: int) -> None:
+        """A user's message to the third-party desk that owns the conversation."""
         link = self.s.desk
-        if self.s.state is State.AI:
-            await self._ai_turn(Work(kind="ai_turn", seq=seq))
+        if not await self._ready_to_pass_on(seq, State.LIVE_AGENT, link is not None):
             return
-        if self.s.state is not State.LIVE_AGENT or link is None:
-            self._audit("not_forwarded", seq=seq, state=self.s.state.value)
-            return
+        assert link is not None
         entry = self._entry(seq)
         result = await self._send(
             Activities.FORWARD_TO_DESK,
@@ -942,29 +940,19 @@ class Conversation:
             f"forward seq {seq} to desk {link.desk}",
             give_up="gone",
         )
-        if result.outcome == "delivered" or self.s.desk is None or self.s.desk.handoff_id != link.handoff_id:
-            return
-        if result.outcome == "rejected":
-            self._audit("forward_rejected", seq=seq, desk=link.desk, status=result.status, detail=result.detail)
-            self._say(Role.SYSTEM, "system", "Sorry, that message could not be passed on. Please try rephrasing it.")
-            return
-        self._audit("desk_lost", seq=seq, desk=link.desk, status=result.status, detail=result.detail)
-        self._transition(Event.HAND_BACK, owner="ai", queue=None)
-        self.s.human_stretch_ended = True
-        self._say(Role.SYSTEM, "system", "Our support team can't be reached right now, so the assistant is back with you.")
-        self.s.inbox.insert(0, Work(kind="ai_turn", seq=seq))
-        self._publish()
+        if self.s.desk is None or self.s.desk.handoff_id != link.handoff_id:
+            return  # handed back or closed meanwhile
+        self._passed_on(
+            seq, result, {"desk": link.desk}, "desk_lost",
+            "Our support team can't be reached right now, so the assistant is back with you.",
+        )
 
     async def _forward(self, seq: int) -> None:
         """A user's message to the external agent that owns the conversation, through the platform protocol."""
         link = self.s.external
-        if self.s.state is State.AI:
-            # Handed back before this message could be passed on: the AI answers it instead.
-            await self._ai_turn(Work(kind="ai_turn", seq=seq))
+        if not await self._ready_to_pass_on(seq, State.EXTERNAL_AGENT, link is not None):
             return
-        if self.s.state is not State.EXTERNAL_AGENT or link is None:
-            self._audit("not_forwarded", seq=seq, state=self.s.state.value)
-            return
+        assert link is not None
         entry = self._entry(seq)
         result = await self._send(
             Activities.FORWARD_TO_AGENT,
@@ -977,19 +965,37 @@ class Conversation:
             # Out of reach for two minutes counts as gone: the user is not left talking to nobody.
             give_up="gone",
         )
-        if result.outcome == "delivered":
-            return
         if self.s.external is None or self.s.external.handoff_id != link.handoff_id:
             return  # handed back or closed meanwhile
+        self._passed_on(
+            seq, result, {"agent": link.agent_id}, "external_agent_lost",
+            "The specialist assistant can't be reached right now, so I'm back with you.",
+        )
+
+    async def _ready_to_pass_on(self, seq: int, owning: State, linked: bool) -> bool:
+        """Whether a user's message still goes to the agent that owns the conversation; if the AI has it back
+        meanwhile, the AI answers the message instead."""
+        if self.s.state is State.AI:
+            await self._ai_turn(Work(kind="ai_turn", seq=seq))
+            return False
+        if self.s.state is not owning or not linked:
+            self._audit("not_forwarded", seq=seq, state=self.s.state.value)
+            return False
+        return True
+
+    def _passed_on(self, seq: int, result: DeliveryResult, who: dict[str, str], lost: str, notice: str) -> None:
+        """After forwarding: nothing to do when delivered; a refused message is the user's to rephrase; an agent
+        that is gone or out of reach gives the conversation back to our AI, which answers this message."""
+        if result.outcome == "delivered":
+            return
         if result.outcome == "rejected":
-            self._audit("forward_rejected", seq=seq, agent=link.agent_id, status=result.status, detail=result.detail)
+            self._audit("forward_rejected", seq=seq, **who, status=result.status, detail=result.detail)
             self._say(Role.SYSTEM, "system", "Sorry, that message could not be passed on. Please try rephrasing it.")
             return
-        # The external agent's conversation is over or out of reach: our AI takes over and answers this message.
-        self._audit("external_agent_lost", seq=seq, agent=link.agent_id, status=result.status, detail=result.detail)
+        self._audit(lost, seq=seq, **who, status=result.status, detail=result.detail)
         self._transition(Event.HAND_BACK, owner="ai", queue=None)
         self.s.human_stretch_ended = True
-        self._say(Role.SYSTEM, "system", "The specialist assistant can't be reached right now, so I'm back with you.")
+        self._say(Role.SYSTEM, "system", notice)
         self.s.inbox.insert(0, Work(kind="ai_turn", seq=seq))
         self._publish()
 
