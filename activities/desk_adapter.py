@@ -9,20 +9,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 from urllib.parse import quote
 
-import httpx
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities import webhooks
-from activities.channel import retry_after
 from activities.filtering import redact_text
-from activities.outbound import OutboundError, OutboundPolicy, Target, post_json, resolve_public
+from activities.outbound import OutboundError, OutboundPolicy, Target, resolve_public
+from activities.signed_post import BAD_CONFIGURATION as BAD_CONFIGURATION  # re-exported
+from activities.signed_post import MAX_REASON as MAX_REASON  # re-exported
+from activities.signed_post import SignedPoster
 from models.conversation import DeliveryResult
 from models.desk import DeskForward, DeskHandoff
 from models.names import Activities, Routes
@@ -32,10 +31,9 @@ from models.protocol import MAX_CARRIED
 DESK_UNAVAILABLE = "DeskUnavailable"
 # Final: no desk by that name is configured.
 UNKNOWN_DESK = "UnknownDesk"
-# Final: the desk has no (usable) secret, or the install's outbound setting is malformed.
-BAD_CONFIGURATION = "BadConfiguration"
+# Final, BAD_CONFIGURATION (activities/signed_post.py): the desk has no (usable) secret, or the install's outbound
+# setting is malformed.
 USER_AGENT = "Baton-Desk/1"
-MAX_REASON = 200
 CARRIED_FIELDS = {"seq", "message_id", "role", "author", "text", "at"}
 
 
@@ -62,36 +60,6 @@ def events_path(desk: str) -> str:
     return Routes.DESK_EVENTS.format(desk=quote(desk, safe=""))
 
 
-def _unavailable(reason: str, status: int | None = None, response: httpx.Response | None = None) -> ApplicationError:
-    delay = retry_after(response.headers.get("retry-after")) if response is not None else None
-    return ApplicationError(reason, {"status": status}, type=DESK_UNAVAILABLE, next_retry_delay=delay)
-
-
-def _hide(text: str, secret: str) -> str:
-    """The text without the secret, whole or as its bare base64 key (a desk might echo either)."""
-    for form in (secret, secret.removeprefix(webhooks.SECRET_PREFIX)):
-        if len(form) >= 8:
-            text = text.replace(form, "[secret]")
-    return text
-
-
-def _remote_reason(response: httpx.Response, secret: str) -> str:
-    """The answer's "detail" (or "reason"), printable and short; else what the status itself says."""
-    try:
-        answer = response.json()
-    except ValueError:
-        answer = None
-    found: Any = (answer.get("detail") or answer.get("reason")) if isinstance(answer, dict) else None
-    if found:
-        text = found if isinstance(found, str) else json.dumps(found, separators=(",", ":"))
-        # Untrusted text bound for logs and history: no control characters, and never our secret echoed back.
-        text = "".join(ch if ch.isprintable() else " " for ch in _hide(text, secret))
-        return text[:MAX_REASON]
-    if 300 <= response.status_code < 400:
-        return "redirect (not followed)"
-    return response.reason_phrase or "no reason given"
-
-
 def _redacted(text: str, what: str) -> str:
     """Defence in depth: the text was filtered (or typed after the filter ran); redact it once more."""
     clean, findings = redact_text(text)
@@ -100,8 +68,11 @@ def _redacted(text: str, what: str) -> str:
     return clean
 
 
-class ThirdPartyDesks:
+class ThirdPartyDesks(SignedPoster):
     """Looks each desk up by name per attempt (the workflow passes names, never URLs or secrets)."""
+
+    unavailable_type = DESK_UNAVAILABLE
+    user_agent = USER_AGENT
 
     def __init__(
         self,
@@ -109,17 +80,8 @@ class ThirdPartyDesks:
         public_url: str,
         policy: OutboundPolicy | None = None,
     ) -> None:
+        super().__init__(public_url, policy)
         self._lookup = lookup
-        self.public_url = public_url.rstrip("/")
-        self._policy = policy
-
-    def _resolved_policy(self) -> OutboundPolicy:
-        if self._policy is not None:
-            return self._policy
-        try:
-            return OutboundPolicy.from_env()
-        except ValueError as e:
-            raise ApplicationError(str(e), type=BAD_CONFIGURATION, non_retryable=True) from None
 
     def _endpoint(self, desk: str) -> DeskEndpoint:
         """The desk's endpoint with a usable secret, or a final error naming the desk (never the secret)."""
@@ -148,35 +110,9 @@ class ThirdPartyDesks:
             return await resolve_public(endpoint.url, self._resolved_policy())
         except OutboundError as e:
             if e.retryable:
-                raise _unavailable(f"{what} unreachable ({e.reason})") from None
+                raise self._unavailable(f"{what} unreachable ({e.reason})") from None
             activity.logger.warning("%s not contacted: %s", what, e.reason)
             return f"{what} cannot be reached: {e.reason}"
-
-    async def _post(
-        self, target: Target, path: str, body: bytes, secret: str, msg_id: str, what: str
-    ) -> httpx.Response:
-        # Signed afresh per attempt, so a retry after a long outage is not refused as stale.
-        headers = {**webhooks.headers(secret, msg_id, body, int(time.time())), "user-agent": USER_AGENT}
-        try:
-            return await post_json(target, path, body, headers)
-        except httpx.TimeoutException as e:
-            raise _unavailable(f"{what} did not answer in time ({type(e).__name__})") from None
-        except httpx.HTTPError as e:
-            raise _unavailable(_hide(f"{what} unreachable ({type(e).__name__}: {e})", secret)) from None
-        except OutboundError as e:
-            raise _unavailable(f"{what} unreachable ({e.reason})") from None
-
-    def _classify(
-        self, response: httpx.Response, what: str, secret: str, gone: tuple[int, ...] = ()
-    ) -> DeliveryResult:
-        status = response.status_code
-        if 200 <= status < 300:
-            return DeliveryResult(outcome="delivered", status=status)
-        if status in (408, 429) or status >= 500:
-            raise _unavailable(f"{what} answered {status}", status, response)
-        detail = f"{what} answered {status}: {_remote_reason(response, secret)}"
-        activity.logger.warning("%s", detail)
-        return DeliveryResult(outcome="gone" if status in gone else "rejected", status=status, detail=detail)
 
     @activity.defn(name=Activities.DELIVER_TO_DESK)
     async def deliver_to_desk(self, h: DeskHandoff) -> DeliveryResult:

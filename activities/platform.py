@@ -6,10 +6,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
 from urllib.parse import quote, urlsplit
 
 import httpx
@@ -17,11 +15,11 @@ from pydantic import TypeAdapter, ValidationError
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities import webhooks
-from activities.channel import retry_after
 from activities.filtering import redact_text
-from activities.outbound import OutboundError, OutboundPolicy, Target, post_json, resolve_public
+from activities.outbound import OutboundError, OutboundPolicy, resolve_public
 from activities.registry import AgentRegistry
+from activities.signed_post import MAX_REASON as MAX_REASON  # re-exported
+from activities.signed_post import SignedPoster, remote_reason
 from models.conversation import DeliveryResult
 from models.names import Activities, Routes
 from models.protocol import (
@@ -37,10 +35,11 @@ from models.protocol import (
 AGENT_UNAVAILABLE = "AgentUnavailable"
 REGISTRY_UNAVAILABLE = "RegistryUnavailable"
 USER_AGENT = "Baton-Platform/1"
-MAX_REASON = 200
 CARRIED_FIELDS = {"seq", "message_id", "role", "author", "text", "at"}
 # The remote names its conversation, and that name goes into our URL paths: hold it to the protocol's id shape.
 _REMOTE_ID = TypeAdapter(RemoteId)
+# A forwarded message's or an event's answer: 404/409/410 mean the conversation is over.
+_GONE = (404, 409, 410)
 
 
 def forward_webhook_id(m: ForwardMessage) -> str:
@@ -50,11 +49,6 @@ def forward_webhook_id(m: ForwardMessage) -> str:
 def peer_webhook_id(p: PeerDelivery) -> str:
     key = f"{p.conversation_id}\x00{p.seq}\x00{p.event.message_id}".encode()
     return "evt_" + hashlib.sha256(key).hexdigest()[:32]
-
-
-def _unavailable(reason: str, status: int | None = None, response: httpx.Response | None = None) -> ApplicationError:
-    delay = retry_after(response.headers.get("retry-after")) if response is not None else None
-    return ApplicationError(reason, {"status": status}, type=AGENT_UNAVAILABLE, next_retry_delay=delay)
 
 
 @contextmanager
@@ -71,23 +65,6 @@ def _registry_errors() -> Iterator[None]:
         ) from None
 
 
-def _remote_reason(response: httpx.Response, secret: str) -> str:
-    """The answer's "detail" (or "reason"), printable and short; else what the status itself says."""
-    try:
-        answer = response.json()
-    except ValueError:
-        answer = None
-    found: Any = (answer.get("detail") or answer.get("reason")) if isinstance(answer, dict) else None
-    if found:
-        text = found if isinstance(found, str) else json.dumps(found, separators=(",", ":"))
-        # Untrusted text bound for logs and history: no control characters, and never our secret echoed back.
-        text = "".join(ch if ch.isprintable() else " " for ch in text.replace(secret, "[secret]"))
-        return text[:MAX_REASON]
-    if 300 <= response.status_code < 400:
-        return "redirect (not followed)"
-    return response.reason_phrase or "no reason given"
-
-
 def _accepted_id(response: httpx.Response) -> str | None:
     """The remote conversation id of a 2xx that accepts the handoff, or None."""
     try:
@@ -97,49 +74,17 @@ def _accepted_id(response: httpx.Response) -> str | None:
         return None
 
 
-def _classify(response: httpx.Response, what: str, secret: str) -> DeliveryResult:
-    """A forwarded message's or an event's answer: 2xx delivered; 404/409/410 the conversation is over."""
-    status = response.status_code
-    if 200 <= status < 300:
-        return DeliveryResult(outcome="delivered", status=status)
-    if status in (408, 429) or status >= 500:
-        raise _unavailable(f"{what} answered {status}", status, response)
-    detail = f"{what} answered {status}: {_remote_reason(response, secret)}"
-    activity.logger.warning("%s", detail)
-    return DeliveryResult(outcome="gone" if status in (404, 409, 410) else "rejected", status=status, detail=detail)
-
-
-class PlatformActivities:
+class PlatformActivities(SignedPoster):
     """Looks secrets up in the registry (the workflow passes ids only); resolves every domain per attempt."""
+
+    unavailable_type = AGENT_UNAVAILABLE
+    user_agent = USER_AGENT
 
     def __init__(
         self, registry: Callable[[], AgentRegistry], public_url: str, policy: OutboundPolicy | None = None
     ) -> None:
+        super().__init__(public_url, policy)
         self._registry = registry
-        self.public_url = public_url.rstrip("/")
-        self._policy = policy
-
-    def _resolved_policy(self) -> OutboundPolicy:
-        if self._policy is not None:
-            return self._policy
-        try:
-            return OutboundPolicy.from_env()
-        except ValueError as e:
-            raise ApplicationError(str(e), type="BadConfiguration", non_retryable=True) from None
-
-    async def _post(
-        self, target: Target, path: str, body: bytes, secret: str, msg_id: str, what: str
-    ) -> httpx.Response:
-        # Signed afresh per attempt, so a retry after a long outage is not refused as stale.
-        headers = {**webhooks.headers(secret, msg_id, body, int(time.time())), "user-agent": USER_AGENT}
-        try:
-            return await post_json(target, path, body, headers)
-        except httpx.TimeoutException as e:
-            raise _unavailable(f"{what} did not answer in time ({type(e).__name__})") from None
-        except httpx.HTTPError as e:
-            raise _unavailable(f"{what} unreachable ({type(e).__name__}: {e})") from None
-        except OutboundError as e:
-            raise _unavailable(f"{what} unreachable ({e.reason})") from None
 
     @activity.defn(name=Activities.DELIVER_HANDOFF)
     async def deliver_handoff(self, d: HandoffDelivery) -> HandoffOutcome:
@@ -180,8 +125,8 @@ class PlatformActivities:
             registry.link(d.agent_id, remote_id, d.conversation_id, d.handoff_id)
             return HandoffOutcome(accepted=True, remote_conversation_id=remote_id, status=status)
         if status in (408, 429) or status >= 500:
-            raise _unavailable(f"{what} answered {status}", status, response)
-        detail = f"refused with {status}: {_remote_reason(response, secret)}"
+            raise self._unavailable(f"{what} answered {status}", status, response)
+        detail = f"refused with {status}: {remote_reason(response, secret)}"
         activity.logger.warning("handoff %s to %s %s", d.handoff_id, what, detail)
         return HandoffOutcome(accepted=False, status=status, detail=detail)
 
@@ -207,7 +152,7 @@ class PlatformActivities:
             agent_id=quote(m.agent_id, safe=""), remote_conversation_id=quote(m.remote_conversation_id, safe="")
         )
         response = await self._post(target, path, body, secret, forward_webhook_id(m), what)
-        return _classify(response, what, secret)
+        return self._classify(response, what, secret, gone=_GONE)
 
     @activity.defn(name=Activities.DELIVER_TO_PEER)
     async def deliver_to_peer(self, p: PeerDelivery) -> DeliveryResult:
@@ -227,5 +172,5 @@ class PlatformActivities:
         response = await self._post(
             dataclasses.replace(target, path=""), path, body, secrets[0], peer_webhook_id(p), what
         )
-        return _classify(response, what, secrets[0])
+        return self._classify(response, what, secrets[0], gone=_GONE)
 

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, HTTPException, Path, Request
+from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 from temporalio.client import Client, WorkflowQueryFailedError
 from temporalio.service import RPCError, RPCStatusCode
@@ -76,6 +76,7 @@ class Waiting(BaseModel):
 class WaitingList(BaseModel):
     queue: str
     waiting: list[Waiting]
+    total: int = Field(description="how many visibility lists as waiting (before confirming the first `limit`)")
 
 
 class DeskMessageIn(BaseModel):
@@ -175,9 +176,14 @@ def desk_router(registry: Callable[[], AgentRegistry], settings: Settings, confi
     # ---- the desk -----------------------------------------------------------------------------------
 
     @router.get("/v1/desk/queues/{queue}/waiting", response_model=WaitingList, tags=["desk"])
-    async def waiting(queue: QueuePath, request: Request, agent: LiveAgentInfo = agent_dep) -> WaitingList:
-        """Conversations waiting in `queue`, oldest first. Read from Temporal visibility (eventually
-        consistent), then each confirmed by its own snapshot, so one just claimed is not offered."""
+    async def waiting(
+        queue: QueuePath, request: Request, limit: Annotated[int, Query(ge=1, le=500)] = 50,
+        agent: LiveAgentInfo = agent_dep,
+    ) -> WaitingList:
+        """The oldest `limit` conversations waiting in `queue`, oldest first. Read from Temporal visibility
+        (eventually consistent), then each confirmed by its own snapshot, so one just claimed is not offered.
+        Only the first `limit` rows are confirmed: a long queue costs one visibility query, not one query per
+        waiting conversation."""
         if not works(agent, queue):
             raise HTTPException(
                 403, f"queue '{queue}' is not one of {agent.agent_id}'s queues (nor their personal queue "
@@ -202,6 +208,9 @@ def desk_router(registry: Callable[[], AgentRegistry], settings: Settings, confi
             except (RPCError, WorkflowQueryFailedError):
                 return None  # gone meanwhile: not waiting any more
 
+        found.sort(key=lambda r: (r[1] is None, r[1] or datetime.min, r[0]))
+        total = len(found)
+        found = found[:limit]
         snaps = await asyncio.gather(*(confirm(cid) for cid, _ in found))
         rows = []
         for (cid, since), snap in zip(found, snaps):
@@ -212,6 +221,7 @@ def desk_router(registry: Callable[[], AgentRegistry], settings: Settings, confi
         rows.sort(key=lambda r: (r[0], r[1]))
         return WaitingList(
             queue=queue,
+            total=total,
             waiting=[
                 Waiting(conversation_id=cid, position=i, waiting_since=since, reason=reason)
                 for i, (since, cid, reason) in enumerate(rows, start=1)

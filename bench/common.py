@@ -124,10 +124,11 @@ def code_info() -> dict[str, Any]:
             out = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=10)
         except (OSError, subprocess.SubprocessError):
             return None
-        return out.stdout.strip() if out.returncode == 0 else None
+        return out.stdout if out.returncode == 0 else None
 
-    dirty = git("status", "--porcelain", "--", "workflows", "activities", "models", "workers")
-    return {"git_head": git("rev-parse", "--short", "HEAD"),
+    # Porcelain lines are "XY path": strip only line ends, or the first line's leading space is lost.
+    dirty = (git("status", "--porcelain", "--", "workflows", "activities", "models", "workers", "api") or "").rstrip()
+    return {"git_head": (git("rev-parse", "--short", "HEAD") or "").strip() or None,
             "uncommitted_changes": [line[3:] for line in dirty.splitlines()] if dirty else []}
 
 
@@ -888,3 +889,155 @@ async def run_history_stats(client: Client, wid: str, run_id: str) -> dict[str, 
         "server_history_length": info.history_length,
         "server_history_size_bytes": info.history_size_bytes,
     }
+
+
+# ---- a receiver that keeps every message, and Baton's own processes (added for bench/desk_load) ----------------
+
+
+class RecordingReceiver(LoopbackReceiver):
+    """A LoopbackReceiver that also keeps every delivered message as it came (duplicates included, in arrival
+    order) with its arrival time (perf_counter), and wakes whoever waits for a given message_id."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.messages: list[dict[str, Any]] = []
+        self._arrivals: dict[str, list[float]] = {}
+        self._id_waiters: dict[str, asyncio.Future[None]] = {}
+
+    def _record(self, body: bytes, at: float) -> int:
+        try:
+            msg = json.loads(body)
+        except ValueError:
+            msg = None
+        if isinstance(msg, dict):
+            mid = msg.get("message_id")
+            self.messages.append({
+                "conversation_id": msg.get("conversation_id"), "seq": msg.get("seq"), "message_id": mid,
+                "role": msg.get("role"), "author": msg.get("author"), "text": msg.get("text"), "arrived": at,
+            })
+            if isinstance(mid, str):
+                self._arrivals.setdefault(mid, []).append(at)
+                waiter = self._id_waiters.pop(mid, None)
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(None)
+        return super()._record(body, at)
+
+    def arrivals(self, message_id: str) -> list[float]:
+        return self._arrivals.get(message_id, [])
+
+    async def wait_message(self, message_id: str, timeout: float) -> float | None:
+        """Arrival time of the first delivery of `message_id`, or None if it did not come within `timeout`."""
+        if not self._arrivals.get(message_id):
+            waiter = self._id_waiters.get(message_id)
+            if waiter is None or waiter.done():
+                waiter = self._id_waiters[message_id] = asyncio.get_running_loop().create_future()
+            try:
+                await asyncio.wait_for(asyncio.shield(waiter), timeout)
+            except TimeoutError:
+                return None
+        return self._arrivals[message_id][0]
+
+
+BATON_CLI = Path(sys.executable).parent / "baton"
+
+
+@dataclass
+class BatonProcess:
+    part: str
+    process: asyncio.subprocess.Process
+    ps: psutil.Process | None
+    log_path: Path
+
+    def log_tail(self, lines: int = 30) -> str:
+        with contextlib.suppress(OSError):
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        return ""
+
+
+def baton_env(server: DevServer, **settings: str) -> dict[str, str]:
+    """The environment of a `baton worker` / `baton api` against the bench's dev server: this process's
+    environment without any BATON_* / TEMPORAL_* variable, then the dev server's address and `settings`
+    (e.g. BATON_HOME=..., BATON_TASK_QUEUE=...)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BATON_", "TEMPORAL_"))}
+    env.update({"TEMPORAL_ADDRESS": server.target, "TEMPORAL_NAMESPACE": server.namespace})
+    env.update(settings)
+    return env
+
+
+@contextlib.asynccontextmanager
+async def baton_process(part: str, env: dict[str, str], log_path: Path) -> AsyncIterator[BatonProcess]:
+    """`baton worker` or `baton api` (the installed command, settings from the environment as in production)
+    in its own process and session, output to `log_path`; stopped with SIGTERM (its graceful stop) when the
+    block ends, killed if it has not exited 20 s later."""
+    log = open(log_path, "ab")  # noqa: SIM115 - closed below, after the process
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            str(BATON_CLI), part, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
+        )
+    except BaseException:
+        log.close()
+        raise
+    ps = None
+    with contextlib.suppress(psutil.Error):
+        ps = psutil.Process(proc.pid)
+    try:
+        yield BatonProcess(part, proc, ps, log_path)
+    finally:
+        async def stop() -> None:
+            if proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(signal.SIGTERM)
+                try:
+                    await asyncio.wait_for(proc.wait(), 20)
+                except TimeoutError:
+                    with contextlib.suppress(ProcessLookupError):
+                        proc.kill()
+                    await proc.wait()
+
+        try:
+            await asyncio.shield(stop())
+        finally:
+            log.close()
+
+
+async def wait_http_ok(url: str, timeout: float = 60, proc: BatonProcess | None = None) -> None:
+    """Poll `url` until it answers 200 (e.g. the API's /healthz); fail early if `proc` exits meanwhile."""
+    deadline = time.monotonic() + timeout
+    async with httpx.AsyncClient(timeout=3) as http:
+        while True:
+            if proc is not None and proc.process.returncode is not None:
+                raise RuntimeError(f"`baton {proc.part}` exited with {proc.process.returncode}:\n{proc.log_tail()}")
+            with contextlib.suppress(httpx.HTTPError):
+                if (await http.get(url)).status_code == 200:
+                    return
+            if time.monotonic() > deadline:
+                tail = proc.log_tail() if proc is not None else ""
+                raise RuntimeError(f"{url} did not answer 200 within {timeout}s\n{tail}")
+            await asyncio.sleep(0.1)
+
+
+def distribution(values_ms: Sequence[float], digits: int = 1) -> dict[str, Any]:
+    """n, p50, p95, p99, max (and min) of a list of milliseconds."""
+    return {
+        "n": len(values_ms),
+        "min": rnd(min(values_ms) if values_ms else None, digits),
+        "p50": rnd(percentile(values_ms, 50), digits),
+        "p95": rnd(percentile(values_ms, 95), digits),
+        "p99": rnd(percentile(values_ms, 99), digits),
+        "max": rnd(max(values_ms) if values_ms else None, digits),
+    }
+
+
+def code_fingerprint(packages: Sequence[str] = ("workflows", "activities", "models", "workers", "api")) -> str:
+    """A short hash of the measured packages' Python sources as they are on disk now. The workflow sandbox
+    re-imports workflow modules from disk for every new workflow instance (and every replay), so a source
+    edited during a run changes what the run measures: compare the fingerprint before and after."""
+    import hashlib
+
+    repo = Path(__file__).resolve().parent.parent
+    h = hashlib.sha256()
+    for package in packages:
+        for path in sorted((repo / package).rglob("*.py")):
+            with contextlib.suppress(OSError):
+                h.update(str(path.relative_to(repo)).encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()[:12]

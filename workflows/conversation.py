@@ -566,8 +566,11 @@ class Conversation:
         )
 
     async def _decide(self, request: RouteRequest) -> RouteDecision | None:
+        # A local activity: the decision is still recorded in history (as a marker), but it runs in this worker
+        # at once instead of a round trip through the server's task queue, so a user asking for a person is on
+        # the waiting list sooner (bench/desk_load.py).
         try:
-            return await workflow.execute_activity(
+            return await workflow.execute_local_activity(
                 Activities.ROUTE_HANDOFF,
                 request,
                 result_type=RouteDecision,
@@ -576,8 +579,11 @@ class Conversation:
                 retry_policy=ROUTE_RETRY,
                 summary=f"route handoff ({request.reason or request.requested_by})"[:200],
             )
-        except ActivityError as err:
-            self._audit("routing_failed", handoff_id=request.handoff_id, error=str(err.cause or err))
+        except FailureError as err:
+            # A local activity's failure arrives as the activity's own error (not wrapped in ActivityError).
+            if isinstance(err, CancelledError):
+                raise
+            self._audit("routing_failed", handoff_id=request.handoff_id, error=str(getattr(err, "cause", None) or err))
             return None
 
     async def _route(self, handoff_id: str) -> None:
