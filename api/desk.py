@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from temporalio.client import Client, WorkflowQueryFailedError
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -49,9 +49,14 @@ ConversationPath = Annotated[
 QueuePath = Annotated[str, Path(min_length=1, max_length=128, pattern=NAME_PATTERN)]
 
 
+# No ':' in a live agent's id: `desk:<name>` owns what a third-party desk accepted and `agent:<id>` is a personal
+# queue, so no live agent can pass for either.
+LiveAgentId = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._@-]*$")]
+
+
 class LiveAgentIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    agent_id: Name
+    agent_id: LiveAgentId
     name: str = Field(min_length=1, max_length=128)
     queues: list[Name] = Field(min_length=1, max_length=50, description="the queues this agent works")
     skills: list[Name] = Field(default_factory=list, max_length=50)

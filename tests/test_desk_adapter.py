@@ -54,6 +54,7 @@ from models.desk import DeskForward, DeskHandoff
 from models.filtering import SharedContext
 from models.names import Queries, Updates
 from tests.conftest import free_port
+from models.config import load_config
 from tests.harness import baton_worker, settings_for, snapshot, start_conversation, transcript
 from tests.receiver import Receiver
 
@@ -356,11 +357,13 @@ class DeskApi:
         body, headers = signed(event, **sign)
         return await self.http.post(f"/v1/desks/{desk}/events", content=body, headers=headers)
 
-    async def pending(self, conversation: str) -> str:
-        """A conversation put into handoff_pending for the queue `general`; returns the pending handoff id."""
+    async def pending(self, conversation: str, target: HandoffTarget | None = None) -> str:
+        """A conversation put into handoff_pending for desk `acme` (the worker sends it the envelope, the fake
+        desk answers 202); returns the pending handoff id."""
         handle = await start_conversation(self.client, self.settings, conversation, text="Hello")
         result = await handle.execute_update(
-            Updates.SUBMIT_HANDOFF, HandoffRequest(reason="wants a person", target=HandoffTarget(queue="general")),
+            Updates.SUBMIT_HANDOFF,
+            HandoffRequest(reason="wants a person", target=target or HandoffTarget(desk="acme")),
             result_type=CommandResult,
         )
         assert result.state == "handoff_pending"
@@ -371,15 +374,22 @@ class DeskApi:
 
 
 @pytest.fixture
-async def desk_api(dev_env, task_queue, registry):
+async def desk_api(dev_env, task_queue, registry, tmp_path, monkeypatch):
     settings = settings_for(task_queue)
-    known = {"acme": DeskEndpoint("acme", "https://desk.example", DESK_SECRET),
-             "mute": DeskEndpoint("mute", "https://mute.example", "")}
-    app = FastAPI()
-    app.state.client = dev_env.client
-    app.include_router(desk_events_router(known.get, lambda: registry))
-    async with baton_worker(dev_env.client, settings, registry), serve(app) as http:
-        yield DeskApi(http, dev_env.client, settings)
+    async with Receiver(DESK_SECRET, path="/desk") as fake_desk:
+        # The worker reaches the fake desk on loopback with the same secret the events are signed with.
+        monkeypatch.setenv("BATON_ALLOW_PRIVATE_NETWORKS", "1")
+        monkeypatch.setenv("ACME_DESK_SECRET", DESK_SECRET)
+        config_file = tmp_path / "desks.yaml"
+        config_file.write_text(f'desks:\n  acme: {{url: "{fake_desk.url}", secret_env: ACME_DESK_SECRET}}\n'
+                               "routes:\n  - {name: default, to: {queue: general}}\n")
+        known = {"acme": DeskEndpoint("acme", fake_desk.url, DESK_SECRET),
+                 "mute": DeskEndpoint("mute", "https://mute.example", "")}
+        app = FastAPI()
+        app.state.client = dev_env.client
+        app.include_router(desk_events_router(known.get, lambda: registry))
+        async with baton_worker(dev_env.client, settings, registry, config=load_config(config_file)), serve(app) as http:
+            yield DeskApi(http, dev_env.client, settings)
 
 
 def cid() -> str:

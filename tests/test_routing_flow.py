@@ -601,4 +601,8 @@ async def test_a_desk_that_refuses_the_envelope_falls_back_at_once(desk_env, cha
     await say(http, conversation, "hello")
     r = await http.post(f"/v1/conversations/{conversation}/handoff", json={"reason": "outsource this"})
     assert r.status_code == 200, r.text
-    await waiting_in(http, conversation, "general")
+    s = await waiting_in(http, conversation, "general")
+    # Now waiting in our own queue: the desk cannot take it, even with the right handoff id and a valid signature.
+    r = await _desk_event(http, desk.secret, {"type": "accepted", "conversation_id": conversation,
+                                              "handoff_id": s["pending_handoff"]["handoff_id"]})
+    assert r.status_code == 409 and "not for a third-party desk" in r.json()["detail"]

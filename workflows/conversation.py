@@ -415,6 +415,9 @@ class Conversation:
             raise Reject(f"handoff {pending.handoff_id} was transferred to {target.live_agent}, not {accept.owner}")
         if target.desk and accept.owner != f"desk:{target.desk}":
             raise Reject(f"handoff {pending.handoff_id} went to desk {target.desk}; only it can accept")
+        if not target.desk and accept.owner.startswith("desk:"):
+            # A third-party desk takes only the handoffs routed to it, never one waiting in our own queues.
+            raise Reject(f"handoff {pending.handoff_id} is for {target.label}, not for a third-party desk")
 
 
     @workflow.update(name=Updates.REJECT_HANDOFF)
