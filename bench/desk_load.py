@@ -243,7 +243,10 @@ class DeskRun:
         while not self.stop.is_set():
             sent = pc()
             try:
-                r = await self.http.get(f"/v1/desk/queues/{QUEUE}/waiting", headers=as_agent(token))
+                # limit=500: every waiting conversation, so "appears in the list" does not wait for the queue to
+                # drain below the default page of 50.
+                r = await self.http.get(f"/v1/desk/queues/{QUEUE}/waiting", params={"limit": 500},
+                                        headers=as_agent(token))
             except httpx.HTTPError as err:
                 self.list_errors.append(f"{type(err).__name__}: {err}")
                 await asyncio.sleep(self.args.poll_interval)
@@ -633,7 +636,7 @@ async def warm_up(http: httpx.AsyncClient, receiver: RecordingReceiver, tag: str
             raise RuntimeError(f"warm-up handoff: {r.status_code} {r.text}")
         deadline = time.monotonic() + 60
         while True:
-            w = await http.get(f"/v1/desk/queues/{QUEUE}/waiting", headers=headers)
+            w = await http.get(f"/v1/desk/queues/{QUEUE}/waiting", params={"limit": 500}, headers=headers)
             if w.status_code != 200:
                 raise RuntimeError(f"warm-up waiting list: {w.status_code} {w.text}")
             if any(row["conversation_id"] == cid for row in w.json()["waiting"]):
@@ -995,7 +998,7 @@ async def main(argv: list[str] | None = None) -> dict[str, Any]:
                    "3 warm-up conversations through the whole desk path first (not measured)",
         "load": f"{args.conversations} users start at once: message, then POST .../handoff to queue '{QUEUE}'"
                 + (", then one more message while waiting" if args.followup else ""),
-        "poller": f"one task listing GET /v1/desk/queues/{QUEUE}/waiting, {args.poll_interval}s between an answer "
+        "poller": f"one task listing GET /v1/desk/queues/{QUEUE}/waiting?limit=500, {args.poll_interval}s between an answer "
                   "and the next request; the agents work its latest listing",
         "agents": f"{args.agents} tasks: claim the oldest entry not tried yet (409: take the next), reply "
                   + ("twice" if args.second_reply else "once") + f" at once, then {args.end} (mix: alternately "

@@ -6,6 +6,7 @@ Updates are tested on the dev server (real HTTP API); SLAs and business hours on
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -226,36 +227,39 @@ async def _has(http, conversation, kind):
     return any(e["kind"] == kind for e in log) and log
 
 
-async def test_handoff_params_from_the_ai_event_route_by_them(dev_env, task_queue, channel, registry, config):
+@contextlib.asynccontextmanager
+async def baton_with_bot(dev_env, task_queue, channel, registry, config, *answers):
+    """Worker and API whose AI agent is a fake bot (real HTTP) answering `answers` in turn."""
     async with Receiver(path="/bot") as bot:
-        bot.script((200, {}, {"text": "Let me get you our premium team.",
-                              "handoff": {"reason": "premium", "params": {"tier": "gold"}}}))
+        bot.script(*answers)
         settings = settings_for(task_queue, ai_agent=bot.url, ai_agent_secret=bot.secret,
                                 channel_url=channel.url, channel_secret=channel.secret)
         async with baton_worker(dev_env.client, settings, registry, config=config), baton_api(
             dev_env.client, settings, registry, config=config
         ) as http:
-            conversation = cid()
-            await say(http, conversation, "hello")
-            s = await waiting_in(http, conversation, "vip")
-            assert s["pending_handoff"]["rule"] == "gold-customers"
-            assert s["pending_handoff"]["params"] == {"tier": "gold"}
+            yield http
+
+
+async def test_handoff_params_from_the_ai_event_route_by_them(dev_env, task_queue, channel, registry, config):
+    answer = (200, {}, {"text": "Let me get you our premium team.",
+                        "handoff": {"reason": "premium", "params": {"tier": "gold"}}})
+    async with baton_with_bot(dev_env, task_queue, channel, registry, config, answer) as http:
+        conversation = cid()
+        await say(http, conversation, "hello")
+        s = await waiting_in(http, conversation, "vip")
+        assert s["pending_handoff"]["rule"] == "gold-customers"
+        assert s["pending_handoff"]["params"] == {"tier": "gold"}
 
 
 async def test_the_ai_failing_for_good_is_routed_by_the_failure_rule(dev_env, task_queue, channel, registry, config):
-    async with Receiver(path="/bot") as bot:
-        bot.script(*[(400, {}, {"error": "broken"})] * 3)
-        settings = settings_for(task_queue, ai_agent=bot.url, ai_agent_secret=bot.secret,
-                                channel_url=channel.url, channel_secret=channel.secret)
-        async with baton_worker(dev_env.client, settings, registry, config=config), baton_api(
-            dev_env.client, settings, registry, config=config
-        ) as http:
-            conversation = cid()
-            await say(http, conversation, "hello")
-            s = await waiting_in(http, conversation, "failures")
-            assert s["pending_handoff"]["rule"] == "ai_failure"
-            kinds = [e["kind"] for e in await audit(http, conversation)]
-            assert kinds.index("ai_failed") < kinds.index("handoff_requested") < kinds.index("handoff_routed")
+    broken = [(400, {}, {"error": "broken"})] * 3
+    async with baton_with_bot(dev_env, task_queue, channel, registry, config, *broken) as http:
+        conversation = cid()
+        await say(http, conversation, "hello")
+        s = await waiting_in(http, conversation, "failures")
+        assert s["pending_handoff"]["rule"] == "ai_failure"
+        kinds = [e["kind"] for e in await audit(http, conversation)]
+        assert kinds.index("ai_failed") < kinds.index("handoff_requested") < kinds.index("handoff_routed")
 
 
 async def test_the_user_cancels_waiting_by_saying_never_mind_or_through_the_api(http, channel):
