@@ -402,6 +402,16 @@ async def test_a_stale_accept_after_a_fallback_is_rejected(dev_env, http, channe
 # ---- time-skipping: SLA ladder and business hours ------------------------------------------------------
 
 
+async def until_routed(handle) -> None:
+    """Wait (in real time) for the routing decision before skipping time: a skip while the routing local activity
+    runs would count against its timeout."""
+
+    async def check():
+        snap = await snapshot(handle)
+        return snap.pending_handoff is not None and snap.pending_handoff.routed
+    await eventually(check)
+
+
 def _midday_zone(now: datetime) -> tuple[str, datetime]:
     """A fixed-offset zone where it is about noon at `now`, so windows built around it never cross midnight."""
     shift = (12 - now.hour + 12) % 24 - 12  # in [-12, 11]
@@ -425,6 +435,7 @@ waiting: {position_update_seconds: 0}
     async with baton_worker(ts_env.client, settings, config=config):
         handle = await start_conversation(ts_env.client, settings, cid(), text="hello")
         await handle.signal(Signals.REQUEST_HANDOFF, HandoffRequest(reason="help"))
+        await until_routed(handle)
         await ts_env.sleep(timedelta(seconds=30))
         snap = await snapshot(handle)
         assert snap.state is State.HANDOFF_PENDING and snap.queue == "tier1"
@@ -467,6 +478,7 @@ waiting: {{position_update_seconds: 0}}
     async with baton_worker(ts_env.client, settings, config=config):
         handle = await start_conversation(ts_env.client, settings, cid(), text="hello")
         await handle.signal(Signals.REQUEST_HANDOFF, HandoffRequest(reason="help"))
+        await until_routed(handle)
         await ts_env.sleep(timedelta(seconds=5))
         snap = await snapshot(handle)
         assert snap.state is State.HANDOFF_PENDING and snap.queue == "night"
