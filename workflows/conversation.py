@@ -115,7 +115,7 @@ class Conversation:
         # O(1) de-duplication; the list in the state is what continue-as-new carries.
         self._seen = set(self.s.recent_message_ids)
         self._waiting_is_not_inactivity = False
-        self._routing = False
+        self._routing: bool | None = None  # PATCH_ROUTING, asked once (see _routing_rules)
         # The handoff id being delivered to an external agent: its SLA is the delivery's own timeout meanwhile.
         self._handing_over: str | None = None
         # Handoff ids whose queue-position announcer is running.
@@ -137,9 +137,7 @@ class Conversation:
 
     @workflow.run
     async def run(self, input: ConversationInput) -> Snapshot:
-        if workflow.patched(PATCH_ROUTING):
-            self._routing = self._waiting_is_not_inactivity = True
-        else:
+        if not self._routing_rules():
             self._waiting_is_not_inactivity = workflow.patched(PATCH_WAITING_IS_NOT_INACTIVITY)
         self._publish()
         delivery = asyncio.create_task(self._deliver_loop())
@@ -170,6 +168,15 @@ class Conversation:
         clock.cancel()
         delivery.cancel()
         return views.snapshot(self.s)
+
+    def _routing_rules(self) -> bool:
+        """PATCH_ROUTING, asked once per run in its first activation: at the start of `run`, or earlier by a
+        handoff signal or update delivered with the run's first task (handlers run before `run` starts)."""
+        if self._routing is None:
+            self._routing = workflow.patched(PATCH_ROUTING)
+            if self._routing:
+                self._waiting_is_not_inactivity = True
+        return self._routing
 
     async def _do(self, work: Work) -> None:
         if work.kind in ("ai_turn", "ai_resume", "ai_welcome"):
@@ -218,7 +225,7 @@ class Conversation:
             if isinstance(err, CancelledError):
                 raise
             self._audit("ai_failed", seq=work.seq, error=str(getattr(err, "cause", None) or err))
-            if self.s.peer is None and self._routing:
+            if self.s.peer is None and self._routing_rules():
                 # The AI agent failed for good: the config's failure rule decides who takes over.
                 await self._route_ai_failure()
                 return
@@ -509,7 +516,7 @@ class Conversation:
     def _start_handoff(
         self, request: HandoffRequest, requested_by: str, decision: RouteDecision | None = None
     ) -> PendingHandoff:
-        if decision is None and not self._routing:
+        if decision is None and not self._routing_rules():
             return self._start_handoff_v1(request, requested_by)
         now = workflow.now()
         previous_owner = self.s.owner
@@ -569,11 +576,12 @@ class Conversation:
         )
 
     async def _decide(self, request: RouteRequest) -> RouteDecision | None:
-        # A local activity: the decision is still recorded in history (as a marker), but it runs in this worker
-        # at once instead of a round trip through the server's task queue, so a user asking for a person is on
-        # the waiting list sooner (bench/desk_load.py).
+        # A regular activity, not a local one. As a local activity it was quicker under load, but its result was
+        # sometimes handled in the next workflow task together with other completions, and replay then woke the
+        # workflow's coroutines in another order (TMPRL1100 "Timer machine does not handle ActivityTaskScheduled"
+        # in 1 of 7 recordings). An activity's completion is an event of its own, so replay orders it the same.
         try:
-            return await workflow.execute_local_activity(
+            return await workflow.execute_activity(
                 Activities.ROUTE_HANDOFF,
                 request,
                 result_type=RouteDecision,
@@ -582,11 +590,8 @@ class Conversation:
                 retry_policy=ROUTE_RETRY,
                 summary=f"route handoff ({request.reason or request.requested_by})"[:200],
             )
-        except FailureError as err:
-            # A local activity's failure arrives as the activity's own error (not wrapped in ActivityError).
-            if isinstance(err, CancelledError):
-                raise
-            self._audit("routing_failed", handoff_id=request.handoff_id, error=str(getattr(err, "cause", None) or err))
+        except ActivityError as err:
+            self._audit("routing_failed", handoff_id=request.handoff_id, error=str(err.cause or err))
             return None
 
     async def _route(self, handoff_id: str) -> None:
@@ -820,7 +825,7 @@ class Conversation:
         """An external agent is reached through the platform protocol; queues wait for a claim."""
         # Runs of the current code know it from PATCH_ROUTING; runs that began before it ask the older patch
         # only here, where the behaviour branches, as they did when they were recorded.
-        if pending.target.external_agent and (self._routing or workflow.patched(PATCH_PLATFORM_PROTOCOL)):
+        if pending.target.external_agent and (self._routing_rules() or workflow.patched(PATCH_PLATFORM_PROTOCOL)):
             self.s.protocol = True
             self.s.inbox.append(Work(kind="deliver_handoff", handoff_id=pending.handoff_id))
 
