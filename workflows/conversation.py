@@ -62,11 +62,11 @@ PATCH_PLATFORM_PROTOCOL = "platform-protocol"
 # failing AI agent is routed by the config's failure rule. Before it, targets came from the request (default
 # queue `general`) and a failing AI agent only apologised.
 #
-# This patch is asked once, at the start of every run, and implies the two before it, so a new run records exactly
-# one patch marker. Asking a patch for the first time while reacting to a local activity's result (where the
-# AI agent's handoff lands) produced histories that failed replay with TMPRL1100 now and then (the SDK's automatic
-# `TemporalChangeVersion` upsert); a single marker in the first workflow task is the shape that always replayed.
-# Runs started by older code keep their old behaviour to their end (they never take this patch midway).
+# This patch is asked once per run, in its first activation (see `_routing_rules`), and implies the two before it,
+# so a new run records exactly one patch marker. Asking a patch for the first time while reacting to a local
+# activity's result (where the AI agent's handoff lands) produced histories that failed replay with TMPRL1100 now
+# and then (the SDK's automatic `TemporalChangeVersion` upsert); a single marker in the first workflow task is the
+# shape that always replayed. Runs started by older code keep their old behaviour to their end.
 PATCH_ROUTING = "routing-rules"
 
 AI_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=500), maximum_interval=timedelta(seconds=5), maximum_attempts=4)
