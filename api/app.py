@@ -22,7 +22,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from activities import sealing
 from activities.filtering import clean_ingress, redact_text
 from activities.registry import AgentRegistry, SqliteRegistry
-from models.config import BatonConfig, default_config, load_config
+from models.config import BatonConfig
 from api.agents import agent_router
 from api.auth import bearer
 from api.desk import desk_router
@@ -48,7 +48,7 @@ from models.conversation import (
     UserMessage,
 )
 from models.names import WORKFLOW_TYPE, Queries, Routes, Signals, Updates, workflow_id
-from workers.routing_config import desk_lookup
+from workers import routing_config
 from workers.settings import Settings
 
 ConversationPath = Annotated[
@@ -92,7 +92,7 @@ def create_app(
     """`client` is connected at start-up when not given (tests pass their own); the agent registry is opened
     (`.baton/agents.db`) on first use when not given; the routing config is read from BATON_CONFIG when not given."""
     if config is None:
-        config = load_config(settings.config) if settings.config else default_config()
+        config = routing_config.load(settings)
 
     async def lifespan(app: FastAPI):
         if app.state.client is None:
@@ -120,7 +120,7 @@ def create_app(
     app.include_router(agent_router(agents, settings.admin_key))
     app.include_router(protocol_router(agents, settings))
     app.include_router(desk_router(agents, settings, config))
-    app.include_router(desk_events_router(desk_lookup(config), agents))
+    app.include_router(desk_events_router(routing_config.desk_lookup(config), agents))
     app.state.config = config
 
     @app.exception_handler(RequestValidationError)

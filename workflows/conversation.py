@@ -338,7 +338,7 @@ class Conversation:
 
     @workflow.signal(name=Signals.CANCEL_HANDOFF)
     def on_cancel_handoff(self, request: CancelHandoff) -> None:
-        if (why := self._cancel_refusal()) is None:
+        if (why := refusal(self.s.state, Event.CANCEL)) is None:
             self._cancel(request.reason, by="signal")
         else:
             self._audit("signal_rejected", signal=Signals.CANCEL_HANDOFF, reason=why)
@@ -351,7 +351,7 @@ class Conversation:
 
     @cancel_handoff.validator
     def _check_cancel(self, request: CancelHandoff) -> None:
-        if (why := self._cancel_refusal()) is not None:
+        if (why := refusal(self.s.state, Event.CANCEL)) is not None:
             raise Reject(why)
 
     @workflow.update(name=Updates.SUBMIT_HAND_BACK)
@@ -688,11 +688,6 @@ class Conversation:
                 return w.end
         return None
 
-    def _cancel_refusal(self) -> str | None:
-        if (why := refusal(self.s.state, Event.CANCEL)) is not None:
-            return why
-        return None
-
     def _cancel(self, reason: str, by: str) -> None:
         pending = self.s.pending
         assert pending is not None
@@ -843,22 +838,8 @@ class Conversation:
         carried = self.s.transcript[-CARRY_TO_AGENT:]
         self._handing_over = handoff_id
         try:
-            if pending.rule is None:
-                # Conversations from before routing filtered without the route's allowlist (same commands).
-                filtered = await workflow.execute_activity(
-                    Activities.FILTER_CONTEXT,
-                    FilterRequest.from_context(self.s.context, carried),
-                    result_type=FilterResult,
-                    start_to_close_timeout=timedelta(seconds=10),
-                    retry_policy=FILTER_RETRY,
-                    summary=f"filter the context for {label}",
-                )
-                self._audit(
-                    "context_filtered", handoff_id=handoff_id, target=label,
-                    receipt=[r.model_dump() for r in filtered.receipt],
-                )
-            else:
-                filtered = await self._filter(pending, carried)
+            # Older pendings have no allowlist: the same filter call as before routing existed.
+            filtered = await self._filter(pending, carried)
             if self.s.pending is None or self.s.pending.handoff_id != handoff_id:
                 return  # closed while filtering: nothing is sent
             left = pending.deadline - workflow.now()
