@@ -76,15 +76,11 @@ class ChannelDeliverer:
         self.url = url or None
         self._secret = secret
         self._client = client
-        # A 410 means the backend retired this endpoint; sending more would only be refused again.
-        self.gone: set[str] = set()
 
     @activity.defn(name=Activities.DELIVER_TO_CHANNEL)
     async def deliver_to_channel(self, message: ChannelMessage) -> DeliveryResult:
         if self.url is None:
             return DeliveryResult(outcome="disabled", detail="no channel URL configured")
-        if self.url in self.gone:
-            return DeliveryResult(outcome="gone", status=410, detail="the channel URL answered 410 Gone earlier")
         assert self._secret is not None
 
         body = message.model_dump_json().encode()
@@ -108,9 +104,13 @@ class ChannelDeliverer:
         if 200 <= status < 300:
             return DeliveryResult(outcome="delivered", status=status)
         if status == 410:
-            self.gone.add(self.url)
-            activity.logger.warning("channel URL answered 410 Gone; no further deliveries will be attempted")
-            return DeliveryResult(outcome="gone", status=status, detail="the channel URL answered 410 Gone")
+            # The 410 rule (README, "Channel callback"): 410 Gone is the backend's answer for this conversation. The
+            # conversation records it and delivers nothing more (durable, in its workflow state); other
+            # conversations are not affected, and this activity remembers nothing.
+            activity.logger.warning("channel answered 410 Gone for conversation %s: its deliveries stop", message.conversation_id)
+            return DeliveryResult(
+                outcome="gone", status=status, detail="the channel answered 410 Gone for this conversation"
+            )
         if status in (408, 429) or status >= 500:
             raise _unavailable(
                 f"channel answered {status}", status, retry_after(response.headers.get("retry-after"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 from typing import Annotated, Any
 
@@ -27,11 +28,22 @@ from api.agents import agent_router
 from api.auth import bearer
 from api.desk import desk_router
 from api.desk_events import desk_events_router
+from api.limits import RequestLimits
 from api.protocol import protocol_router
+from api.readiness import Readiness
 from api.targets import check_targets
-from api.temporal import conflict, initial_attributes, start_input, update
+from api.temporal import (
+    WORKFLOW_TASK_TIMEOUT,
+    conflict,
+    initial_attributes,
+    start_input,
+    update,
+    waiting_for_a_worker,
+)
+from api.temporal import query as sticky_safe_query
 from models.conversation import (
     ID_PATTERN,
+    MAX_CONTEXT_UPDATE_BYTES,
     MAX_TEXT,
     AuditPage,
     CancelHandoff,
@@ -46,6 +58,7 @@ from models.conversation import (
     TranscriptPage,
     TranscriptQuery,
     UserMessage,
+    json_size,
 )
 from models.names import WORKFLOW_TYPE, Queries, Routes, Signals, Updates, workflow_id
 from workers import routing_config
@@ -87,10 +100,12 @@ class TranscriptOut(BaseModel):
 
 def create_app(
     settings: Settings, client: Client | None = None, registry: AgentRegistry | None = None,
-    config: BatonConfig | None = None,
+    config: BatonConfig | None = None, readiness: Readiness | None = None,
 ) -> FastAPI:
     """`client` is connected at start-up when not given (tests pass their own); the agent registry is opened
-    (`.baton/agents.db`) on first use when not given; the routing config is read from BATON_CONFIG when not given."""
+    (`.baton/agents.db`) on first use when not given; the routing config is read from BATON_CONFIG when not given.
+    `readiness` holds the host process's own start-up steps that `/readyz` waits for (`baton dev`: the worker, the
+    demo agent)."""
     if config is None:
         config = routing_config.load(settings)
 
@@ -107,8 +122,10 @@ def create_app(
         summary="Conversation handoff orchestrator on Temporal",
         lifespan=lifespan,
     )
+    app.add_middleware(RequestLimits)
     app.state.client = client
     app.state.registry = registry
+    app.state.readiness = readiness or Readiness()
 
     def agents() -> AgentRegistry:
         if app.state.registry is None:
@@ -138,11 +155,9 @@ def create_app(
     Auth = Depends(bearer(settings.api_key, "BATON_API_KEY"))
 
     async def query(client: Client, conversation_id: str, name: str, arg: Any, result_type: type, run_id: str | None = None):
-        h = client.get_workflow_handle(workflow_id(conversation_id), run_id=run_id)
         try:
-            if arg is None:
-                return await h.query(name, result_type=result_type)
-            return await h.query(name, arg, result_type=result_type)
+            args = [] if arg is None else [arg]
+            return await sticky_safe_query(client, conversation_id, name, *args, result_type=result_type, run_id=run_id)
         except RPCError as err:
             if err.status == RPCStatusCode.NOT_FOUND:
                 raise HTTPException(404, f"conversation '{conversation_id}' does not exist") from None
@@ -164,6 +179,7 @@ def create_app(
             start_input(settings, conversation_id, channel),
             id=workflow_id(conversation_id),
             task_queue=settings.task_queue,
+            task_timeout=WORKFLOW_TASK_TIMEOUT,
             start_signal=Signals.USER_MESSAGE,
             start_signal_args=[message],
             search_attributes=initial_attributes(channel),
@@ -177,6 +193,12 @@ def create_app(
         sealed here and never enter workflow history in the clear."""
         if all(v is None for v in body.model_dump().values()):
             raise HTTPException(422, "send at least one of profile, slots, internal_notes, auth, metadata")
+        size = json_size(body.model_dump(exclude_none=True))
+        if size > MAX_CONTEXT_UPDATE_BYTES:
+            raise HTTPException(
+                413, f"context update too large: {size} bytes as JSON, over the {MAX_CONTEXT_UPDATE_BYTES}-byte bound "
+                "of one update"
+            )
         if not settings.secret_key:
             raise HTTPException(503, "BATON_SECRET_KEY is not set, so sensitive context cannot be sealed")
         # Secret-named keys and sensitive values in the plain sections are withheld here: the originals are sealed
@@ -192,19 +214,25 @@ def create_app(
         }
         context = ContextUpdate(**plain, sealed=sealed, withheld=withheld)
         client = temporal(request)
-        start = WithStartWorkflowOperation(
-            WORKFLOW_TYPE,
-            start_input(settings, conversation_id, "web"),
-            id=workflow_id(conversation_id),
-            task_queue=settings.task_queue,
-            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-            search_attributes=initial_attributes("web"),
-            static_summary=f"Conversation {conversation_id}",
-        )
-        try:
-            return await client.execute_update_with_start_workflow(
+
+        def update_with_start():
+            # A fresh start operation per attempt: one is spent by the call that carries it.
+            start = WithStartWorkflowOperation(
+                WORKFLOW_TYPE,
+                start_input(settings, conversation_id, "web"),
+                id=workflow_id(conversation_id),
+                task_queue=settings.task_queue,
+            task_timeout=WORKFLOW_TASK_TIMEOUT,
+                id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+                search_attributes=initial_attributes("web"),
+                static_summary=f"Conversation {conversation_id}",
+            )
+            return client.execute_update_with_start_workflow(
                 Updates.SUBMIT_CONTEXT, context, start_workflow_operation=start, result_type=CommandResult
             )
+
+        try:
+            return await waiting_for_a_worker(update_with_start)
         except WorkflowUpdateFailedError as err:
             raise conflict(err) or err from None
 
@@ -269,5 +297,28 @@ def create_app(
         except Exception as err:  # any failure means "not reachable" for a health check
             return JSONResponse(status_code=503, content={"ok": False, "temporal": f"unreachable: {type(err).__name__}"})
         return JSONResponse(content={"ok": True, "temporal": "reachable"})
+
+    @app.get(Routes.READYZ, tags=["operations"])
+    async def readyz(request: Request) -> JSONResponse:
+        """200 only when this process can do its job: Temporal reachable, the store open, and every start-up step
+        of the host process finished (in `baton dev`: the worker polling and the demo agent connected). 503 says
+        what is still missing. `/healthz` stays the liveness probe."""
+        checks: dict[str, str] = {}
+        try:
+            await temporal(request).workflow_service.get_system_info(GetSystemInfoRequest(), timeout=timedelta(seconds=3))
+            checks["temporal"] = "reachable"
+        except Exception as err:  # any failure means "not reachable"
+            checks["temporal"] = f"unreachable: {type(err).__name__}"
+        try:
+            await asyncio.to_thread(lambda: agents().list())
+            checks["store"] = "open"
+        except HTTPException as err:
+            checks["store"] = f"unavailable: {err.detail}"
+        except Exception as err:  # a store that cannot be read is not ready, whatever the cause
+            checks["store"] = f"unavailable: {type(err).__name__}"
+        for step, why in request.app.state.readiness.pending.items():
+            checks[step] = why
+        ok = checks["temporal"] == "reachable" and checks["store"] == "open" and request.app.state.readiness.ready
+        return JSONResponse(status_code=200 if ok else 503, content={"ok": ok, **checks})
 
     return app

@@ -17,7 +17,7 @@ from activities.filtering import redact_text
 from activities.registry import AgentRegistry, LiveAgentIdTaken, LiveAgentInfo
 from api.auth import bearer
 from api.targets import check_targets
-from api.temporal import handle, not_found_or_closed, update
+from api.temporal import handle, not_found_or_closed, query, update
 from models.config import BatonConfig
 from models.conversation import (
     ID_PATTERN,
@@ -155,7 +155,7 @@ def desk_router(registry: Callable[[], AgentRegistry], settings: Settings, confi
 
     async def snapshot(client: Client, conversation_id: str) -> Snapshot:
         try:
-            return await handle(client, conversation_id).query(Queries.SNAPSHOT, result_type=Snapshot)
+            return await query(client, conversation_id, Queries.SNAPSHOT, result_type=Snapshot)
         except RPCError as err:
             if err.status == RPCStatusCode.NOT_FOUND:
                 raise await not_found_or_closed(client, conversation_id) from None
@@ -299,8 +299,9 @@ def desk_router(registry: Callable[[], AgentRegistry], settings: Settings, confi
             raise HTTPException(
                 403, f"{agent.agent_id} neither owns this conversation nor works the queue it waits in"
             )
-        page = await handle(client, conversation_id).query(
-            Queries.TRANSCRIPT, TranscriptQuery(after=after, limit=1000), result_type=TranscriptPage
+        page = await query(
+            client, conversation_id, Queries.TRANSCRIPT, TranscriptQuery(after=after, limit=1000),
+            result_type=TranscriptPage,
         )
         return DeskConversation(
             conversation_id=conversation_id, state=snap.state, owner=snap.owner, queue=snap.queue,

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+import contextlib
+from datetime import timedelta
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from fastapi import HTTPException
+from temporalio.api.common.v1 import WorkflowExecution
 from temporalio.api.enums.v1 import WorkflowExecutionStatus
+from temporalio.api.workflowservice.v1 import ResetStickyTaskQueueRequest
 from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.common import SearchAttributePair, TypedSearchAttributes
 from temporalio.exceptions import ApplicationError
@@ -14,6 +20,8 @@ from temporalio.service import RPCError, RPCStatusCode
 from models.conversation import CommandResult, ConversationInput
 from models.names import SearchAttributes, workflow_id
 from workers.settings import Settings
+
+T = TypeVar("T")
 
 
 def handle(client: Client, conversation_id: str) -> WorkflowHandle:
@@ -33,22 +41,94 @@ async def not_found_or_closed(client: Client, conversation_id: str) -> HTTPExcep
 
 
 def conflict(err: WorkflowUpdateFailedError) -> HTTPException | None:
-    """A command the workflow's validator refused: 409 with its reason."""
+    """A command the workflow's validator refused: 409 with its reason (413 when it would pass a size bound)."""
     if isinstance(err.cause, ApplicationError) and err.cause.type == "Rejected":
         return HTTPException(409, err.cause.message)
+    if isinstance(err.cause, ApplicationError) and err.cause.type == "TooLarge":
+        return HTTPException(413, err.cause.message)
     return None
+
+
+# While no worker polls (a worker restarting, a rolling deploy), the server refuses updates at once with
+# FAILED_PRECONDITION "no poller seen for task queue recently". The API waits for a worker this long, then answers
+# 503 with Retry-After instead of a 500: the command was not applied, and may be sent again.
+WORKER_WAIT_SECONDS = 10.0
+
+
+def _no_worker(err: RPCError) -> bool:
+    return err.status == RPCStatusCode.FAILED_PRECONDITION and "no poller" in err.message
+
+
+async def waiting_for_a_worker(call: Callable[[], Awaitable[T]]) -> T:
+    """`call()`, retried while the server says no worker polls; 503 when none comes within WORKER_WAIT_SECONDS."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + WORKER_WAIT_SECONDS
+    delay = 0.05
+    while True:
+        try:
+            return await call()
+        except RPCError as err:
+            if not _no_worker(err):
+                raise
+            if loop.time() + delay > deadline:
+                raise HTTPException(
+                    503, f"no worker is polling the task queue (waited {WORKER_WAIT_SECONDS:.0f} s); nothing was "
+                    "applied, send it again", headers={"Retry-After": "5"},
+                ) from None
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.5)
+
+
+# A query is answered by the worker the workflow is sticky to. When that worker has just died or stopped, the
+# server keeps sending queries there for up to ~10 s (seen here: a first query after a restart took 10.1 s). A
+# query not answered within QUERY_TIMEOUT clears the workflow's stickiness (ResetStickyTaskQueue) and is asked again,
+# now of any live worker.
+QUERY_TIMEOUT = timedelta(seconds=3)
+
+
+async def query(
+    client: Client, conversation_id: str, name: str, *args: Any, result_type: type[T], run_id: str | None = None
+) -> T:
+    """A query that a dead sticky worker cannot stall: see QUERY_TIMEOUT. Errors as `WorkflowHandle.query`'s."""
+    h = client.get_workflow_handle(workflow_id(conversation_id), run_id=run_id)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + WORKER_WAIT_SECONDS
+
+    async def ask() -> T:
+        try:
+            return await h.query(name, *args, result_type=result_type, rpc_timeout=QUERY_TIMEOUT)
+        except RPCError as err:
+            if not (err.status == RPCStatusCode.DEADLINE_EXCEEDED or _no_worker(err)) or loop.time() > deadline:
+                raise
+            with contextlib.suppress(RPCError):
+                await client.workflow_service.reset_sticky_task_queue(
+                    ResetStickyTaskQueueRequest(
+                        namespace=client.namespace,
+                        execution=WorkflowExecution(workflow_id=workflow_id(conversation_id), run_id=run_id or ""),
+                    )
+                )
+            raise RPCError("no poller: the sticky worker did not answer", RPCStatusCode.FAILED_PRECONDITION, b"") from None
+
+    return await waiting_for_a_worker(ask)
 
 
 async def update(client: Client, conversation_id: str, name: str, arg: Any) -> CommandResult:
     """Run an update; a refusal is a 409 with the workflow's reason, an unknown conversation a 404."""
     try:
-        return await handle(client, conversation_id).execute_update(name, arg, result_type=CommandResult)
+        return await waiting_for_a_worker(
+            lambda: handle(client, conversation_id).execute_update(name, arg, result_type=CommandResult)
+        )
     except WorkflowUpdateFailedError as err:
         raise conflict(err) or err from None
     except RPCError as err:
         if err.status == RPCStatusCode.NOT_FOUND:
             raise await not_found_or_closed(client, conversation_id) from None
         raise
+
+
+# A workflow task that a crashed worker had started is retried after this (Temporal's default is 10 s, which a
+# conversation's user would wait out after every worker crash). Generous next to a task's milliseconds of work.
+WORKFLOW_TASK_TIMEOUT = timedelta(seconds=4)
 
 
 def start_input(settings: Settings, conversation_id: str, channel: str, **more: Any) -> ConversationInput:

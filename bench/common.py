@@ -1041,3 +1041,71 @@ def code_fingerprint(packages: Sequence[str] = ("workflows", "activities", "mode
             with contextlib.suppress(OSError):
                 h.update(str(path.relative_to(repo)).encode() + b"\0" + path.read_bytes())
     return h.hexdigest()[:12]
+
+
+# ---- a receiver that keeps every delivery's headers (added for bench/worker_crash) ----------------------------
+
+
+class HeaderRecordingReceiver(LoopbackReceiver):
+    """A LoopbackReceiver that also keeps every delivery as it came (duplicates included, in arrival order): its
+    arrival time (perf_counter, stamped when the bytes are read), its headers (lower-case names: `webhook-id`...)
+    and its JSON body. `on_delivery(record)`, when set, is called for each one as it arrives."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.deliveries: list[dict[str, Any]] = []
+        self.on_delivery: Callable[[dict[str, Any]], None] | None = None
+
+    async def __aenter__(self) -> HeaderRecordingReceiver:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(lambda: _HeaderHttpProtocol(self), "127.0.0.1", 0, backlog=1024)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    def _record_with_headers(self, body: bytes, headers: dict[str, str], at: float) -> int:
+        try:
+            msg = json.loads(body)
+        except ValueError:
+            msg = None
+        record = {"arrived": at, "headers": headers, "body": msg if isinstance(msg, dict) else None}
+        self.deliveries.append(record)
+        if self.on_delivery is not None:
+            self.on_delivery(record)
+        return self._record(body, at)
+
+
+class _HeaderHttpProtocol(_HttpProtocol):
+    """_HttpProtocol's parsing, keeping the request's headers for the receiver."""
+
+    def data_received(self, data: bytes) -> None:
+        at = time.perf_counter()
+        self.buf += data
+        while True:
+            end = self.buf.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            lines = bytes(self.buf[:end]).decode("latin-1").split("\r\n")
+            headers: dict[str, str] = {}
+            length, close = 0, False
+            for line in lines[1:]:
+                name, _, value = line.partition(":")
+                name, value = name.strip().lower(), value.strip()
+                headers[name] = value
+                if name == "content-length":
+                    length = int(value)
+                elif name == "connection" and value.lower() == "close":
+                    close = True
+                elif name == "transfer-encoding":
+                    self._respond(501, close=True)
+                    return
+            total = end + 4 + length
+            if len(self.buf) < total:
+                return
+            body = bytes(self.buf[end + 4 : total])
+            del self.buf[:total]
+            receiver = self.receiver
+            assert isinstance(receiver, HeaderRecordingReceiver)
+            status = receiver._record_with_headers(body, headers, at)
+            self._respond(status, close)
+            if close:
+                return

@@ -7,8 +7,23 @@ from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic_core import to_json
 
 MAX_TEXT = 8000
+# ---- bounds (README, "Input bounds"): every input, every query answer and whatever a run carries to the next stays
+# far below Temporal's 2 MB payload limit, however long a conversation runs.
+MAX_CONTEXT_UPDATE_BYTES = 64 * 1024  # one context update: its sections as compact JSON (UTF-8)
+MAX_CONTEXT_BYTES = 128 * 1024  # the whole stored context, sealed `auth` / `internal_notes` updates included
+PAGE_BYTES = 1024 * 1024  # one transcript or audit query answer (a page always holds at least one entry)
+CARRY_TAIL_BYTES = 256 * 1024  # transcript handed to an agent, to the next run, or shown to the AI per turn
+CARRY_AUDIT_BYTES = 256 * 1024  # audit handed to the next run
+CARRY_IDS_BYTES = 128 * 1024  # recent message ids (the de-duplication window) handed to the next run
+CARRY_TRANSCRIPT_BYTES = 768 * 1024  # transcript a run may hand on (tail + undelivered); past it, continue-as-new waits for delivery
+
+
+def json_size(value: Any) -> int:
+    """Bytes of `value` as compact JSON (what it weighs in a Temporal payload)."""
+    return len(to_json(value))
 # Conversation and agent ids: safe in workflow ids, URLs and search attributes.
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]*$"
 ConversationId = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=ID_PATTERN)]
@@ -399,6 +414,8 @@ class Snapshot(BaseModel):
 class AuditPage(BaseModel):
     conversation_id: str
     entries: list[AuditEntry]
+    # Older entries of this run left out to keep the answer within PAGE_BYTES.
+    omitted: int = 0
 
 
 class CommandResult(BaseModel):

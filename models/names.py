@@ -61,6 +61,7 @@ class Routes:
     AUDIT = "/v1/conversations/{conversation_id}/audit"
     CLOSE = "/v1/conversations/{conversation_id}/close"
     HEALTHZ = "/healthz"
+    READYZ = "/readyz"
     # The platform protocol (on the receiving platform, except EVENTS which is the sender's callback).
     AGENT_VERIFY = "/v1/agents/{agent_id}/verify"
     AGENT_HANDOFFS = "/v1/agents/{agent_id}/handoffs"

@@ -193,14 +193,15 @@ async def test_redirect_is_not_followed(receiver, deliverer):
     assert [r.path for r in receiver.requests] == ["/hook"]
 
 
-async def test_410_stops_delivery_to_that_url(receiver, deliverer):
+async def test_410_is_that_conversations_answer_and_the_deliverer_remembers_nothing(receiver, deliverer):
+    """The 410 rule: a 410 speaks for the conversation it answered. The activity keeps no memory of it (the
+    conversation's workflow does), so another conversation on the same worker is delivered as usual."""
     receiver.script(410)
-    assert await deliver(deliverer, message(seq=1)) == DeliveryResult(
-        outcome="gone", status=410, detail="the channel URL answered 410 Gone"
+    assert await deliver(deliverer, message(seq=1, conversation_id="c-1")) == DeliveryResult(
+        outcome="gone", status=410, detail="the channel answered 410 Gone for this conversation"
     )
-    second = await deliver(deliverer, message(seq=2))
-    assert second.outcome == "gone"
-    assert len(receiver.requests) == 1
+    assert (await deliver(deliverer, message(seq=1, conversation_id="c-2"))).outcome == "delivered"
+    assert [r.json["conversation_id"] for r in receiver.requests] == ["c-1", "c-2"]
 
 
 async def test_unreachable_channel_is_retried(client):
@@ -305,8 +306,10 @@ async def test_400_is_rejected_after_exactly_one_attempt(dev_env, task_queue, re
     assert len(receiver.requests) == 1
 
 
-async def test_410_is_gone_and_the_next_message_is_never_sent(dev_env, task_queue, receiver, deliverer):
+async def test_410_is_gone_after_exactly_one_attempt(dev_env, task_queue, receiver, deliverer):
     receiver.script(410)
-    results = await run_deliveries(dev_env.client, task_queue, deliverer, message(seq=1), message(seq=2))
-    assert [r.outcome for r in results] == ["gone", "gone"]
+    results = await run_deliveries(dev_env.client, task_queue, deliverer, message(seq=1))
+    assert [r.outcome for r in results] == ["gone"]
     assert [r.json["seq"] for r in receiver.requests] == [1]
+
+

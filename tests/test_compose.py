@@ -418,7 +418,8 @@ def test_api_is_published_and_health_checked(services):
     assert port == 8000
     assert published_ports(api)[port]["published"] == "8000"
     check = healthcheck_text(api)
-    assert "/healthz" in check and ("BATON_API_PORT" in check or str(port) in check)
+    # Readiness, not liveness: the API is healthy for its dependants once Temporal and the store answer.
+    assert "/readyz" in check and ("BATON_API_PORT" in check or str(port) in check)
     assert "curl" not in check, "python:slim has no curl"
 
 

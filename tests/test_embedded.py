@@ -17,6 +17,7 @@ from tests.conftest import DEV_SERVER, free_port
 from workers.settings import KEYS_FILE, read_keys_file
 
 BATON = Path(sys.executable).parent / "baton"
+CRASH = "The app crashes with an error"
 
 
 class Embedded:
@@ -45,16 +46,21 @@ class Embedded:
             # From the checkout, as `make run` does: `baton dev` then routes by config/baton.yaml.
             cwd=Path(__file__).resolve().parent.parent,
         )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            assert self.process.poll() is None, (self.home.parent / "baton.out").read_text()[-3000:]
-            try:
-                if httpx.get(f"{self.api}/healthz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise AssertionError("baton dev did not become healthy in 60 s")
+        self.wait_for_banner()
+
+    @property
+    def output(self) -> str:
+        return (self.home.parent / "baton.out").read_text(errors="replace")
+
+    def wait_for_banner(self, within: float = 90) -> None:
+        """Wait as a person does: for the banner that says Baton is running, nothing else. The banner must not
+        appear before `/readyz` answers 200 (the demo set-up included), so whatever is tried next works."""
+        starts = self.output.count("Baton is running")
+        deadline = time.monotonic() + within
+        while self.output.count("Baton is running") == starts:
+            assert self.process is not None and self.process.poll() is None, self.output[-3000:]
+            assert time.monotonic() < deadline, f"baton dev printed no banner in {within} s:\n{self.output[-3000:]}"
+            time.sleep(0.05)
 
     def stop(self) -> int:
         assert self.process is not None
@@ -141,7 +147,7 @@ def test_embedded_demo_hands_a_crash_to_tech_support_and_back(embedded):
                 time.sleep(0.2)
 
         assert http.put("/v1/conversations/crash-1/context", json={"profile": {"name": "Ada"}}).status_code == 200
-        say("m1", "The app crashes with an error")
+        say("m1", CRASH)
         entries = wait_for_text("I'm the tech-support assistant")
         # The user's words travelled with the handoff: tech-support starts from them instead of asking again.
         assert any("I can see you reported" in e["text"] and "crashes" in e["text"] for e in entries), entries
@@ -192,3 +198,36 @@ def test_embedded_demo_puts_a_request_for_a_human_in_queue_general_for_the_desk(
             time.sleep(0.2)
         roles = [e["role"] for e in entries]
         assert "live_agent" in roles and roles.index("live_agent") < len(roles) - 1
+
+
+def test_embedded_demo_is_ready_when_it_says_so_and_routes_the_first_message_to_tech_support(tmp_path):
+    """Regression (issue 9): `baton dev` printed its banner and answered /healthz before the demo's Verify & Save of
+    `tech-support` had finished, so a message sent at once fell back to queue `general`. Three fresh installs in a
+    row, each tried the moment the banner appears: /readyz is already 200 and the handoff goes to tech-support."""
+    for attempt in range(3):
+        e = Embedded(tmp_path / f"home-{attempt}")
+        e.home.mkdir(parents=True)
+        try:
+            e.start()  # returns the moment the banner is printed
+            ready = httpx.get(f"{e.api}/readyz", timeout=5)
+            assert ready.status_code == 200, ready.text
+            assert ready.json()["ok"] is True and ready.json()["store"] == "open"
+            headers = {"Authorization": f"Bearer {e.key()}"}
+            with httpx.Client(base_url=e.api, headers=headers, timeout=30) as http:
+                assert http.post(f"/v1/conversations/first-{attempt}/messages",
+                                 json={"message_id": "m1", "text": CRASH}).status_code == 202
+                deadline = time.monotonic() + 30
+                while True:
+                    audit = http.get(f"/v1/conversations/first-{attempt}/audit").json().get("entries", [])
+                    kinds = [a["kind"] for a in audit]
+                    if "handoff_accepted" in kinds or "handoff_failed" in kinds:
+                        break
+                    assert time.monotonic() < deadline, (audit, e.output[-2000:])
+                    time.sleep(0.1)
+                assert "handoff_failed" not in kinds, (audit, e.output[-2000:])
+                routed = next(a for a in audit if a["kind"] == "handoff_routed")
+                assert routed["detail"]["target"] == "external_agent:tech-support", routed
+                assert http.get(f"/v1/conversations/first-{attempt}").json()["owner"] == "tech-support"
+        finally:
+            if e.process is not None and e.process.poll() is None:
+                assert e.stop() == 0

@@ -21,8 +21,10 @@ from models.conversation import (
     Role,
     Snapshot,
     State,
+    TranscriptPage,
     UserMessage,
 )
+from api.temporal import query as sticky_safe_query
 from models.names import Queries, SearchAttributes, Signals, Updates
 from tests.harness import baton_worker, eventually, settings_for, snapshot, start_conversation, transcript
 
@@ -254,3 +256,43 @@ async def test_channel_410_stops_delivery_but_the_transcript_keeps_everything(de
 async def _delivery_done(handle):
     events = [e.event_type for e in (await handle.fetch_history()).events]
     return events[-1] == EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED and EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED in events
+
+
+async def test_the_410_rule_holds_per_conversation_across_two_conversations_and_a_worker_restart(dev_env, task_queue, channel):
+    """A 410 answers for the conversation it was sent for: that conversation delivers nothing more, durably (a new
+    worker does not forget it), while another conversation on the same worker, and a new one, are delivered."""
+    settings = settings_for(task_queue, channel_url=channel.url, channel_secret=channel.secret)
+
+    def sent_for(handle) -> list[int]:
+        return [r.json["seq"] for r in channel.requests if r.json["conversation_id"] == handle.id.removeprefix("conversation-")]
+
+    async with baton_worker(dev_env.client, settings):
+        channel.script(410)
+        gone = await start_conversation(dev_env.client, settings, cid(), text="hello")
+        await eventually(lambda: _audit_kinds(gone, "channel_gone"))
+        other = await start_conversation(dev_env.client, settings, cid(), text="hello")
+        await channel.wait_count(1)
+    async with baton_worker(dev_env.client, settings):  # a restart: a new worker process knows nothing in memory
+        for handle in (gone, other):
+            await handle.signal(Signals.USER_MESSAGE, UserMessage(message_id="m2", text="thanks"))
+        third = await start_conversation(dev_env.client, settings, cid(), text="hello")
+        # Recovery speed after a restart is the crash benchmark's business (bench/worker_crash.py), not this test's.
+        await channel.wait_count(3, timeout=40)
+
+        async def entries(handle):
+            # As the API reads after a restart: a query the dead worker's sticky queue would stall is asked again.
+            page = await sticky_safe_query(dev_env.client, handle.id.removeprefix("conversation-"), Queries.TRANSCRIPT,
+                                           result_type=TranscriptPage)
+            return page.entries
+
+        async def has(handle, n):
+            return len(await entries(handle)) >= n
+
+        await eventually(lambda: has(gone, 4))
+        await eventually(lambda: has(other, 4))
+        assert [e.role for e in await entries(gone)] == [Role.USER, Role.AI, Role.USER, Role.AI]
+        audit = await sticky_safe_query(dev_env.client, gone.id.removeprefix("conversation-"), Queries.AUDIT,
+                                        result_type=AuditPage)
+        assert [e.kind for e in audit.entries].count("channel_gone") == 1
+    assert sent_for(gone) == [2]  # the one attempt that met the 410; its later reply (seq 4) was not sent
+    assert sent_for(other) == [2, 4] and sent_for(third) == [2]

@@ -16,7 +16,9 @@ import httpx
 import uvicorn
 
 from activities import sealing, webhooks
+from api.readiness import Readiness
 from api.serve import EmbeddedServer
+from models.names import Routes
 from workers import routing_config
 from workers.settings import KEYS_FILE, Settings, ensure_dev_keys, read_keys_file
 
@@ -31,21 +33,27 @@ def _stop_event() -> asyncio.Event:
     return stop
 
 
-async def _serve_worker(settings: Settings, client, stop: asyncio.Event, config=None) -> None:
+async def _serve_worker(
+    settings: Settings, client, stop: asyncio.Event, config=None, readiness: Readiness | None = None
+) -> None:
     from workers.worker import build_worker, http_client
 
     async with http_client() as http:
         worker = build_worker(client, settings, http, config=config)
         async with worker:
             log.info("worker polling task queue %r", settings.task_queue)
+            if readiness is not None:
+                readiness.done("worker")
             await stop.wait()
 
 
-async def _serve_api(settings: Settings, client, stop: asyncio.Event, routing=None) -> None:
+async def _serve_api(
+    settings: Settings, client, stop: asyncio.Event, routing=None, readiness: Readiness | None = None
+) -> None:
     from api.app import create_app
 
     config = uvicorn.Config(
-        create_app(settings, client, config=routing), host=settings.api_host, port=settings.api_port,
+        create_app(settings, client, config=routing, readiness=readiness), host=settings.api_host, port=settings.api_port,
         log_level="warning",
     )
     server = EmbeddedServer(config)
@@ -59,12 +67,14 @@ async def _serve_api(settings: Settings, client, stop: asyncio.Event, routing=No
         raise SystemExit(f"baton: the API could not listen on {settings.api_host}:{settings.api_port}")
 
 
-async def _run_parts(settings: Settings, client, parts: list[str], stop: asyncio.Event, config=None) -> None:
+async def _run_parts(
+    settings: Settings, client, parts: list[str], stop: asyncio.Event, config=None, readiness: Readiness | None = None
+) -> None:
     tasks = []
     if "worker" in parts:
-        tasks.append(asyncio.create_task(_serve_worker(settings, client, stop, config)))
+        tasks.append(asyncio.create_task(_serve_worker(settings, client, stop, config, readiness)))
     if "api" in parts:
-        tasks.append(asyncio.create_task(_serve_api(settings, client, stop, config)))
+        tasks.append(asyncio.create_task(_serve_api(settings, client, stop, config, readiness)))
     try:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
         for t in done:
@@ -102,11 +112,21 @@ async def _dev(args: argparse.Namespace) -> None:
     await server.start()
     try:
         client = await connect(server.address, "default")
-        _banner(settings, server, keys)
-        demo = asyncio.create_task(_connect_demo_agent(settings)) if settings.demo_tech_agent == DEMO_AGENT else None
-        await _run_parts(settings, client, ["worker", "api"], stop, config)
-        if demo is not None:
-            demo.cancel()
+        # Nothing is announced before it works: the banner waits for /readyz, which waits for the worker to poll
+        # and for the demo agent's Verify & Save (a message sent at once is then routed to tech-support).
+        demo = settings.demo_tech_agent == DEMO_AGENT
+        readiness = Readiness("worker", *(["demo"] if demo else []))
+        parts = asyncio.create_task(_run_parts(settings, client, ["worker", "api"], stop, config, readiness))
+        helpers = [asyncio.create_task(_connect_demo_agent(settings, readiness))] if demo else []
+        announce = asyncio.create_task(_announce_when_ready(settings, server, keys, parts, stop))
+        try:
+            await parts
+        finally:
+            for task in (*helpers, announce):
+                task.cancel()
+            await asyncio.gather(*helpers, announce, return_exceptions=True)
+        if announce.done() and not announce.cancelled() and announce.result() is not None:
+            raise SystemExit(f"baton: not ready after {READY_WITHIN} s: {announce.result()}")
     finally:
         server.stop()
         print("baton: stopped", flush=True)
@@ -116,9 +136,10 @@ DEMO_AGENT = "tech-support"
 DEMO_CONFIG = Path("config/baton.yaml")
 
 
-async def _connect_demo_agent(settings: Settings) -> None:
+async def _connect_demo_agent(settings: Settings, readiness: Readiness) -> None:
     """The embedded demo's second platform is this one: a local agent `tech-support`, connected as an external
-    agent through the real Verify & Save route over loopback, once the API is listening."""
+    agent through the real Verify & Save route over loopback, once the API is listening. `/readyz` (and so the
+    banner) waits for it."""
     from activities.registry import SqliteRegistry
 
     api = f"http://{settings.api_host}:{settings.api_port}"
@@ -128,27 +149,62 @@ async def _connect_demo_agent(settings: Settings) -> None:
             registry.create_local(DEMO_AGENT, DEMO_AGENT)
         external = registry.external(DEMO_AGENT)
         if external is not None and external[0].domain == settings.public_url.rstrip("/"):
+            readiness.done("demo")
             return
         secret = registry.verifying_secrets(DEMO_AGENT)[0]
     finally:
         registry.close()
+    readiness.waiting("demo", f"connecting the demo agent {DEMO_AGENT!r} (Verify & Save over loopback)")
     async with httpx.AsyncClient(base_url=api, timeout=10) as http:
-        for _ in range(100):
+        for attempt in range(1, DEMO_ATTEMPTS + 1):
             try:
-                if (await http.get("/healthz")).status_code == 200:
-                    break
+                if (await http.get("/healthz")).status_code != 200:
+                    raise httpx.HTTPError("not listening yet")
+                r = await http.post(
+                    "/v1/admin/agents/external",
+                    json={"agent_id": DEMO_AGENT, "secret": secret, "domain": settings.public_url},
+                    headers={"Authorization": f"Bearer {settings.admin_key}"},
+                )
             except httpx.HTTPError:
-                pass
-            await asyncio.sleep(0.2)
-        r = await http.post(
-            "/v1/admin/agents/external",
-            json={"agent_id": DEMO_AGENT, "secret": secret, "domain": settings.public_url},
-            headers={"Authorization": f"Bearer {settings.admin_key}"},
-        )
-    if r.status_code == 201:
-        log.info("demo: connected external agent %r at %s (Verify & Save over loopback)", DEMO_AGENT, settings.public_url)
-    else:
-        log.warning("demo: could not connect %r: %s %s", DEMO_AGENT, r.status_code, r.text[:200])
+                await asyncio.sleep(0.2)
+                continue
+            if r.status_code == 201:
+                log.info("demo: connected external agent %r at %s (Verify & Save over loopback)", DEMO_AGENT, settings.public_url)
+                readiness.done("demo")
+                return
+            why = f"Verify & Save of {DEMO_AGENT!r} answered {r.status_code}: {r.text[:200]}"
+            readiness.waiting("demo", why)
+            log.warning("demo: %s (attempt %d of %d)", why, attempt, DEMO_ATTEMPTS)
+            await asyncio.sleep(1)
+
+
+DEMO_ATTEMPTS = 100
+READY_WITHIN = 120  # seconds `baton dev` waits for /readyz before it gives up
+
+
+async def _announce_when_ready(
+    settings: Settings, server, keys: dict[str, str], parts: asyncio.Task, stop: asyncio.Event
+) -> str | None:
+    """Print the banner once `/readyz` answers 200 over real HTTP; stop everything if it never does (the answer
+    is then what was still missing)."""
+    api = f"http://{settings.api_host}:{settings.api_port}"
+    last = "no answer"
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + READY_WITHIN
+    async with httpx.AsyncClient(base_url=api, timeout=5) as http:
+        while loop.time() < deadline and not parts.done():
+            try:
+                r = await http.get(Routes.READYZ)
+                if r.status_code == 200:
+                    _banner(settings, server, keys)
+                    return None
+                last = r.text[:500]
+            except httpx.HTTPError as err:
+                last = type(err).__name__
+            await asyncio.sleep(0.1)
+    log.error("baton: not ready after %d s (%s); stopping", READY_WITHIN, last)
+    stop.set()
+    return last
 
 
 def _banner(settings: Settings, server, keys: dict[str, str]) -> None:

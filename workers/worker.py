@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+from datetime import timedelta
+from typing import Any
+
 import httpx
+from temporalio import activity
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.envconfig import ClientConfig
-from temporalio.worker import Worker
+from temporalio.worker import ActivityInboundInterceptor, ExecuteActivityInput, Interceptor, Worker
 
 from activities.agents import DemoAgent, WebhookAgent
 from activities.channel import ChannelDeliverer
@@ -19,6 +24,40 @@ from models.config import BatonConfig
 from workers import routing_config
 from workers.settings import Settings
 from workflows.conversation import Conversation
+
+
+STICKY_TIMEOUT = timedelta(seconds=2)
+GRACEFUL_SHUTDOWN = timedelta(seconds=10)
+# An activity that runs longer than this heartbeats every HEARTBEAT_EVERY, so a worker that dies mid-call is noticed
+# within the workflow's heartbeat timeout (3 s) instead of the call's start-to-close timeout. Quick calls (nearly
+# all) never heartbeat, so they cost no extra request.
+HEARTBEAT_AFTER = 1.0
+HEARTBEAT_EVERY = 1.0
+
+
+class _Heartbeats(ActivityInboundInterceptor):
+    async def execute_activity(self, input: ExecuteActivityInput) -> Any:
+        if activity.info().is_local:
+            return await super().execute_activity(input)
+
+        async def beat() -> None:
+            await asyncio.sleep(HEARTBEAT_AFTER)
+            while True:
+                activity.heartbeat()
+                await asyncio.sleep(HEARTBEAT_EVERY)
+
+        beating = asyncio.create_task(beat())
+        try:
+            return await super().execute_activity(input)
+        finally:
+            beating.cancel()
+
+
+class HeartbeatWhileSlow(Interceptor):
+    """Every (non-local) activity heartbeats while it runs past HEARTBEAT_AFTER."""
+
+    def intercept_activity(self, next: ActivityInboundInterceptor) -> ActivityInboundInterceptor:
+        return _Heartbeats(next)
 
 
 async def connect(target: str | None = None, namespace: str | None = None) -> Client:
@@ -72,6 +111,12 @@ def build_worker(
     platform = PlatformActivities(registry_opener(settings, registry), settings.public_url)
     router = Router(config, lambda: client, settings.task_queue)
     desks = ThirdPartyDesks(routing_config.desk_lookup(config), settings.public_url)
+    # Recovery after a crash or a stop (README, "Operating"). A workflow is sticky to the worker that last ran it;
+    # after that worker dies its tasks wait this long before any worker takes them (the SDK's default is 10 s).
+    options.setdefault("sticky_queue_schedule_to_start_timeout", STICKY_TIMEOUT)
+    # A graceful stop (SIGTERM, a rolling deploy) stops polling and lets running activities finish for this long.
+    options.setdefault("graceful_shutdown_timeout", GRACEFUL_SHUTDOWN)
+    options["interceptors"] = [HeartbeatWhileSlow(), *options.get("interceptors", [])]
     return Worker(
         client,
         task_queue=settings.task_queue,

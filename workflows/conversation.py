@@ -75,6 +75,9 @@ CHANNEL_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1), backoff_coefficient=2.0, maximum_interval=timedelta(seconds=60)
 )
 CHANNEL_START_TO_CLOSE = timedelta(seconds=15)
+# Activities heartbeat once they run past a second (the worker's interceptor): a worker that dies mid-call is noticed
+# after this, not after the start-to-close timeout, and the call is retried on a live worker.
+HEARTBEAT_TIMEOUT = timedelta(seconds=3)
 CHANNEL_SCHEDULE_TO_CLOSE = timedelta(days=1)
 # Handing over to an external agent: its 202 is the acceptance, within the handoff's SLA but never longer than a
 # minute (a user should not wait five minutes for a platform that is down).
@@ -120,6 +123,7 @@ class Conversation:
         self._handing_over: str | None = None
         # Handoff ids whose queue-position announcer is running.
         self._announcing: set[str] = set()
+        self._carry_checked: tuple[tuple, bool] | None = None  # (state key, views.carry_fits) while CAN is suggested
         if input.carried is None:
             if input.context is not None:
                 self.s.context = input.context.model_copy(deep=True)
@@ -148,7 +152,7 @@ class Conversation:
             await workflow.wait_condition(
                 lambda: bool(self.s.inbox)
                 or self._closed
-                or workflow.info().is_continue_as_new_suggested()
+                or self._may_continue_as_new()
                 or clock.done()
                 or delivery.done()
             )
@@ -160,7 +164,7 @@ class Conversation:
                 await self._do(self.s.inbox.pop(0))
             if self._closed:
                 break
-            if workflow.info().is_continue_as_new_suggested():
+            if self._may_continue_as_new():
                 await self._continue_as_new()
         # Closed: the user still gets everything already said (e.g. the closing notice), then the run ends.
         await workflow.wait_condition(lambda: not self.s.outbox and not self._delivering)
@@ -168,6 +172,16 @@ class Conversation:
         clock.cancel()
         delivery.cancel()
         return views.snapshot(self.s)
+
+    def _may_continue_as_new(self) -> bool:
+        # While the channel holds more undelivered replies than a run may hand on, the run goes on (history has
+        # room to spare) and continues as new once they are delivered: nothing is dropped, nothing is oversized.
+        if not workflow.info().is_continue_as_new_suggested():
+            return False
+        key = (self.s.seq, tuple(self.s.outbox[:1]), len(self.s.inbox))
+        if self._carry_checked is None or self._carry_checked[0] != key:
+            self._carry_checked = (key, views.carry_fits(self.s))
+        return self._carry_checked[1]
 
     def _routing_rules(self) -> bool:
         """PATCH_ROUTING, asked once per run in its first activation: at the start of `run`, or earlier by a
@@ -202,7 +216,7 @@ class Conversation:
             channel=self.s.channel,
             message=self._entry(work.seq) if work.kind == "ai_turn" else None,
             # On a conversation handed to us, what was said on the other platform is part of the AI's memory.
-            history=((peer.transcript if peer else []) + self.s.transcript)[-AI_HISTORY:],
+            history=views.tail((peer.transcript if peer else []) + self.s.transcript, AI_HISTORY),
             profile=self.s.context.profile,
             slots=self.s.context.slots,
             resumed_after_handoff=self.s.human_stretch_ended,
@@ -294,7 +308,10 @@ class Conversation:
 
     @workflow.signal(name=Signals.SET_CONTEXT)
     def on_set_context(self, update: ContextUpdate) -> None:
-        self._merge_context(update)
+        if (why := views.context_refusal(self.s.context, update)) is None:
+            self._merge_context(update)
+        else:
+            self._audit("signal_rejected", signal=Signals.SET_CONTEXT, reason=why)
 
     # ---- updates: the same commands, answered; validators refuse without touching history ---------
 
@@ -383,6 +400,8 @@ class Conversation:
     def _check_context(self, update: ContextUpdate) -> None:
         if self._closed:
             raise Reject("the conversation is closed")
+        if (why := views.context_refusal(self.s.context, update)) is not None:
+            raise ApplicationError(why, type="TooLarge", non_retryable=True)
 
     @workflow.update(name=Updates.ACCEPT_HANDOFF)
     def accept_handoff(self, accept: AcceptHandoff) -> CommandResult:
@@ -446,7 +465,7 @@ class Conversation:
     @workflow.query(name=Queries.TRANSCRIPT)
     def transcript(self, query: TranscriptQuery | None = None) -> TranscriptPage:
         q = query or TranscriptQuery()
-        entries = [e for e in self.s.transcript if e.seq > q.after][: q.limit]
+        entries = views.page(self.s.transcript, q.after, q.limit)
         first = self.s.transcript[0].seq if self.s.transcript else self.s.seq + 1
         return TranscriptPage(
             conversation_id=self.s.conversation_id,
@@ -458,7 +477,8 @@ class Conversation:
 
     @workflow.query(name=Queries.AUDIT)
     def audit(self) -> AuditPage:
-        return AuditPage(conversation_id=self.s.conversation_id, entries=self.s.audit)
+        entries = views.newest_audit(self.s.audit)
+        return AuditPage(conversation_id=self.s.conversation_id, entries=entries, omitted=len(self.s.audit) - len(entries))
 
     # ---- commands -------------------------------------------------------------------------------
 
@@ -586,6 +606,7 @@ class Conversation:
                 request,
                 result_type=RouteDecision,
                 start_to_close_timeout=timedelta(seconds=10),
+                heartbeat_timeout=HEARTBEAT_TIMEOUT,
                 schedule_to_close_timeout=timedelta(seconds=30),
                 retry_policy=ROUTE_RETRY,
                 summary=f"route handoff ({request.reason or request.requested_by})"[:200],
@@ -722,6 +743,7 @@ class Conversation:
             request,
             result_type=FilterResult,
             start_to_close_timeout=timedelta(seconds=10),
+            heartbeat_timeout=HEARTBEAT_TIMEOUT,
             retry_policy=FILTER_RETRY,
             summary=f"filter the context for {label}",
         )
@@ -768,6 +790,7 @@ class Conversation:
                         ),
                         result_type=PositionResult,
                         start_to_close_timeout=timedelta(seconds=10),
+                        heartbeat_timeout=HEARTBEAT_TIMEOUT,
                         retry_policy=POSITION_RETRY,
                         summary=f"queue position in {pending.target.desk_queue}",
                     )
@@ -835,7 +858,7 @@ class Conversation:
         if not pending.target.external_agent:
             return
         agent, label = pending.target.external_agent, pending.target.label
-        carried = self.s.transcript[-CARRY_TO_AGENT:]
+        carried = views.tail(self.s.transcript, CARRY_TO_AGENT)
         self._handing_over = handoff_id
         try:
             # Older pendings have no allowlist: the same filter call as before routing existed.
@@ -851,6 +874,7 @@ class Conversation:
                 ),
                 result_type=HandoffOutcome,
                 start_to_close_timeout=CHANNEL_START_TO_CLOSE,
+                heartbeat_timeout=HEARTBEAT_TIMEOUT,
                 schedule_to_close_timeout=max(timedelta(seconds=1), min(EXTERNAL_ACCEPT_TIMEOUT, left)),
                 retry_policy=HANDOFF_RETRY,
                 summary=f"hand the conversation to {agent}",
@@ -888,7 +912,7 @@ class Conversation:
         handoff_id = pending.handoff_id
         desk = pending.target.desk if pending.target else None
         assert desk is not None
-        carried = self.s.transcript[-CARRY_TO_AGENT:]
+        carried = views.tail(self.s.transcript, CARRY_TO_AGENT)
         self._handing_over = handoff_id
         try:
             filtered = await self._filter(pending, carried)
@@ -1107,13 +1131,7 @@ class Conversation:
         self._publish()
 
     def _merge_context(self, update: ContextUpdate) -> None:
-        ctx = self.s.context
-        for section in ("profile", "slots", "metadata"):
-            patch = getattr(update, section)
-            if patch:
-                getattr(ctx, section).update(patch)
-        for section, sealed in update.sealed.items():
-            ctx.sealed.setdefault(section, []).append(sealed)
+        self.s.context = views.merged_context(self.s.context, update)
         self._audit(
             "context_updated",
             keys={s: sorted(getattr(update, s) or {}) for s in ("profile", "slots", "metadata")},
@@ -1215,6 +1233,7 @@ class Conversation:
                 arg,
                 result_type=DeliveryResult,
                 start_to_close_timeout=CHANNEL_START_TO_CLOSE,
+                heartbeat_timeout=HEARTBEAT_TIMEOUT,
                 schedule_to_close_timeout=within,
                 retry_policy=CHANNEL_RETRY,
                 summary=summary,

@@ -5,11 +5,93 @@ through instead of recompiling it for every conversation."""
 
 from __future__ import annotations
 
-from models.conversation import ConversationState, HandoffTarget, RunSegment, Snapshot
+from models.conversation import (
+    CARRY_AUDIT_BYTES,
+    CARRY_IDS_BYTES,
+    CARRY_TAIL_BYTES,
+    MAX_CONTEXT_BYTES,
+    CARRY_TRANSCRIPT_BYTES,
+    PAGE_BYTES,
+    AuditEntry,
+    Context,
+    ContextUpdate,
+    ConversationState,
+    HandoffTarget,
+    RunSegment,
+    Snapshot,
+    TranscriptEntry,
+    json_size,
+)
 
 CARRY_TRANSCRIPT = 50  # entries handed to the next run on continue-as-new (older ones stay queryable there)
 CARRY_MESSAGE_IDS = 2000  # de-duplication window
 CARRY_AUDIT = 500
+CARRY_EARLIER_RUNS = 1000  # pointers to earlier runs (transcript reachable by seq); older runs stay in Temporal
+
+
+def tail(items: list, count: int, budget: int = CARRY_TAIL_BYTES) -> list:
+    """The last `count` items that fit in `budget` bytes of JSON (always the last one)."""
+    kept: list = []
+    used = 0
+    for item in reversed(items[-count:] if count else []):
+        used += json_size(item)
+        if kept and used > budget:
+            break
+        kept.append(item)
+    kept.reverse()
+    return kept
+
+
+def page(entries: list[TranscriptEntry], after: int, limit: int, budget: int = PAGE_BYTES) -> list[TranscriptEntry]:
+    """Entries after `after`, oldest first, at most `limit` and `budget` bytes (always at least one)."""
+    kept: list[TranscriptEntry] = []
+    used = 0
+    for entry in entries:
+        if entry.seq <= after:
+            continue
+        used += json_size(entry)
+        if len(kept) >= limit or (kept and used > budget):
+            break
+        kept.append(entry)
+    return kept
+
+
+def newest_audit(entries: list[AuditEntry], budget: int = PAGE_BYTES) -> list[AuditEntry]:
+    return tail(entries, len(entries), budget)
+
+
+def merged_context(ctx: Context, update: ContextUpdate) -> Context:
+    merged = ctx.model_copy(deep=True)
+    for section in ("profile", "slots", "metadata"):
+        patch = getattr(update, section)
+        if patch:
+            getattr(merged, section).update(patch)
+    for section, sealed in update.sealed.items():
+        merged.sealed.setdefault(section, []).append(sealed)
+    return merged
+
+
+def context_refusal(ctx: Context, update: ContextUpdate) -> str | None:
+    """Why the update cannot be merged (the whole context would pass MAX_CONTEXT_BYTES), or None."""
+    size = json_size(merged_context(ctx, update))
+    if size > MAX_CONTEXT_BYTES:
+        return (
+            f"context too large: merged, the context would be {size} bytes, over the {MAX_CONTEXT_BYTES}-byte bound "
+            "of a conversation's context"
+        )
+    return None
+
+
+def carried_from(s: ConversationState) -> int:
+    """The first seq the next run must hold: the tail, and whatever is still to be delivered or answered."""
+    recent = tail(s.transcript, CARRY_TRANSCRIPT)
+    return min([recent[0].seq if recent else s.seq + 1, *s.outbox, *(w.seq for w in s.inbox if w.seq)])
+
+
+def carry_fits(s: ConversationState) -> bool:
+    """The transcript to hand on is light enough (else continue-as-new waits until the channel takes the replies)."""
+    keep_from = carried_from(s)
+    return sum(json_size(e) for e in s.transcript if e.seq >= keep_from) <= CARRY_TRANSCRIPT_BYTES
 
 
 def snapshot(s: ConversationState) -> Snapshot:
@@ -120,8 +202,10 @@ def carry(s: ConversationState, run_id: str) -> ConversationState:
             RunSegment(run_id=run_id, first_seq=carried.transcript[0].seq, last_seq=carried.transcript[-1].seq)
         )
     # Undelivered replies and unanswered messages must stay reachable by seq in the next run.
-    keep_from = min([s.seq - CARRY_TRANSCRIPT + 1, *s.outbox, *(w.seq for w in s.inbox if w.seq)])
+    # The tail is bounded in bytes as well as entries; what is still to be delivered or answered is always kept.
+    keep_from = carried_from(s)
     carried.transcript = [e for e in carried.transcript if e.seq >= keep_from]
-    carried.recent_message_ids = carried.recent_message_ids[-CARRY_MESSAGE_IDS:]
-    carried.audit = carried.audit[-CARRY_AUDIT:]
+    carried.recent_message_ids = tail(carried.recent_message_ids, CARRY_MESSAGE_IDS, CARRY_IDS_BYTES)
+    carried.audit = tail(carried.audit, CARRY_AUDIT, CARRY_AUDIT_BYTES)
+    carried.earlier_runs = carried.earlier_runs[-CARRY_EARLIER_RUNS:]
     return carried
