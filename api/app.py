@@ -33,7 +33,6 @@ from api.protocol import protocol_router
 from api.readiness import Readiness
 from api.targets import check_targets
 from api.temporal import (
-    WORKFLOW_TASK_TIMEOUT,
     conflict,
     initial_attributes,
     start_input,
@@ -179,7 +178,6 @@ def create_app(
             start_input(settings, conversation_id, channel),
             id=workflow_id(conversation_id),
             task_queue=settings.task_queue,
-            task_timeout=WORKFLOW_TASK_TIMEOUT,
             start_signal=Signals.USER_MESSAGE,
             start_signal_args=[message],
             search_attributes=initial_attributes(channel),
@@ -222,7 +220,6 @@ def create_app(
                 start_input(settings, conversation_id, "web"),
                 id=workflow_id(conversation_id),
                 task_queue=settings.task_queue,
-            task_timeout=WORKFLOW_TASK_TIMEOUT,
                 id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
                 search_attributes=initial_attributes("web"),
                 static_summary=f"Conversation {conversation_id}",

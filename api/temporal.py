@@ -126,11 +126,6 @@ async def update(client: Client, conversation_id: str, name: str, arg: Any) -> C
         raise
 
 
-# A workflow task that a crashed worker had started is retried after this (Temporal's default is 10 s, which a
-# conversation's user would wait out after every worker crash). Generous next to a task's milliseconds of work.
-WORKFLOW_TASK_TIMEOUT = timedelta(seconds=4)
-
-
 def start_input(settings: Settings, conversation_id: str, channel: str, **more: Any) -> ConversationInput:
     return ConversationInput(
         conversation_id=conversation_id,

@@ -14,8 +14,10 @@ maps every reply to the message it answers.
 
 `--kills` cycles: traffic runs `--up-seconds`, the worker gets SIGKILL (`--signal term`: SIGTERM, and its exit is
 awaited, a graceful stop), traffic goes on for `--down-seconds` with no worker, then a new `baton worker` process
-is spawned; the cycle ends when every message sent before the spawn has its reply at the channel (or after
-`--drain-timeout`). Then traffic stops, every reply is awaited (`--final-timeout`), and the transcripts are read.
+is spawned; the cycle ends when every message sent before the spawn has its reply at the channel. A cycle whose
+backlog is not gone after `--drain-timeout` ends the cycling (the JSON says so under "aborted"; `--keep-going` runs
+the remaining cycles anyway). Then traffic stops, every reply is awaited (`--final-timeout`), the transcripts are
+read, and the conversations' histories are scanned for workflow/activity task timeouts (a diagnostic, per cycle).
 
 Per cycle:
   first_reply_after_restart_s  the new worker process spawned -> the first channel delivery after that moment
@@ -24,7 +26,9 @@ Per cycle:
 Checks: every message answered 202 has exactly one AI reply delivered; deliveries repeating an already seen
 webhook-id are counted (a receiver drops them) and, separately, a (conversation, seq) delivered under two
 webhook-ids or a message answered by two replies (both must be 0); per conversation the delivered seqs increase in
-arrival order. The JSON goes to stdout (and --out), progress to stderr.
+arrival order. Targets (the issue's): first_reply_after_restart p99 <= 3 s, backlog_drained p99 <= 5 s, all
+delivered, no duplicates. The JSON goes to stdout (and --out), progress to stderr. Everything runs on 127.0.0.1 and
+every process started is stopped at the end (also on an error or Ctrl-C).
 """
 
 from __future__ import annotations
