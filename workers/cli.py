@@ -54,7 +54,7 @@ async def _serve_api(
 
     config = uvicorn.Config(
         create_app(settings, client, config=routing, readiness=readiness), host=settings.api_host, port=settings.api_port,
-        log_level="warning",
+        log_level="warning", timeout_graceful_shutdown=API_SHUTDOWN_SECONDS,
     )
     server = EmbeddedServer(config)
     task = asyncio.create_task(server.serve())
@@ -70,17 +70,27 @@ async def _serve_api(
 async def _run_parts(
     settings: Settings, client, parts: list[str], stop: asyncio.Event, config=None, readiness: Readiness | None = None
 ) -> None:
+    # Stopping both in one process: the API first (it stops taking requests and finishes those in flight, which
+    # may wait on the worker: an update needs a workflow task), then the worker (it drains its activities). The
+    # other order left a request waiting forever on a worker that no longer polled, and the process never exited.
+    worker_stop = asyncio.Event() if "api" in parts else stop
     tasks = []
+    api = None
     if "worker" in parts:
-        tasks.append(asyncio.create_task(_serve_worker(settings, client, stop, config, readiness)))
+        tasks.append(asyncio.create_task(_serve_worker(settings, client, worker_stop, config, readiness)))
     if "api" in parts:
-        tasks.append(asyncio.create_task(_serve_api(settings, client, stop, config, readiness)))
+        api = asyncio.create_task(_serve_api(settings, client, stop, config, readiness))
+        tasks.append(api)
     try:
-        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        # Any part ending (a stop, or an error) ends them all.
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         for t in done:
             t.result()
     finally:
         stop.set()
+        if api is not None:
+            await asyncio.gather(api, return_exceptions=True)
+        worker_stop.set()
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
@@ -179,6 +189,7 @@ async def _connect_demo_agent(settings: Settings, readiness: Readiness) -> None:
 
 
 DEMO_ATTEMPTS = 100
+API_SHUTDOWN_SECONDS = 10  # requests still running this long after a stop are cancelled
 READY_WITHIN = 120  # seconds `baton dev` waits for /readyz before it gives up
 
 

@@ -28,6 +28,7 @@ from workflows.conversation import Conversation
 
 STICKY_TIMEOUT = timedelta(seconds=2)
 GRACEFUL_SHUTDOWN = timedelta(seconds=10)
+MAX_CONCURRENT_WORKFLOW_TASKS = 4
 # An activity that runs longer than this heartbeats every HEARTBEAT_EVERY, so a worker that dies mid-call is noticed
 # within the workflow's heartbeat timeout (3 s) instead of the call's start-to-close timeout. Quick calls (nearly
 # all) never heartbeat, so they cost no extra request.
@@ -116,6 +117,10 @@ def build_worker(
     options.setdefault("sticky_queue_schedule_to_start_timeout", STICKY_TIMEOUT)
     # A graceful stop (SIGTERM, a rolling deploy) stops polling and lets running activities finish for this long.
     options.setdefault("graceful_shutdown_timeout", GRACEFUL_SHUTDOWN)
+    # Workflow tasks are CPU work under one GIL: more at once only makes each slower. After a restart every
+    # conversation needs a full replay; with the SDK's 100 at once each took longer than the 10 s task timeout,
+    # timed out, and was replayed again (bench/worker_crash.py). A few at a time each finish in time.
+    options.setdefault("max_concurrent_workflow_tasks", MAX_CONCURRENT_WORKFLOW_TASKS)
     options["interceptors"] = [HeartbeatWhileSlow(), *options.get("interceptors", [])]
     return Worker(
         client,

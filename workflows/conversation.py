@@ -91,6 +91,10 @@ FILTER_RETRY = RetryPolicy(maximum_attempts=3)
 ROUTE_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=200), maximum_attempts=3)
 POSITION_RETRY = RetryPolicy(maximum_attempts=2)
 CARRY_TO_AGENT = 50  # transcript entries an envelope carries
+# A run continues as new at this many history events (about 100 messages), well before the server suggests it (4K
+# events): a worker with a cold cache (after a crash or a restart) replays each conversation's whole run, about
+# 1.4 ms per event here, so short runs are what lets a new worker catch up in seconds.
+MAX_RUN_EVENTS = 1000
 
 
 class Reject(ApplicationError):
@@ -176,7 +180,8 @@ class Conversation:
     def _may_continue_as_new(self) -> bool:
         # While the channel holds more undelivered replies than a run may hand on, the run goes on (history has
         # room to spare) and continues as new once they are delivered: nothing is dropped, nothing is oversized.
-        if not workflow.info().is_continue_as_new_suggested():
+        info = workflow.info()
+        if not (info.is_continue_as_new_suggested() or info.get_current_history_length() >= MAX_RUN_EVENTS):
             return False
         key = (self.s.seq, tuple(self.s.outbox[:1]), len(self.s.inbox))
         if self._carry_checked is None or self._carry_checked[0] != key:
