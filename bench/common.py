@@ -398,6 +398,10 @@ class LoopbackReceiver:
             conv = self._convs[cid] = _Conversation()
         return conv
 
+    def _record_request(self, body: bytes, headers: dict[str, str], at: float) -> int:
+        """One request as it came (header names lower-case); receivers that keep headers override this."""
+        return self._record(body, at)
+
     def _record(self, body: bytes, at: float) -> int:
         self.requests += 1
         try:
@@ -470,13 +474,15 @@ class _HttpProtocol(asyncio.Protocol):
             if end < 0:
                 return
             lines = bytes(self.buf[:end]).decode("latin-1").split("\r\n")
+            headers: dict[str, str] = {}
             length, close = 0, False
             for line in lines[1:]:
                 name, _, value = line.partition(":")
-                name = name.strip().lower()
+                name, value = name.strip().lower(), value.strip()
+                headers[name] = value
                 if name == "content-length":
-                    length = int(value.strip())
-                elif name == "connection" and value.strip().lower() == "close":
+                    length = int(value)
+                elif name == "connection" and value.lower() == "close":
                     close = True
                 elif name == "transfer-encoding":
                     self._respond(501, close=True)
@@ -486,7 +492,7 @@ class _HttpProtocol(asyncio.Protocol):
                 return
             body = bytes(self.buf[end + 4 : total])
             del self.buf[:total]
-            status = self.receiver._record(body, at)
+            status = self.receiver._record_request(body, headers, at)
             self._respond(status, close)
             if close:
                 return
@@ -1016,14 +1022,12 @@ async def wait_http_ok(url: str, timeout: float = 60, proc: BatonProcess | None 
             await asyncio.sleep(0.1)
 
 
-def distribution(values_ms: Sequence[float], digits: int = 1) -> dict[str, Any]:
-    """n, p50, p95, p99, max (and min) of a list of milliseconds."""
+def distribution(values_ms: Sequence[float], digits: int = 1, points: Sequence[int] = (50, 95, 99)) -> dict[str, Any]:
+    """n, min, the percentiles `points` (p50, p95, p99 by default) and max of a list of values (milliseconds, say)."""
     return {
         "n": len(values_ms),
         "min": rnd(min(values_ms) if values_ms else None, digits),
-        "p50": rnd(percentile(values_ms, 50), digits),
-        "p95": rnd(percentile(values_ms, 95), digits),
-        "p99": rnd(percentile(values_ms, 99), digits),
+        **{f"p{p}": rnd(percentile(values_ms, p), digits) for p in points},
         "max": rnd(max(values_ms) if values_ms else None, digits),
     }
 
@@ -1056,13 +1060,7 @@ class HeaderRecordingReceiver(LoopbackReceiver):
         self.deliveries: list[dict[str, Any]] = []
         self.on_delivery: Callable[[dict[str, Any]], None] | None = None
 
-    async def __aenter__(self) -> HeaderRecordingReceiver:
-        loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: _HeaderHttpProtocol(self), "127.0.0.1", 0, backlog=1024)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    def _record_with_headers(self, body: bytes, headers: dict[str, str], at: float) -> int:
+    def _record_request(self, body: bytes, headers: dict[str, str], at: float) -> int:
         try:
             msg = json.loads(body)
         except ValueError:
@@ -1072,40 +1070,3 @@ class HeaderRecordingReceiver(LoopbackReceiver):
         if self.on_delivery is not None:
             self.on_delivery(record)
         return self._record(body, at)
-
-
-class _HeaderHttpProtocol(_HttpProtocol):
-    """_HttpProtocol's parsing, keeping the request's headers for the receiver."""
-
-    def data_received(self, data: bytes) -> None:
-        at = time.perf_counter()
-        self.buf += data
-        while True:
-            end = self.buf.find(b"\r\n\r\n")
-            if end < 0:
-                return
-            lines = bytes(self.buf[:end]).decode("latin-1").split("\r\n")
-            headers: dict[str, str] = {}
-            length, close = 0, False
-            for line in lines[1:]:
-                name, _, value = line.partition(":")
-                name, value = name.strip().lower(), value.strip()
-                headers[name] = value
-                if name == "content-length":
-                    length = int(value)
-                elif name == "connection" and value.lower() == "close":
-                    close = True
-                elif name == "transfer-encoding":
-                    self._respond(501, close=True)
-                    return
-            total = end + 4 + length
-            if len(self.buf) < total:
-                return
-            body = bytes(self.buf[end + 4 : total])
-            del self.buf[:total]
-            receiver = self.receiver
-            assert isinstance(receiver, HeaderRecordingReceiver)
-            status = receiver._record_with_headers(body, headers, at)
-            self._respond(status, close)
-            if close:
-                return

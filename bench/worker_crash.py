@@ -1,6 +1,6 @@
 """Recovery after a worker crash: how soon replies flow again, how soon the backlog is gone, and nothing lost or doubled.
 
-    python -m bench.worker_crash [--conversations 20] [--kills 10] [--down-seconds 2] [--interval 1.0]
+    python -m bench.worker_crash [--conversations 10] [--kills 10] [--down-seconds 2] [--interval 1.0]
                                  [--signal kill|term] [--out FILE]
 
 One run: a fresh dev server (SQLite, WAL), `baton api` and `baton worker` as their own processes (settings from the
@@ -64,6 +64,7 @@ from bench.common import (
     code_fingerprint,
     code_info,
     dev_server,
+    distribution,
     free_port,
     machine_info,
     now_iso,
@@ -91,14 +92,7 @@ def user_text(k: int) -> str:
 
 def dist_s(values: list[float], digits: int = 3) -> dict[str, Any]:
     """n, min, p50, p90, p99, max of seconds (linear interpolation between ranks)."""
-    return {
-        "n": len(values),
-        "min": rnd(min(values) if values else None, digits),
-        "p50": rnd(percentile(values, 50), digits),
-        "p90": rnd(percentile(values, 90), digits),
-        "p99": rnd(percentile(values, 99), digits),
-        "max": rnd(max(values) if values else None, digits),
-    }
+    return distribution(values, digits, points=(50, 90, 99))
 
 
 # ---- what was sent and what arrived ----------------------------------------------------------------------------
@@ -799,7 +793,7 @@ def _cpu_block(cpu: dict[str, float | None], workers: dict[int, float]) -> dict[
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.worker_crash", description=__doc__.splitlines()[0])
-    p.add_argument("--conversations", type=int, default=20, help="users sending messages all along")
+    p.add_argument("--conversations", type=int, default=10, help="users sending messages all along (10 leave two shared cores headroom to catch up)")
     p.add_argument("--kills", type=int, default=10, help="stop/restart cycles of the worker")
     p.add_argument("--down-seconds", type=float, default=2.0, help="seconds with no worker (messages keep coming)")
     p.add_argument("--interval", type=float, default=1.0, help="seconds between one user's messages")

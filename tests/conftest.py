@@ -83,3 +83,14 @@ async def channel():
 
     async with Receiver() as receiver:
         yield receiver
+
+
+@pytest_asyncio.fixture
+async def stack(dev_env, task_queue, channel):
+    """A worker and the real API on a loopback port against the dev server, delivering to `channel`:
+    yields (settings, an httpx client with the API key set)."""
+    from tests.harness import baton_api, baton_worker, settings_for
+
+    settings = settings_for(task_queue, channel_url=channel.url, channel_secret=channel.secret)
+    async with baton_worker(dev_env.client, settings), baton_api(dev_env.client, settings) as http:
+        yield settings, http

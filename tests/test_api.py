@@ -7,14 +7,7 @@ import uuid
 import pytest
 
 from activities import sealing
-from tests.harness import baton_api, baton_worker, eventually, history_text, settings_for
-
-
-@pytest.fixture
-async def stack(dev_env, task_queue, channel):
-    settings = settings_for(task_queue, channel_url=channel.url, channel_secret=channel.secret)
-    async with baton_worker(dev_env.client, settings), baton_api(dev_env.client, settings) as http:
-        yield settings, http
+from tests.harness import eventually, history_text
 
 
 def cid() -> str:

@@ -8,7 +8,6 @@ import uuid
 from datetime import datetime, timezone
 
 import httpx
-import pytest
 
 from api.app import create_app
 from api.limits import MAX_BODY_BYTES, MAX_JSON_DEPTH
@@ -23,17 +22,10 @@ from models.conversation import (
     TranscriptEntry,
     json_size,
 )
-from tests.harness import baton_api, baton_worker, eventually, settings_for
+from tests.harness import eventually
 from workflows import views
 
 TEMPORAL_PAYLOAD_LIMIT = 2 * 1024 * 1024
-
-
-@pytest.fixture
-async def stack(dev_env, task_queue, channel):
-    settings = settings_for(task_queue, channel_url=channel.url, channel_secret=channel.secret)
-    async with baton_worker(dev_env.client, settings), baton_api(dev_env.client, settings) as http:
-        yield settings, http
 
 
 def cid() -> str:

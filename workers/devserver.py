@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -64,6 +65,7 @@ class DevServer:
         self.process = subprocess.Popen(
             dev_server_args(self.home / "temporal.db", self.port, self.ui_port, self.http_port),
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+            preexec_fn=_die_with_parent,
         )
         log.close()
         deadline = asyncio.get_running_loop().time() + timeout
@@ -92,3 +94,13 @@ class DevServer:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec (Linux): SIGTERM when `baton dev` dies, even by SIGKILL, so no orphaned dev server
+    keeps the SQLite file and the ports."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
