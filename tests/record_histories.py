@@ -207,6 +207,27 @@ async def desk_accepts_and_completes(client, settings, cid, http, desk, **_):
     return h
 
 
+async def bounds_and_run_length(client, settings, cid, **_):
+    """Issue 9: a context signal past the context's bound is refused and audited; a long chat continues as new at
+    MAX_RUN_EVENTS (the recorded run ends with ContinuedAsNew)."""
+    from models.conversation import MAX_CONTEXT_BYTES
+    from workflows.conversation import MAX_RUN_EVENTS
+
+    h = await start_conversation(client, settings, cid, text="Hello")
+    await h.signal(Signals.SET_CONTEXT, ContextUpdate(profile={"name": "Ada"}))
+    await h.signal(Signals.SET_CONTEXT, ContextUpdate(profile={"notes": "x" * (MAX_CONTEXT_BYTES + 1)}))  # refused
+    first = client.get_workflow_handle(h.id, run_id=h.first_execution_run_id)
+    i = 0
+    while (await first.describe()).status.name == "RUNNING" and i < MAX_RUN_EVENTS:
+        i += 1
+        await h.execute_update(
+            Updates.SUBMIT_USER_MESSAGE, UserMessage(message_id=f"m{i}", text=f"question {i} about my order"),
+            result_type=CommandResult,
+        )
+    assert (await first.describe()).status.name == "CONTINUED_AS_NEW", "the run did not continue as new"
+    return first
+
+
 SCENARIOS = {
     "ai_chat_then_close": ai_chat_then_close,
     "live_handoff_and_hand_back": live_handoff_and_hand_back,
@@ -216,6 +237,7 @@ SCENARIOS = {
     "routed_intent_claim_release": routed_intent_claim_release,
     "ladder_then_cancel": ladder_then_cancel,
     "desk_accepts_and_completes": desk_accepts_and_completes,
+    "bounds_and_run_length": bounds_and_run_length,
 }
 
 
