@@ -1,5 +1,7 @@
 """A third-party desk reached by webhook (Microsoft-handoff-style): hand it a conversation, forward the user's
 messages to it. Its status callbacks (accepted / failed / message / completed) arrive at api/desk_events.py.
+The protocol is specified in docs/desk-protocol.md; the bodies sent are models.desk.DeskHandoffEnvelope and
+DeskUserMessage.
 
 Every request is signed per Standard Webhooks with the desk's secret, with a `webhook-id` that stays the same on
 every retry of the same delivery. The desk's URL is operator-configured: it goes through the outbound policy

@@ -1,5 +1,6 @@
-"""The platform protocol's outbound half (DESIGN.md): hand a conversation to an external agent, forward the user's
-messages to it, and send our local agent's events back to the platform that handed a conversation to us."""
+"""The platform protocol's outbound half (docs/platform-protocol.md): hand a conversation to an external agent,
+forward the user's messages to it, and send our local agent's events back to the platform that handed a
+conversation to us."""
 
 from __future__ import annotations
 

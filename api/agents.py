@@ -1,4 +1,5 @@
-"""Agent routes: operators manage local agents (admin key); other platforms prove they hold a secret (signed)."""
+"""Agent routes: operators manage local agents (admin key); other platforms prove they hold a secret (signed).
+Verify & Save is specified in docs/platform-protocol.md."""
 
 from __future__ import annotations
 
@@ -48,11 +49,15 @@ class ExternalAgentIn(BaseModel):
 
 
 class VerifyIn(BaseModel):
+    """POST /v1/agents/{agent_id}/verify (Verify & Save): a random challenge, signed with the agent's secret."""
+
     model_config = ConfigDict(extra="forbid")
     challenge: str = Field(min_length=16, max_length=512)
 
 
 class VerifyOut(BaseModel):
+    """The verify route's answer: proof = base64 of HMAC-SHA256 over the challenge, keyed like the signatures."""
+
     agent_id: str
     proof: str
 

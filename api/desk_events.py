@@ -1,4 +1,5 @@
 """A third-party desk's status callbacks: `POST /v1/desks/{desk}/events` (accepted / failed / message / completed).
+The protocol is specified in docs/desk-protocol.md.
 
 Signed per Standard Webhooks with the desk's secret: a missing, bad or stale signature is a 401, checked before the
 body is read as an event. A repeated `webhook-id` is answered as the first time, without doing anything again.
@@ -50,6 +51,8 @@ MAX_REDACTED_KINDS = 20
 
 
 class DeskEventAnswer(BaseModel):
+    """The 200 answer to a desk event: the conversation's state and owner after it."""
+
     ok: bool = True
     state: State
     owner: str | None

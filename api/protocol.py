@@ -1,4 +1,5 @@
 """The platform protocol's routes: inbound handoffs and user messages (receiving side), agent callbacks (sending side).
+The protocol is specified in docs/platform-protocol.md.
 
 Every request is signed per Standard Webhooks with the agent's secret: a missing, bad or stale signature, or an
 agent we do not know, is a 401 and nothing else happens. A repeated `webhook-id` is answered as the first time."""
@@ -49,6 +50,8 @@ SETTLE_SECONDS = 5.0
 
 
 class Ack(BaseModel):
+    """The 202 answer to a forwarded user message or a callback event."""
+
     accepted: bool = True
 
 

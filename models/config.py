@@ -3,7 +3,8 @@
 One file, YAML or TOML (chosen by extension), path from `BATON_CONFIG`; `default_config()` when there is none.
 Every model is strict (an unknown key is an error), and `load_config` reports each problem as
 `{path}:{line}: {dotted.field}: {message}` so a typo points at its line. The config is read by activities only:
-the routing decision is recorded in history, so editing the file never changes a running conversation."""
+the routing decision is recorded in history, so editing the file never changes a running conversation.
+Every section and field is described in docs/config.md."""
 
 from __future__ import annotations
 

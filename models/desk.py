@@ -1,4 +1,5 @@
 """A third-party desk reached by webhook (Microsoft-handoff-style): what we send it, and its status callbacks.
+The protocol is specified in docs/desk-protocol.md; the wire bodies' JSON Schemas are in docs/schemas/desk/.
 
 We POST the handoff (filtered context and transcript, signed per Standard Webhooks with the desk's secret) to
 `{url}/handoffs`; a 2xx means "received", not "accepted". The desk answers later on our callback route
@@ -9,11 +10,11 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from models.conversation import ID_PATTERN, MessageId, Name, Reason, Text, TranscriptEntry
+from models.conversation import ID_PATTERN, ConversationId, MessageId, Name, Reason, Text, TranscriptEntry
 from models.filtering import SharedContext
-from models.protocol import Incoming
+from models.protocol import CarriedEntry, Incoming, Url
 
 
 class DeskHandoff(BaseModel):
@@ -37,8 +38,46 @@ class DeskForward(BaseModel):
     text: str
 
 
+# ---- the wire bodies Baton sends (built by activities/desk_adapter.py; tests/test_docs.py holds them to these) ---
+
+
+class DeskHandoffEnvelope(BaseModel):
+    """POST {url}/handoffs: a conversation handed to the desk. Context and transcript are already filtered (the
+    route's allowlist applied); a 2xx means received, the desk accepts or fails later on `callback_url`."""
+
+    handoff_id: str = Field(min_length=1, max_length=200)
+    conversation_id: ConversationId
+    reason: Reason = ""
+    context: SharedContext = Field(default_factory=SharedContext)
+    transcript: list[CarriedEntry] = Field(default_factory=list)
+    callback_url: Url
+
+
+class DeskUserMessage(BaseModel):
+    """POST {url}/messages: the user's next message while the desk owns the conversation."""
+
+    conversation_id: ConversationId
+    handoff_id: str = Field(min_length=1, max_length=200)
+    message_id: MessageId
+    text: Text
+
+
+# ---- what the desk sends back -------------------------------------------------------------------------------
+
+
 class DeskEvent(Incoming):
     """POST /v1/desks/{desk}/events, signed with the desk's secret."""
+
+    # The model validator below, said in the JSON Schema too (docs/schemas/desk/event.json).
+    model_config = ConfigDict(
+        json_schema_extra={
+            "if": {"properties": {"type": {"const": "message"}}, "required": ["type"]},
+            "then": {
+                "required": ["message_id", "text"],
+                "properties": {"message_id": {"type": "string"}, "text": {"type": "string"}},
+            },
+        }
+    )
 
     type: Literal["accepted", "failed", "message", "completed"]
     conversation_id: str = Field(min_length=1, max_length=128, pattern=ID_PATTERN)

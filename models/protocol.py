@@ -1,4 +1,5 @@
-"""The platform protocol between two installs (DESIGN.md): request and callback bodies, and the activities' contracts.
+"""The platform protocol between two installs (docs/platform-protocol.md): request and callback bodies, and the
+activities' contracts. The bodies' JSON Schemas are generated into docs/schemas/platform/ (docs/schemas/generate.py).
 
 Bodies that arrive from another platform ignore unknown fields (a newer platform may add some) but validate every
 field they use; what we send is exactly the documented shape."""
@@ -49,6 +50,8 @@ class HandoffEnvelope(Incoming):
 
 
 class HandoffAccepted(BaseModel):
+    """The 202 answer to a handoff envelope: the receiving platform took the conversation, under this id."""
+
     accepted: bool = True
     remote_conversation_id: str
 
@@ -62,6 +65,14 @@ class PeerMessage(Incoming):
 
 class PeerEvent(Incoming):
     """POST {callback_url}: what the receiving platform's agent says or does, back to the sender."""
+
+    # A `message` needs text that is not blank (checked by api/protocol.py), said in the JSON Schema too.
+    model_config = ConfigDict(
+        json_schema_extra={
+            "if": {"properties": {"type": {"const": "message"}}, "required": ["type"]},
+            "then": {"required": ["text"], "properties": {"text": {"pattern": "\\S"}}},
+        }
+    )
 
     type: Literal["message", "hand_back", "close"]
     remote_conversation_id: RemoteId
