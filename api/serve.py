@@ -15,6 +15,17 @@ class EmbeddedServer(uvicorn.Server):
         super().__init__(config)
         self.ready = asyncio.Event()
 
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        # Open event streams never end by themselves: end them first, or the graceful stop waits its whole timeout.
+        hub = getattr(getattr(getattr(self.config, "loaded_app", None), "state", None), "hub", None)
+        app = self.config.app
+        while hub is None and app is not None:
+            hub = getattr(getattr(app, "state", None), "hub", None)
+            app = getattr(app, "app", None)
+        if hub is not None:
+            await hub.close()
+        await super().shutdown(sockets)
+
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
         self.ready.set()

@@ -83,3 +83,4 @@ class Activities:
     QUEUE_POSITION = "queue_position"
     DELIVER_TO_DESK = "deliver_to_desk"
     FORWARD_TO_DESK = "forward_to_desk"
+    RING_BELL = "ring_bell"  # the event stream's doorbell (docs/event-stream.md)

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
+import shutil
+import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
@@ -24,8 +28,14 @@ T = TypeVar("T")
 API_KEY = "bk_test_key"
 
 
+_HOMES = Path(tempfile.mkdtemp(prefix="baton-test-homes-"))
+atexit.register(shutil.rmtree, _HOMES, ignore_errors=True)
+
+
 def settings_for(task_queue: str, **overrides: Any) -> Settings:
+    """A test's settings: its own task queue and its own home (stores), shared by the worker and API built from it."""
     base = dict(
+        home=_HOMES / task_queue,
         task_queue=task_queue,
         api_key=API_KEY,
         admin_key="ba_test_admin",
@@ -45,12 +55,12 @@ async def baton_worker(client: Client, settings: Settings, registry: Any = None,
 @contextlib.asynccontextmanager
 async def baton_api(
     client: Client, settings: Settings, registry: Any = None, port: int | None = None,
-    wrap: Callable[[Any], Any] | None = None, config: Any = None,
+    wrap: Callable[[Any], Any] | None = None, config: Any = None, stream_options: dict[str, Any] | None = None,
 ) -> AsyncIterator[httpx.AsyncClient]:
     """The real API on a loopback port (free unless given); yields an httpx client with the API key set.
     `wrap` wraps the ASGI app (e.g. to record every byte the API receives); `config` is the routing config."""
     port = port or free_port()
-    app = create_app(settings, client, registry, config=config)
+    app = create_app(settings, client, registry, config=config, stream_options=stream_options)
     served = wrap(app) if wrap else app
     server = EmbeddedServer(uvicorn.Config(served, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
     task = asyncio.create_task(server.serve())

@@ -61,3 +61,26 @@ async def test_continue_as_new_keeps_transcript_and_pending_input(small_history_
     assert len(runs) >= 2 and carried
     assert any(c.outbox or c.inbox for c in carried), "no continue-as-new happened with input still pending"
     assert all(len(c.transcript) <= 50 + len(c.outbox) + len(c.inbox) for c in carried)
+
+
+async def test_event_stream_goes_on_across_continue_as_new(small_history_env, task_queue):
+    """A stream open while the conversation continues as new (several times) gets every entry once, in order."""
+    from tests.sse import open_stream
+
+    client = small_history_env.client
+    async with Receiver() as channel:
+        settings = settings_for(task_queue, channel_url=channel.url, channel_secret=channel.secret)
+        async with baton_worker(client, settings), baton_api(client, settings) as http:
+            conversation = f"can-sse-{uuid.uuid4().hex[:10]}"
+            handle = await start_conversation(client, settings, conversation, text="message 0", message_id="u0")
+            first_run = (await handle.describe()).run_id
+            async with open_stream(http, f"/v1/conversations/{conversation}/events") as stream:
+                for i in range(1, MESSAGES):
+                    r = await http.post(f"/v1/conversations/{conversation}/messages",
+                                        json={"message_id": f"u{i}", "text": f"message {i}"})
+                    assert r.status_code == 202
+                seen = await stream.until(lambda e: e.event == "entry" and e.data["seq"] == 2 * MESSAGES, timeout=90)
+            assert (await handle.describe()).run_id != first_run, "the conversation continued as new meanwhile"
+    seqs = [e.data["seq"] for e in seen if e.event == "entry"]
+    assert seqs == list(range(1, 2 * MESSAGES + 1))
+    assert [int(e.id) for e in seen if e.event == "entry"] == seqs

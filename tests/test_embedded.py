@@ -126,6 +126,16 @@ def test_embedded_default_chats_survives_a_restart_and_speaks_temporal(embedded)
         assert http.post("/v1/conversations/e2e-1/messages", json={"message_id": "m5", "text": "still there?"}).status_code == 202
         entries = wait_for_roles(http, "e2e-1", ["user", "ai", "user", "ai", "user", "ai"])
         assert entries[-2]["text"] == "still there?"
+        # A stream last read before the restart resumes after it: exactly the entries after its last id.
+        ids = []
+        with http.stream("GET", "/v1/conversations/e2e-1/events", headers={"Last-Event-ID": "4"}) as stream:
+            assert stream.status_code == 200
+            for line in stream.iter_lines():
+                if line.startswith("id: "):
+                    ids.append(int(line.removeprefix("id: ")))
+                if line.startswith("event: state"):
+                    break
+        assert ids == [5, 6]
 
 
 def test_embedded_demo_hands_a_crash_to_tech_support_and_back(embedded):

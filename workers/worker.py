@@ -19,6 +19,7 @@ from activities.desk_adapter import ThirdPartyDesks
 from activities.filtering import filter_context
 from activities.platform import PlatformActivities
 from activities.registry import AgentRegistry, SqliteRegistry
+from activities.stream import StreamBell, StreamStore, stream_path
 from activities.routing import IntentFirst, Router
 from models.config import BatonConfig
 from workers import routing_config
@@ -95,9 +96,21 @@ def registry_opener(settings: Settings, registry: AgentRegistry | None = None):
     return get
 
 
+def stream_opener(settings: Settings, store: StreamStore | None = None):
+    """The event stream's store, opened on first use (`.baton/stream.db`, shared with the API)."""
+    opened: list[StreamStore] = [store] if store is not None else []
+
+    def get() -> StreamStore:
+        if not opened:
+            opened.append(StreamStore(stream_path(settings.home)))
+        return opened[0]
+
+    return get
+
+
 def build_worker(
     client: Client, settings: Settings, http: httpx.AsyncClient, registry: AgentRegistry | None = None,
-    config: BatonConfig | None = None, **options
+    config: BatonConfig | None = None, stream: StreamStore | None = None, **options
 ) -> Worker:
     """`config` is the routing config (BATON_CONFIG, else the built-in default) when not given."""
     if config is None:
@@ -112,6 +125,7 @@ def build_worker(
     platform = PlatformActivities(registry_opener(settings, registry), settings.public_url)
     router = Router(config, lambda: client, settings.task_queue)
     desks = ThirdPartyDesks(routing_config.desk_lookup(config), settings.public_url)
+    bell = StreamBell(stream_opener(settings, stream))
     # Recovery after a crash or a stop (README, "Operating"). A workflow is sticky to the worker that last ran it;
     # after that worker dies its tasks wait this long before any worker takes them (the SDK's default is 10 s).
     options.setdefault("sticky_queue_schedule_to_start_timeout", STICKY_TIMEOUT)
@@ -137,6 +151,7 @@ def build_worker(
             router.queue_position,
             desks.deliver_to_desk,
             desks.forward_to_desk,
+            bell.ring_bell,
         ],
         **options,
     )

@@ -46,6 +46,7 @@ with workflow.unsafe.imports_passed_through():
     from models.names import WORKFLOW_TYPE, Activities, Queries, SearchAttributes, Signals, Updates
     from models.protocol import ForwardMessage, HandoffDelivery, HandoffOutcome, PeerDelivery, PeerEvent
     from models.routing import PositionRequest, PositionResult, RouteDecision, RouteRequest
+    from models.stream import Bell
     from workflows import views
     from workflows.transitions import Event, apply, may_speak, refusal
 
@@ -68,6 +69,9 @@ PATCH_PLATFORM_PROTOCOL = "platform-protocol"
 # and then (the SDK's automatic `TemporalChangeVersion` upsert); a single marker in the first workflow task is the
 # shape that always replayed. Runs started by older code keep their old behaviour to their end.
 PATCH_ROUTING = "routing-rules"
+# After every change the workflow rings the event stream's doorbell (an activity writing the conversation's
+# latest seq, state, owner and queue to the stream store; docs/event-stream.md). Asked once, in the first activation.
+PATCH_EVENT_STREAM = "event-stream"
 
 AI_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=500), maximum_interval=timedelta(seconds=5), maximum_attempts=4)
 # Unlimited attempts within a day: a chat backend that is down for an hour still gets every message, in order.
@@ -90,6 +94,10 @@ FORWARD_TIMEOUT = timedelta(minutes=2)
 FILTER_RETRY = RetryPolicy(maximum_attempts=3)
 ROUTE_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=200), maximum_attempts=3)
 POSITION_RETRY = RetryPolicy(maximum_attempts=2)
+# The doorbell is small and local; a store that stays down is retried for half a minute, then the next change rings
+# again (each bell carries the whole current state, so a missed one heals with the next).
+BELL_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=100), maximum_interval=timedelta(seconds=2))
+BELL_TIMEOUT = timedelta(seconds=30)
 CARRY_TO_AGENT = 50  # transcript entries an envelope carries
 # A run continues as new at this many history events (about 100 messages), well before the server suggests it (4K
 # events): a worker with a cold cache (after a crash or a restart) replays each conversation's whole run, about
@@ -128,6 +136,8 @@ class Conversation:
         # Handoff ids whose queue-position announcer is running.
         self._announcing: set[str] = set()
         self._carry_checked: tuple[tuple, bool] | None = None  # (state key, views.carry_fits) while CAN is suggested
+        self._rung: tuple | None = None  # the last bell the stream store took (PATCH_EVENT_STREAM)
+        self._ringing = False
         if input.carried is None:
             if input.context is not None:
                 self.s.context = input.context.model_copy(deep=True)
@@ -147,9 +157,13 @@ class Conversation:
     async def run(self, input: ConversationInput) -> Snapshot:
         if not self._routing_rules():
             self._waiting_is_not_inactivity = workflow.patched(PATCH_WAITING_IS_NOT_INACTIVITY)
+        stream = workflow.patched(PATCH_EVENT_STREAM)
         self._publish()
         delivery = asyncio.create_task(self._deliver_loop())
         clock = asyncio.create_task(self._watch_deadlines())
+        loops = [clock, delivery]
+        if stream:
+            loops.append(asyncio.create_task(self._ring_loop()))
         if self.s.pending is not None and self.s.pending.rule is not None:
             self._announce_positions(self.s.pending)  # carried over by continue-as-new while waiting
         while True:
@@ -157,11 +171,10 @@ class Conversation:
                 lambda: bool(self.s.inbox)
                 or self._closed
                 or self._may_continue_as_new()
-                or clock.done()
-                or delivery.done()
+                or any(task.done() for task in loops)
             )
             # A background loop that died must fail the workflow task loudly, never leave a silent gap.
-            for task in (clock, delivery):
+            for task in loops:
                 if task.done():
                     task.result()
             while self.s.inbox and not self._closed:
@@ -173,8 +186,11 @@ class Conversation:
         # Closed: the user still gets everything already said (e.g. the closing notice), then the run ends.
         await workflow.wait_condition(lambda: not self.s.outbox and not self._delivering)
         await workflow.wait_condition(workflow.all_handlers_finished)
-        clock.cancel()
-        delivery.cancel()
+        if stream:
+            # The stream store learns of the close (the desk's waiting lists drop it) before the run ends.
+            await workflow.wait_condition(lambda: not self._ringing and self._rung == self._bell_key())
+        for task in loops:
+            task.cancel()
         return views.snapshot(self.s)
 
     def _may_continue_as_new(self) -> bool:
@@ -1225,6 +1241,40 @@ class Conversation:
                     self._close("the sending platform ended the handoff", peer_event=None)
             elif result.outcome == "rejected":
                 self._audit("delivery_rejected", seq=entry.seq, status=result.status, detail=result.detail)
+
+    # ---- the event stream's doorbell ------------------------------------------------------------------
+
+    def _bell(self) -> Bell:
+        s = self.s
+        waiting = s.state is State.HANDOFF_PENDING and s.queue is not None and s.pending is not None
+        return Bell.model_construct(
+            conversation_id=s.conversation_id, seq=s.seq, state=s.state, owner=s.owner, queue=s.queue,
+            waiting_since=(s.waiting_since or s.pending.requested_at) if waiting else None,
+            reason=s.pending.reason if waiting else None, at=workflow.now(),
+        )
+
+    def _bell_key(self) -> tuple:
+        s = self.s
+        return (s.seq, s.state, s.owner, s.queue, s.waiting_since, s.pending.reason if s.pending else None)
+
+    async def _ring_loop(self) -> None:
+        """After each change, one activity tells the stream store the conversation's latest seq and state; changes
+        made while it runs are told by the next. (A regular activity: a local one, started from this loop beside the
+        AI agent's, replayed in another order now and then and failed with TMPRL1100.)"""
+        while True:
+            await workflow.wait_condition(lambda: self._rung != self._bell_key())
+            key, bell = self._bell_key(), self._bell()
+            self._ringing = True
+            try:
+                await workflow.execute_activity(
+                    Activities.RING_BELL, bell, start_to_close_timeout=timedelta(seconds=5),
+                    schedule_to_close_timeout=BELL_TIMEOUT, retry_policy=BELL_RETRY, summary="ring the stream's bell",
+                )
+            except ActivityError:
+                pass  # the next change rings again with the whole state
+            finally:
+                self._ringing = False
+            self._rung = key
 
     # ---- helpers --------------------------------------------------------------------------------
 

@@ -1,0 +1,190 @@
+"""The event stream's store: each conversation's latest bell, the exact waiting lists, and a log of bells that API
+processes tail to wake their subscribers (docs/event-stream.md).
+
+The workflow rings (the `ring_bell` activity) after every change; any number of API processes read. Nothing
+personal is kept here: ids, states, owners, queues, times and the handoff's reason; the entries themselves are read
+from the workflow. SQLite (WAL, shared by the worker and the API on one host) by default."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from temporalio import activity
+
+from models.names import Activities
+from models.stream import Bell, WaitingRow
+
+# The log only wakes processes that are running now; a process that starts reads from its end. An hour is plenty.
+LOG_KEEP = timedelta(hours=1)
+
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS bells (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        conversation_id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        prev_seq INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        owner TEXT,
+        prev_owner TEXT,
+        queue TEXT,
+        prev_queue TEXT,
+        at TEXT NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS conversations (
+        conversation_id TEXT PRIMARY KEY,
+        seq INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        owner TEXT,
+        queue TEXT,
+        waiting_since TEXT,
+        reason TEXT,
+        at TEXT NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS conversations_waiting ON conversations (queue, waiting_since, conversation_id) "
+    "WHERE waiting_since IS NOT NULL",
+)
+
+
+class Rung:
+    """One row of the bell log: what changed, with what it was before (so a reader knows which lists it touches)."""
+
+    __slots__ = ("id", "conversation_id", "seq", "prev_seq", "state", "owner", "prev_owner", "queue", "prev_queue")
+
+    def __init__(self, row: tuple) -> None:
+        (self.id, self.conversation_id, self.seq, self.prev_seq, self.state, self.owner, self.prev_owner,
+         self.queue, self.prev_queue) = row
+
+    def queues(self) -> set[str]:
+        return {q for q in (self.queue, self.prev_queue) if q}
+
+    def owners(self) -> set[str]:
+        return {o for o in (self.owner, self.prev_owner) if o}
+
+
+def _iso(at: datetime) -> str:
+    return (at if at.tzinfo else at.replace(tzinfo=UTC)).astimezone(UTC).isoformat()
+
+
+class StreamStore:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=10)
+        self._lock = threading.Lock()
+        with self._lock:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            for statement in _SCHEMA:
+                self._db.execute(statement)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # ---- the writer (the worker) -------------------------------------------------------------------
+
+    def ring(self, bell: Bell) -> None:
+        """Record the conversation's latest state and log the change. A retried bell logs twice, which a reader
+        takes as "look again": nothing is delivered twice because readers go by seq."""
+        waiting = _iso(bell.waiting_since) if bell.waiting_since else None
+        with self._lock:
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                before = db.execute(
+                    "SELECT seq, owner, queue FROM conversations WHERE conversation_id = ?", (bell.conversation_id,)
+                ).fetchone()
+                prev_seq, prev_owner, prev_queue = before if before else (0, None, None)
+                if before is not None and prev_seq > bell.seq:
+                    db.execute("ROLLBACK")  # an older bell (a retry overtaken by a newer one): nothing to say
+                    return
+                if bell.state.value == "closed":
+                    db.execute("DELETE FROM conversations WHERE conversation_id = ?", (bell.conversation_id,))
+                else:
+                    db.execute(
+                        "INSERT INTO conversations (conversation_id, seq, state, owner, queue, waiting_since, reason, at)"
+                        " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (conversation_id) DO UPDATE SET seq = excluded.seq,"
+                        " state = excluded.state, owner = excluded.owner, queue = excluded.queue,"
+                        " waiting_since = excluded.waiting_since, reason = excluded.reason, at = excluded.at",
+                        (bell.conversation_id, bell.seq, bell.state.value, bell.owner, bell.queue, waiting,
+                         bell.reason, _iso(bell.at)),
+                    )
+                db.execute(
+                    "INSERT INTO bells (conversation_id, seq, prev_seq, state, owner, prev_owner, queue, prev_queue, at)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (bell.conversation_id, bell.seq, prev_seq, bell.state.value, bell.owner, prev_owner, bell.queue,
+                     prev_queue, _iso(bell.at)),
+                )
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+
+    # ---- the readers (API processes) ----------------------------------------------------------------
+
+    def last_id(self) -> int:
+        with self._lock:
+            row = self._db.execute("SELECT max(id) FROM bells").fetchone()
+        return row[0] or 0
+
+    def since(self, after_id: int, limit: int = 1000) -> list[Rung]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, conversation_id, seq, prev_seq, state, owner, prev_owner, queue, prev_queue FROM bells"
+                " WHERE id > ? ORDER BY id LIMIT ?",
+                (after_id, limit),
+            ).fetchall()
+        return [Rung(r) for r in rows]
+
+    def waiting(self, queue: str, limit: int = 500) -> list[WaitingRow]:
+        """The queue's waiting list, oldest first, exact as of the last bell of each conversation."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT conversation_id, waiting_since, reason FROM conversations WHERE queue = ? AND waiting_since"
+                " IS NOT NULL AND state = 'handoff_pending' ORDER BY waiting_since, conversation_id LIMIT ?",
+                (queue, limit),
+            ).fetchall()
+        return [
+            WaitingRow(conversation_id=cid, position=i, waiting_since=datetime.fromisoformat(since), reason=reason)
+            for i, (cid, since, reason) in enumerate(rows, start=1)
+        ]
+
+    def position(self, conversation_id: str) -> int | None:
+        """The conversation's place in its queue while it waits for a person, else None."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT queue, waiting_since FROM conversations WHERE conversation_id = ? AND waiting_since IS NOT NULL"
+                " AND state = 'handoff_pending'",
+                (conversation_id,),
+            ).fetchone()
+            if row is None or row[0] is None:
+                return None
+            ahead = self._db.execute(
+                "SELECT count(*) FROM conversations WHERE queue = ? AND state = 'handoff_pending' AND waiting_since IS"
+                " NOT NULL AND (waiting_since < ? OR (waiting_since = ? AND conversation_id < ?))",
+                (row[0], row[1], row[1], conversation_id),
+            ).fetchone()[0]
+        return ahead + 1
+
+    def forget_old(self, now: datetime | None = None) -> int:
+        cutoff = _iso((now or datetime.now(UTC)) - LOG_KEEP)
+        with self._lock:
+            return self._db.execute("DELETE FROM bells WHERE at < ?", (cutoff,)).rowcount
+
+
+class StreamBell:
+    """The `ring_bell` activity, over a store opened on first use."""
+
+    def __init__(self, opener) -> None:
+        self._open = opener
+
+    @activity.defn(name=Activities.RING_BELL)
+    async def ring_bell(self, bell: Bell) -> None:
+        await asyncio.to_thread(self._open().ring, bell)
+
+
+def stream_path(home: Path) -> Path:
+    return home / "stream.db"

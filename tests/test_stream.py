@@ -1,0 +1,248 @@
+"""The event streams (docs/event-stream.md) over real loopback HTTP, against the dev server and a real worker:
+entries in seq order with their ids, state changes with the queue position, resume without gap or repeat, the
+desk's live waiting lists, heartbeats, and bad requests."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+
+from tests.harness import baton_api, baton_worker, settings_for
+from tests.sse import open_stream
+
+ADMIN = {"Authorization": "Bearer ba_test_admin"}
+
+
+@pytest.fixture
+async def stack(dev_env, task_queue, channel):
+    settings = settings_for(task_queue, channel_url=channel.url, channel_secret=channel.secret)
+    async with baton_worker(dev_env.client, settings), baton_api(
+        dev_env.client, settings, stream_options={"heartbeat": 0.5}
+    ) as http:
+        yield settings, http
+
+
+def cid() -> str:
+    return f"sse-{uuid.uuid4().hex[:12]}"
+
+
+async def say(http, conversation: str, text: str) -> None:
+    r = await http.post(f"/v1/conversations/{conversation}/messages",
+                        json={"message_id": uuid.uuid4().hex, "text": text})
+    assert r.status_code == 202, r.text
+
+
+async def live_agent(http, agent_id: str, queues=("general",)) -> dict[str, str]:
+    r = await http.post("/v1/admin/live-agents", json={"agent_id": agent_id, "name": agent_id.title(),
+                                                       "queues": list(queues)}, headers=ADMIN)
+    assert r.status_code == 201, r.text
+    return {"Authorization": f"Bearer {r.json()['token']}"}
+
+
+def is_entry(role: str | None = None, seq: int | None = None):
+    return lambda e: e.event == "entry" and (role is None or e.data["role"] == role) and (
+        seq is None or e.data["seq"] >= seq)
+
+
+async def test_entries_arrive_in_seq_order_with_ids_then_state_and_position(stack):
+    _, http = stack
+    conversation = cid()
+    await say(http, conversation, "hello")
+    async with open_stream(http, f"/v1/conversations/{conversation}/events") as stream:
+        seen = await stream.until(is_entry("ai"))
+        entries = [e for e in seen if e.event == "entry"]
+        assert entries[0].data["role"] == "user" and entries[0].data["text"] == "hello"
+        assert [int(e.id) for e in entries] == [e.data["seq"] for e in entries] == list(range(1, len(entries) + 1))
+        await say(http, conversation, "I want to talk to a human")
+        seen = await stream.until(lambda e: e.event == "state" and e.data["state"] == "handoff_pending"
+                                  and e.data["position"] == 1)
+        assert seen[-1].data == {"state": "handoff_pending", "owner": None, "queue": "general", "position": 1}
+        entries += [e for e in seen if e.event == "entry"]
+        assert any(e.data["text"] == "I want to talk to a human" for e in entries)
+        seqs = [e.data["seq"] for e in entries]
+        assert seqs == sorted(set(seqs)), "no repeat, in order"
+        assert all(e.id is None for e in seen if e.event == "state"), "state events carry no id"
+
+
+async def test_resume_after_a_drop_has_no_gap_and_no_repeat(stack):
+    _, http = stack
+    conversation = cid()
+    await say(http, conversation, "hello")
+    async with open_stream(http, f"/v1/conversations/{conversation}/events") as stream:
+        first = [e for e in await stream.until(is_entry("ai")) if e.event == "entry"]
+        last = stream.last_id
+    assert last == str(first[-1].data["seq"])
+    # Said while nobody listened.
+    await say(http, conversation, "what are your opening hours?")
+    await say(http, conversation, "and on sundays?")
+    async with open_stream(http, f"/v1/conversations/{conversation}/events", headers={"Last-Event-ID": last}) as s2:
+        seen = await s2.until(lambda e: e.event == "entry" and e.data["role"] == "ai"
+                              and e.data["seq"] > int(last) + 2)
+    resumed = [e.data["seq"] for e in seen if e.event == "entry"]
+    assert resumed[0] == int(last) + 1 and resumed == list(range(resumed[0], resumed[0] + len(resumed)))
+    # ?after= is the same resume point for clients that cannot send the header.
+    async with open_stream(http, f"/v1/conversations/{conversation}/events", params={"after": last}) as s3:
+        again = await s3.until(lambda e: e.event == "state")
+    assert [e.data["seq"] for e in again if e.event == "entry"][: len(resumed)] == resumed
+
+
+async def test_idle_stream_sends_heartbeats(stack):
+    _, http = stack
+    conversation = cid()
+    await say(http, conversation, "hello")
+    async with open_stream(http, f"/v1/conversations/{conversation}/events") as stream:
+        await stream.until(lambda e: e.event == "state")
+        await asyncio.sleep(1.6)
+        assert stream.comments >= 2
+
+
+async def test_bad_requests(stack):
+    _, http = stack
+    r = await http.get(f"/v1/conversations/{cid()}/events")
+    assert r.status_code == 404 and "does not exist" in r.json()["detail"]
+    r = await http.get("/v1/conversations/bad id/events")
+    assert r.status_code == 422
+    conversation = cid()
+    await say(http, conversation, "hello")
+    r = await http.get(f"/v1/conversations/{conversation}/events", headers={"Last-Event-ID": "x"})
+    assert r.status_code == 422 and "Last-Event-ID" in r.json()["detail"]
+    r = await http.get(f"/v1/conversations/{conversation}/events", params={"after": -1})
+    assert r.status_code == 422
+    r = await http.get(f"/v1/conversations/{conversation}/events", headers={"Authorization": "Bearer nope"})
+    assert r.status_code == 401
+    r = await http.get("/v1/desk/events", headers={"Authorization": "Bearer nope"})
+    assert r.status_code == 401
+
+
+async def test_desk_stream_lists_waiting_live_and_follows_the_claimed_conversation(stack):
+    _, http = stack
+    ana = await live_agent(http, "ana")
+    conversation = cid()
+    async with open_stream(http, "/v1/desk/events", headers=ana) as desk:
+        opening = await desk.until(lambda e: e.event == "waiting" and e.data["queue"] == "general")
+        assert opening[-1].data["waiting"] == []
+        await say(http, conversation, "I want to talk to a human")
+        seen = await desk.until(lambda e: e.event == "waiting" and e.data["queue"] == "general" and e.data["waiting"])
+        row = seen[-1].data["waiting"][0]
+        assert row["conversation_id"] == conversation and row["position"] == 1 and row["waiting_since"]
+        assert row["reason"]
+        # What the user writes while waiting reaches the agents who may claim it.
+        await say(http, conversation, "still there?")
+        await desk.until(lambda e: e.event == "entry" and e.data["conversation_id"] == conversation
+                         and e.data["text"] == "still there?")
+        r = await http.post(f"/v1/desk/conversations/{conversation}/claim", headers=ana)
+        assert r.status_code == 200, r.text
+        await desk.until(lambda e: e.event == "waiting" and e.data["queue"] == "general" and not e.data["waiting"])
+        await desk.until(lambda e: e.event == "state" and e.data["conversation_id"] == conversation
+                         and e.data["owner"] == "ana" and e.data["state"] == "live_agent")
+        await say(http, conversation, "thanks for taking this")
+        await desk.until(lambda e: e.event == "entry" and e.data["text"] == "thanks for taking this")
+
+
+async def test_positions_move_up_when_someone_ahead_is_claimed(stack):
+    _, http = stack
+    ana = await live_agent(http, "ana")
+    first, second = cid(), cid()
+    await say(http, first, "I want to talk to a human")
+    async with open_stream(http, f"/v1/conversations/{first}/events") as s1:
+        await s1.until(lambda e: e.event == "state" and e.data["position"] == 1)
+    await say(http, second, "I want to talk to a human")
+    async with open_stream(http, f"/v1/conversations/{second}/events") as s2:
+        await s2.until(lambda e: e.event == "state" and e.data["position"] == 2)
+        r = await http.post(f"/v1/desk/conversations/{first}/claim", headers=ana)
+        assert r.status_code == 200, r.text
+        await s2.until(lambda e: e.event == "state" and e.data["position"] == 1)
+
+
+# ---- two API processes behind one address: a subscriber on one sees what is sent to the other --------------
+
+
+async def _api_process(settings, temporal_address: str, port: int):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {
+        **os.environ, "TEMPORAL_ADDRESS": temporal_address, "TEMPORAL_NAMESPACE": "default",
+        "BATON_HOME": str(settings.home), "BATON_API_PORT": str(port), "BATON_API_KEY": settings.api_key,
+        "BATON_ADMIN_KEY": settings.admin_key, "BATON_SECRET_KEY": settings.secret_key,
+        "BATON_TASK_QUEUE": settings.task_queue, "BATON_CHANNEL_URL": settings.channel_url or "",
+        "BATON_CHANNEL_SECRET": settings.channel_secret or "",
+    }
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "baton"), "api"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return proc
+
+
+async def _ready(url: str, proc, within: float = 30) -> None:
+    import httpx
+
+    deadline = asyncio.get_running_loop().time() + within
+    async with httpx.AsyncClient() as probe:
+        while True:
+            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+            try:
+                if (await probe.get(f"{url}/readyz")).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            assert asyncio.get_running_loop().time() < deadline, f"{url} not ready"
+            await asyncio.sleep(0.2)
+
+
+async def test_two_api_processes_one_stream_resumes_on_the_other(dev_env, task_queue, channel):
+    import httpx
+
+    from tests.conftest import free_port
+
+    settings = settings_for(task_queue, channel_url=channel.url, channel_secret=channel.secret)
+    address = dev_env.client.service_client.config.target_host
+    ports = [free_port(), free_port()]
+    procs = [await _api_process(settings, address, p) for p in ports]
+    try:
+        async with baton_worker(dev_env.client, settings):
+            urls = [f"http://127.0.0.1:{p}" for p in ports]
+            for url, proc in zip(urls, procs):
+                await _ready(url, proc)
+            key = {"Authorization": f"Bearer {settings.api_key}"}
+            async with httpx.AsyncClient(base_url=urls[0], headers=key) as one, \
+                    httpx.AsyncClient(base_url=urls[1], headers=key) as two:
+                conversation = cid()
+                await say(two, conversation, "hello")
+                r = await one.post("/v1/admin/live-agents", headers=ADMIN,
+                                   json={"agent_id": "ana", "name": "Ana", "queues": ["general"]})
+                assert r.status_code == 201, r.text
+                ana = {"Authorization": f"Bearer {r.json()['token']}"}
+                async with open_stream(one, f"/v1/conversations/{conversation}/events") as stream, \
+                        open_stream(one, "/v1/desk/events", headers=ana) as desk:
+                    await stream.until(is_entry("ai"))
+                    # Sent through the other process: the stream on this one wakes.
+                    await say(two, conversation, "I want to talk to a human")
+                    await stream.until(lambda e: e.event == "state" and e.data["state"] == "handoff_pending"
+                                       and e.data["position"] == 1)
+                    await desk.until(lambda e: e.event == "waiting" and e.data["waiting"]
+                                     and e.data["waiting"][0]["conversation_id"] == conversation)
+                    r = await two.post(f"/v1/desk/conversations/{conversation}/claim", headers=ana)
+                    assert r.status_code == 200, r.text
+                    await stream.until(lambda e: e.event == "state" and e.data["owner"] == "ana")
+                    last = stream.last_id
+                # The first process goes away; the client reconnects to the other with Last-Event-ID.
+                procs[0].terminate()
+                procs[0].wait(15)
+                await say(two, conversation, "are you there?")
+                async with open_stream(two, f"/v1/conversations/{conversation}/events",
+                                       headers={"Last-Event-ID": last}) as resumed:
+                    seen = await resumed.until(lambda e: e.event == "entry" and e.data["text"] == "are you there?")
+                seqs = [e.data["seq"] for e in seen if e.event == "entry"]
+                assert seqs == list(range(int(last) + 1, int(last) + 1 + len(seqs))), seqs
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(15)
+                except Exception:  # noqa: BLE001
+                    proc.kill()
