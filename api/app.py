@@ -9,7 +9,7 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict
 from temporalio.api.workflowservice.v1 import GetSystemInfoRequest
 from temporalio.client import (
     Client,
@@ -21,14 +21,18 @@ from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities import sealing
-from activities.filtering import clean_ingress, redact_text
+from activities.filtering import clean_ingress
 from activities.registry import AgentRegistry, SqliteRegistry
+from activities.stream import StreamStore, stream_path
+from api.stream import Hub, stream_router
 from models.config import BatonConfig
 from api.agents import agent_router
 from api.auth import bearer
 from api.desk import desk_router
 from api.desk_events import desk_events_router
 from api.limits import RequestLimits
+from api.messages import Accepted, MessageIn, send_user_message
+from api.pages import pages_router
 from api.protocol import protocol_router
 from api.readiness import Readiness
 from api.targets import check_targets
@@ -43,36 +47,25 @@ from api.temporal import query as sticky_safe_query
 from models.conversation import (
     ID_PATTERN,
     MAX_CONTEXT_UPDATE_BYTES,
-    MAX_TEXT,
     AuditPage,
     CancelHandoff,
     CloseRequest,
     CommandResult,
     ContextUpdate,
     HandoffRequest,
-    MessageId,
-    Name,
     Snapshot,
     TranscriptEntry,
     TranscriptPage,
     TranscriptQuery,
-    UserMessage,
     json_size,
 )
-from models.names import WORKFLOW_TYPE, Queries, Routes, Signals, Updates, workflow_id
+from models.names import WORKFLOW_TYPE, Queries, Routes, Updates, workflow_id
 from workers import routing_config
 from workers.settings import Settings
 
 ConversationPath = Annotated[
     str, Path(min_length=1, max_length=128, pattern=ID_PATTERN, alias="conversation_id")
 ]
-
-
-class MessageIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    message_id: MessageId
-    text: str = Field(min_length=1, max_length=MAX_TEXT)
-    channel: Name | None = None
 
 
 class ContextIn(BaseModel):
@@ -82,12 +75,6 @@ class ContextIn(BaseModel):
     internal_notes: Any = None
     auth: dict[str, Any] | None = None
     metadata: dict[str, Any] | None = None
-
-
-class Accepted(BaseModel):
-    accepted: bool = True
-    conversation_id: str
-    message_id: str
 
 
 class TranscriptOut(BaseModel):
@@ -100,6 +87,7 @@ class TranscriptOut(BaseModel):
 def create_app(
     settings: Settings, client: Client | None = None, registry: AgentRegistry | None = None,
     config: BatonConfig | None = None, readiness: Readiness | None = None,
+    stream_options: dict[str, Any] | None = None,
 ) -> FastAPI:
     """`client` is connected at start-up when not given (tests pass their own); the agent registry is opened
     (`.baton/agents.db`) on first use when not given; the routing config is read from BATON_CONFIG when not given.
@@ -114,6 +102,7 @@ def create_app(
 
             app.state.client = await connect()
         yield
+        await app.state.hub.close()
 
     app = FastAPI(
         title="Baton",
@@ -137,6 +126,15 @@ def create_app(
     app.include_router(protocol_router(agents, settings))
     app.include_router(desk_router(agents, settings, config))
     app.include_router(desk_events_router(routing_config.desk_lookup(config), agents))
+    streams: list[StreamStore] = []
+
+    def stream_store() -> StreamStore:
+        if not streams:
+            streams.append(StreamStore(stream_path(settings.home)))
+        return streams[0]
+
+    app.state.hub = Hub(stream_store, **(stream_options or {}))
+    app.include_router(pages_router(settings))
     app.state.config = config
 
     @app.exception_handler(RequestValidationError)
@@ -152,6 +150,7 @@ def create_app(
         return request.app.state.client
 
     Auth = Depends(bearer(settings.api_key, "BATON_API_KEY"))
+    app.include_router(stream_router(app.state.hub, agents, Auth, temporal))
 
     async def query(client: Client, conversation_id: str, name: str, arg: Any, result_type: type, run_id: str | None = None):
         try:
@@ -168,22 +167,7 @@ def create_app(
     async def post_message(conversation_id: ConversationPath, body: MessageIn, request: Request) -> Accepted:
         """Send a user's message; starts the conversation if it is new (signal-with-start). A repeated
         `message_id` is accepted and ignored."""
-        client = temporal(request)
-        channel = body.channel or "web"
-        # Card numbers, IBANs, tokens... typed by the user never reach workflow history (PCI-style redaction).
-        text, found = redact_text(body.text)
-        message = UserMessage(message_id=body.message_id, text=text[:MAX_TEXT], redacted=[kind for kind, _ in found])
-        await client.start_workflow(
-            WORKFLOW_TYPE,
-            start_input(settings, conversation_id, channel),
-            id=workflow_id(conversation_id),
-            task_queue=settings.task_queue,
-            start_signal=Signals.USER_MESSAGE,
-            start_signal_args=[message],
-            search_attributes=initial_attributes(channel),
-            static_summary=f"Conversation {conversation_id} ({channel})",
-        )
-        return Accepted(conversation_id=conversation_id, message_id=body.message_id)
+        return await send_user_message(temporal(request), settings, conversation_id, body)
 
     @app.put(Routes.CONTEXT, response_model=CommandResult, dependencies=[Auth], tags=["conversations"])
     async def put_context(conversation_id: ConversationPath, body: ContextIn, request: Request) -> CommandResult:

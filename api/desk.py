@@ -25,6 +25,7 @@ from models.conversation import (
     NAME_PATTERN,
     AcceptHandoff,
     AgentMessage,
+    AuditPage,
     CloseRequest,
     CommandResult,
     HandBack,
@@ -33,6 +34,7 @@ from models.conversation import (
     MessageId,
     Name,
     Reason,
+    ReceiptEntry,
     Role,
     Snapshot,
     State,
@@ -114,8 +116,32 @@ class DeskConversation(BaseModel):
     reason: str | None
     waiting_since: datetime | None
     context: dict | None = Field(description="the context filtered for this handoff (route allowlist applied)")
+    withheld: list[ReceiptEntry] = Field(
+        default_factory=list,
+        description="what the filter withheld from this handoff's context: each path and why, never the value",
+    )
     entries: list[TranscriptEntry]
     next_after: int
+
+
+class DeskAgent(BaseModel):
+    """Who a live-agent token belongs to, and the queues they work (their personal queue included)."""
+
+    agent_id: str
+    name: str
+    queues: list[str]
+
+
+def withheld_for(audit: AuditPage, handoff_id: str | None) -> list[ReceiptEntry]:
+    """The receipt of the newest `context_filtered` audit entry: for `handoff_id` when one is pending, else the
+    newest (the handoff the current owner accepted)."""
+    for entry in reversed(audit.entries):
+        if entry.kind != "context_filtered":
+            continue
+        if handoff_id is not None and entry.detail.get("handoff_id") != handoff_id:
+            continue
+        return [ReceiptEntry.model_validate(r) for r in entry.detail.get("receipt", [])]
+    return []
 
 
 class ReasonIn(BaseModel):
@@ -180,6 +206,13 @@ def desk_router(registry: Callable[[], AgentRegistry], settings: Settings, confi
 
     # ---- the desk -----------------------------------------------------------------------------------
 
+    @router.get("/v1/desk/me", response_model=DeskAgent, tags=["desk"])
+    def me(agent: LiveAgentInfo = agent_dep) -> DeskAgent:
+        """The agent this token belongs to (the console signs in with it): 401 for a wrong token."""
+        return DeskAgent(
+            agent_id=agent.agent_id, name=agent.name, queues=[*agent.queues, personal_queue(agent.agent_id)]
+        )
+
     @router.get("/v1/desk/queues/{queue}/waiting", response_model=WaitingList, tags=["desk"])
     async def waiting(
         queue: QueuePath, request: Request, limit: Annotated[int, Query(ge=1, le=500)] = 50,
@@ -240,19 +273,29 @@ def desk_router(registry: Callable[[], AgentRegistry], settings: Settings, confi
         snap = await snapshot(client, conversation_id)
         pending = snap.pending_handoff
         if pending is None:
-            raise HTTPException(
-                409, f"no handoff is pending: the conversation is in state '{snap.state.value}' (owner {snap.owner})"
-            )
+            why = f"no handoff is pending: the conversation is in state '{snap.state.value}' (owner {snap.owner})"
+            if snap.state is State.LIVE_AGENT and snap.owner != agent.agent_id:
+                why = f"{snap.owner} claimed it first ({why})"
+            raise HTTPException(409, why)
         if pending.target is None:
             raise HTTPException(409, "the handoff is still being routed; try again in a moment")
         if not works(agent, pending.target.desk_queue):
             raise HTTPException(
                 403, f"the pending handoff is for {pending.target.label}, not one of {agent.agent_id}'s queues"
             )
-        return await update(
-            client, conversation_id, Updates.ACCEPT_HANDOFF,
-            AcceptHandoff(handoff_id=pending.handoff_id, owner=agent.agent_id),
-        )
+        try:
+            return await update(
+                client, conversation_id, Updates.ACCEPT_HANDOFF,
+                AcceptHandoff(handoff_id=pending.handoff_id, owner=agent.agent_id),
+            )
+        except HTTPException as err:
+            if err.status_code != 409:
+                raise
+            # A lost race: say who won, not only that the handoff is gone.
+            now = await snapshot(client, conversation_id)
+            if now.owner and now.owner != agent.agent_id and now.state is State.LIVE_AGENT:
+                raise HTTPException(409, f"{now.owner} claimed it first ({err.detail})") from None
+            raise
 
     @router.post(
         "/v1/desk/conversations/{conversation_id}/messages", status_code=202, response_model=DeskMessageAccepted,
@@ -299,15 +342,18 @@ def desk_router(registry: Callable[[], AgentRegistry], settings: Settings, confi
             raise HTTPException(
                 403, f"{agent.agent_id} neither owns this conversation nor works the queue it waits in"
             )
-        page = await query(
-            client, conversation_id, Queries.TRANSCRIPT, TranscriptQuery(after=after, limit=1000),
-            result_type=TranscriptPage,
+        page, audit = await asyncio.gather(
+            query(
+                client, conversation_id, Queries.TRANSCRIPT, TranscriptQuery(after=after, limit=1000),
+                result_type=TranscriptPage,
+            ),
+            query(client, conversation_id, Queries.AUDIT, result_type=AuditPage),
         )
         return DeskConversation(
             conversation_id=conversation_id, state=snap.state, owner=snap.owner, queue=snap.queue,
             reason=pending.reason if pending else None, waiting_since=snap.waiting_since,
-            context=snap.shared_context, entries=page.entries,
-            next_after=page.entries[-1].seq if page.entries else after,
+            context=snap.shared_context, withheld=withheld_for(audit, pending.handoff_id if pending else None),
+            entries=page.entries, next_after=page.entries[-1].seq if page.entries else after,
         )
 
     @router.post("/v1/desk/conversations/{conversation_id}/release", response_model=CommandResult, tags=["desk"])

@@ -94,3 +94,20 @@ async def stack(dev_env, task_queue, channel):
     settings = settings_for(task_queue, channel_url=channel.url, channel_secret=channel.secret)
     async with baton_worker(dev_env.client, settings), baton_api(dev_env.client, settings) as http:
         yield settings, http
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+@pytest_asyncio.fixture(scope="session")
+async def browser():
+    """Debian's chromium, headless, driven by Playwright (`make test` installs the package when missing; Playwright
+    never downloads a browser of its own here)."""
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} is missing: `make test` installs Debian's chromium (apt-get install -y chromium)")
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as playwright:
+        chromium = await playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True)
+        yield chromium
+        await chromium.close()

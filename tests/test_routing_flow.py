@@ -168,6 +168,32 @@ async def test_keyword_intent_routes_to_its_queue_and_audit_shows_rule_target_an
     assert all("ada@example.com" not in str(r) for r in filtered[-1]["detail"]["receipt"])
 
 
+async def test_the_desk_transcript_names_the_withheld_paths_and_why_never_the_values(http, channel):
+    token = await live_agent(http, f"biller-{uuid.uuid4().hex[:4]}", queues=("billing",))
+    conversation = cid()
+    r = await http.put(f"/v1/conversations/{conversation}/context",
+                       json={"profile": {"name": "Ada", "email": "ada@example.com"}, "auth": {"session": "s3cret"}})
+    assert r.status_code == 200, r.text
+    await say(http, conversation, "I was charged twice, I want a refund")
+    await waiting_in(http, conversation, "billing")
+
+    async def read():
+        r = await http.get(f"/v1/desk/conversations/{conversation}/transcript", headers=as_agent(token))
+        assert r.status_code == 200, r.text
+        return r.json()["context"] is not None and r.json()
+
+    desk = await eventually(read)
+    assert desk["context"]["profile"] == {"name": "Ada"}
+    withheld = {w["path"]: w for w in desk["withheld"]}
+    assert withheld["profile.email"]["action"] == "dropped" and withheld["profile.email"]["reason"]
+    assert withheld["auth"]["action"] == "dropped"
+    assert "ada@example.com" not in str(desk) and "s3cret" not in str(desk)
+    # Once claimed, the owner still sees why (the newest filter receipt, for the handoff it accepted).
+    assert (await http.post(f"/v1/desk/conversations/{conversation}/claim", headers=as_agent(token))).status_code == 200
+    r = await http.get(f"/v1/desk/conversations/{conversation}/transcript", headers=as_agent(token))
+    assert r.status_code == 200 and r.json()["withheld"] == desk["withheld"]
+
+
 async def test_intent_keyword_then_racing_claims_then_messages_both_ways_then_release(http, channel):
     tokens = [await live_agent(http, f"agent{i}-{uuid.uuid4().hex[:4]}") for i in range(10)]
     conversation = cid()

@@ -117,6 +117,9 @@ async def _dev(args: argparse.Namespace) -> None:
     os.environ.setdefault("BATON_ALLOW_PRIVATE_NETWORKS", "1")
     if settings.demo_tech_agent is None and settings.ai_agent == "demo":
         settings.demo_tech_agent = DEMO_AGENT
+    # The demo chat page (/chat) is part of the embedded default; BATON_DEMO_PAGES=0 turns it off.
+    if "BATON_DEMO_PAGES" not in os.environ:
+        settings.demo_pages = True
     stop = _stop_event()
     server = DevServer(settings.home, port=args.temporal_port, ui_port=None if args.no_ui else args.ui_port)
     await server.start()
@@ -226,6 +229,8 @@ def _banner(settings: Settings, server, keys: dict[str, str]) -> None:
         f"""
 Baton is running (Ctrl-C stops everything).
   API         {api}   (OpenAPI: {api}/docs)
+  Console     {api}/console   (live agents sign in with their token)
+  Chat        {f"{api}/chat   (the demo user's side; one conversation per browser tab)" if settings.demo_pages else "off (BATON_DEMO_PAGES=0)"}
   Temporal    {server.address}   (Web UI: {ui})
   Data        {server.home / 'temporal.db'}
   Channel     {channel}

@@ -30,6 +30,8 @@ class Settings(BaseModel):
     ai_agent_secret: str | None = None
     # The demo AI hands technical problems to this external agent (`baton dev` connects `tech-support`).
     demo_tech_agent: str | None = None
+    # Serve the demo chat page (`/chat`) and its demo sessions (`/demo/...`); `baton dev` turns it on.
+    demo_pages: bool = False
     inactivity_timeout_seconds: int = Field(default=1800, ge=10)
     handoff_sla_seconds: int = Field(default=300, ge=1)
     # The routing config file (YAML or TOML, see config/baton.yaml); None: models.config.default_config().
@@ -52,6 +54,7 @@ class Settings(BaseModel):
             "ai_agent": "BATON_AI_AGENT",
             "ai_agent_secret": "BATON_AI_AGENT_SECRET",
             "demo_tech_agent": "BATON_DEMO_TECH_AGENT",
+            "demo_pages": "BATON_DEMO_PAGES",
             "inactivity_timeout_seconds": "BATON_INACTIVITY_TIMEOUT",
             "handoff_sla_seconds": "BATON_HANDOFF_SLA",
             "config": "BATON_CONFIG",

@@ -1,0 +1,45 @@
+"""A user's message into a conversation (signal-with-start): one code path for the chat backend and the demo page."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+from temporalio.client import Client
+
+from activities.filtering import redact_text
+from api.temporal import initial_attributes, start_input
+from models.conversation import MAX_TEXT, MessageId, Name, UserMessage
+from models.names import WORKFLOW_TYPE, Signals, workflow_id
+from workers.settings import Settings
+
+
+class MessageIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    message_id: MessageId
+    text: str = Field(min_length=1, max_length=MAX_TEXT)
+    channel: Name | None = None
+
+
+class Accepted(BaseModel):
+    accepted: bool = True
+    conversation_id: str
+    message_id: str
+
+
+async def send_user_message(client: Client, settings: Settings, conversation_id: str, body: MessageIn) -> Accepted:
+    """Signal-with-start: the conversation starts if it is new; a repeated `message_id` is accepted and ignored
+    by the workflow."""
+    channel = body.channel or "web"
+    # Card numbers, IBANs, tokens... typed by the user never reach workflow history (PCI-style redaction).
+    text, found = redact_text(body.text)
+    message = UserMessage(message_id=body.message_id, text=text[:MAX_TEXT], redacted=[kind for kind, _ in found])
+    await client.start_workflow(
+        WORKFLOW_TYPE,
+        start_input(settings, conversation_id, channel),
+        id=workflow_id(conversation_id),
+        task_queue=settings.task_queue,
+        start_signal=Signals.USER_MESSAGE,
+        start_signal_args=[message],
+        search_attributes=initial_attributes(channel),
+        static_summary=f"Conversation {conversation_id} ({channel})",
+    )
+    return Accepted(conversation_id=conversation_id, message_id=body.message_id)
