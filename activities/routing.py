@@ -6,6 +6,7 @@ replay and running conversations never see a config change."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -13,9 +14,21 @@ from zoneinfo import ZoneInfo
 from temporalio import activity
 from temporalio.client import Client
 
+from activities.stream import StreamStore
+
 from models.config import BatonConfig, BusinessHours, Route, When
-from models.conversation import AgentReply, AgentTurn, HandoffEvent, HandoffTarget, OpenWindow, ParamValue
-from models.names import WORKFLOW_TYPE, Activities, SearchAttributes, workflow_id
+from models.conversation import (
+    AgentReply,
+    AgentTurn,
+    HandoffEvent,
+    HandoffTarget,
+    HistoryQuery,
+    HistoryWindow,
+    OpenWindow,
+    ParamValue,
+    TranscriptEntry,
+)
+from models.names import WORKFLOW_TYPE, Activities, Queries, SearchAttributes, workflow_id
 from models.routing import PositionRequest, PositionResult, RouteDecision, RouteRequest, Skipped
 
 # Business hours are computed this far ahead; the workflow re-asks when a wait outlasts them.
@@ -226,11 +239,16 @@ def position_query(task_queue: str, queue: str, conversation_id: str, since: dat
 class Router:
     """The routing activities: the decision (with the user's position) and position re-checks while waiting."""
 
-    def __init__(self, config: BatonConfig, client: Callable[[], Client | None], task_queue: str) -> None:
+    def __init__(
+        self, config: BatonConfig, client: Callable[[], Client | None], task_queue: str,
+        stream: Callable[[], StreamStore] | None = None,
+    ) -> None:
         self.config = config
         # Called when needed: the worker's client may be created after the activities.
         self.client = client
         self.task_queue = task_queue
+        # The event stream's store knows who waits where, exactly and at once; visibility is the fallback.
+        self.stream = stream
 
     @activity.defn(name=Activities.ROUTE_HANDOFF)
     async def route_handoff(self, req: RouteRequest) -> RouteDecision:
@@ -247,7 +265,13 @@ class Router:
 
     async def position(self, queue: str, conversation_id: str, since: datetime) -> int | None:
         """1 + the conversations waiting on `queue` since before `since`; None when it cannot be counted (no
-        client, visibility unavailable): a position is a courtesy, never a reason to fail the handoff."""
+        client, visibility unavailable): a position is a courtesy, never a reason to fail the handoff. Counted in the
+        event stream's store (exact, no visibility lag: what the desk's lists show), else by a visibility count."""
+        if self.stream is not None:
+            try:
+                return await asyncio.to_thread(self.stream().ahead, queue, conversation_id, since) + 1
+            except Exception as err:  # noqa: BLE001 - fall back to visibility
+                activity.logger.warning("queue position from the stream store failed: %s", type(err).__name__)
         try:
             client = self.client()
             if client is None:
@@ -265,14 +289,35 @@ class IntentFirst:
     with the intent's reply and a handoff, without asking the agent. Conversations another platform handed to
     one of our local agents are left to that agent."""
 
-    def __init__(self, config: BatonConfig, inner: Callable[[AgentTurn], Awaitable[AgentReply]]) -> None:
+    def __init__(
+        self, config: BatonConfig, inner: Callable[[AgentTurn], Awaitable[AgentReply]],
+        client: Callable[[], Client | None] | None = None, needs_history: bool = True,
+    ) -> None:
         self.config = config
         self.inner = inner
+        # The turn's transcript window is read from the workflow when the agent needs it (see AgentTurn).
+        self.client = client
+        self.needs_history = needs_history
 
     @activity.defn(name=Activities.AI_RESPOND)
     async def respond(self, turn: AgentTurn) -> AgentReply:
         reply = self.intercept(turn)
-        return reply if reply is not None else await self.inner(turn)
+        if reply is not None:
+            return reply
+        if turn.history_in_workflow and self.needs_history:
+            turn = turn.model_copy(update={"history": await self.history(turn)})
+        return await self.inner(turn)
+
+    async def history(self, turn: AgentTurn) -> list[TranscriptEntry]:
+        client = self.client() if self.client else None
+        if client is None:
+            return []
+        handle = client.get_workflow_handle(workflow_id(turn.conversation_id))
+        window = await handle.query(
+            Queries.AI_HISTORY, HistoryQuery(upto=turn.message.seq if turn.message else None),
+            result_type=HistoryWindow, rpc_timeout=timedelta(seconds=5),
+        )
+        return window.entries
 
     def intercept(self, turn: AgentTurn) -> AgentReply | None:
         """The handoff reply when the turn's message triggers an intent; None to ask the agent. The first matching

@@ -1,9 +1,10 @@
-"""The event stream's store: each conversation's latest bell, the exact waiting lists, and a log of bells that API
-processes tail to wake their subscribers (docs/event-stream.md).
+"""The event stream's store: each conversation's latest bell, the exact waiting lists, and a log that API processes
+tail to wake their subscribers (docs/event-stream.md).
 
-The workflow rings (the `ring_bell` activity) after every change; any number of API processes read. Nothing
-personal is kept here: ids, states, owners, queues, times and the handoff's reason; the entries themselves are read
-from the workflow. SQLite (WAL, shared by the worker and the API on one host) by default."""
+The workflow rings (the `ring_bell` activity) after every change; any number of API processes read. A bell holds
+ids, states, owners, queues, times and the handoff's reason, and the entries added since the previous bell (already
+redacted, as the transcript holds them), logged as rows of their own so a stream sends them without asking the
+workflow. Log rows are kept for an hour (LOG_KEEP). SQLite (WAL, shared by the worker and the API on one host)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from pathlib import Path
 
 from temporalio import activity
 
+from models.conversation import TranscriptEntry
 from models.names import Activities
 from models.stream import Bell, WaitingRow
 
@@ -32,7 +34,8 @@ _SCHEMA = (
         prev_owner TEXT,
         queue TEXT,
         prev_queue TEXT,
-        at TEXT NOT NULL
+        at TEXT NOT NULL,
+        entry TEXT
     )""",
     """CREATE TABLE IF NOT EXISTS conversations (
         conversation_id TEXT PRIMARY KEY,
@@ -42,7 +45,8 @@ _SCHEMA = (
         queue TEXT,
         waiting_since TEXT,
         reason TEXT,
-        at TEXT NOT NULL
+        at TEXT NOT NULL,
+        bell INTEGER NOT NULL DEFAULT 0
     )""",
     "CREATE INDEX IF NOT EXISTS conversations_waiting ON conversations (queue, waiting_since, conversation_id) "
     "WHERE waiting_since IS NOT NULL",
@@ -52,11 +56,14 @@ _SCHEMA = (
 class Rung:
     """One row of the bell log: what changed, with what it was before (so a reader knows which lists it touches)."""
 
-    __slots__ = ("id", "conversation_id", "seq", "prev_seq", "state", "owner", "prev_owner", "queue", "prev_queue")
+    __slots__ = ("id", "conversation_id", "seq", "prev_seq", "state", "owner", "prev_owner", "queue", "prev_queue",
+                 "entry")
 
     def __init__(self, row: tuple) -> None:
         (self.id, self.conversation_id, self.seq, self.prev_seq, self.state, self.owner, self.prev_owner,
-         self.queue, self.prev_queue) = row
+         self.queue, self.prev_queue, entry) = row
+        # An entry row (logged with a bell) carries the entry; its state fields are empty.
+        self.entry: TranscriptEntry | None = TranscriptEntry.model_validate_json(entry) if entry else None
 
     def queues(self) -> set[str]:
         return {q for q in (self.queue, self.prev_queue) if q}
@@ -79,6 +86,11 @@ class StreamStore:
             self._db.execute("PRAGMA synchronous=NORMAL")
             for statement in _SCHEMA:
                 self._db.execute(statement)
+            # A store written by the first version of this module.
+            if "entry" not in {row[1] for row in self._db.execute("PRAGMA table_info(bells)")}:
+                self._db.execute("ALTER TABLE bells ADD COLUMN entry TEXT")
+            if "bell" not in {row[1] for row in self._db.execute("PRAGMA table_info(conversations)")}:
+                self._db.execute("ALTER TABLE conversations ADD COLUMN bell INTEGER NOT NULL DEFAULT 0")
 
     def close(self) -> None:
         with self._lock:
@@ -95,23 +107,28 @@ class StreamStore:
             db.execute("BEGIN IMMEDIATE")
             try:
                 before = db.execute(
-                    "SELECT seq, owner, queue FROM conversations WHERE conversation_id = ?", (bell.conversation_id,)
+                    "SELECT seq, owner, queue, bell, state FROM conversations WHERE conversation_id = ?",
+                    (bell.conversation_id,),
                 ).fetchone()
-                prev_seq, prev_owner, prev_queue = before if before else (0, None, None)
-                if before is not None and prev_seq > bell.seq:
-                    db.execute("ROLLBACK")  # an older bell (a retry overtaken by a newer one): nothing to say
+                prev_seq, prev_owner, prev_queue, prev_bell, prev_state = before if before else (0, None, None, 0, "")
+                # (A closed conversation's id may start a new conversation, whose bells count from 1 again.)
+                if bell.number and bell.number <= prev_bell and prev_state != "closed":
+                    # An older bell (two may be in flight) or a retried one: the newer state stays. Its entries may
+                    # still be new to a reader that missed them, so they are logged.
+                    self._log_entries(db, bell)
+                    db.execute("COMMIT")
                     return
-                if bell.state.value == "closed":
-                    db.execute("DELETE FROM conversations WHERE conversation_id = ?", (bell.conversation_id,))
-                else:
-                    db.execute(
-                        "INSERT INTO conversations (conversation_id, seq, state, owner, queue, waiting_since, reason, at)"
-                        " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (conversation_id) DO UPDATE SET seq = excluded.seq,"
-                        " state = excluded.state, owner = excluded.owner, queue = excluded.queue,"
-                        " waiting_since = excluded.waiting_since, reason = excluded.reason, at = excluded.at",
-                        (bell.conversation_id, bell.seq, bell.state.value, bell.owner, bell.queue, waiting,
-                         bell.reason, _iso(bell.at)),
-                    )
+                db.execute(
+                    "INSERT INTO conversations (conversation_id, seq, state, owner, queue, waiting_since, reason, at, bell)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (conversation_id) DO UPDATE SET seq = excluded.seq,"
+                    " state = excluded.state, owner = excluded.owner, queue = excluded.queue,"
+                    " waiting_since = excluded.waiting_since, reason = excluded.reason, at = excluded.at,"
+                    " bell = excluded.bell",
+                    (bell.conversation_id, bell.seq, bell.state.value, bell.owner, bell.queue, waiting,
+                     bell.reason, _iso(bell.at), bell.number),
+                )
+                # The entries first, then the bell: a reader that sees the bell has its entries already.
+                self._log_entries(db, bell)
                 db.execute(
                     "INSERT INTO bells (conversation_id, seq, prev_seq, state, owner, prev_owner, queue, prev_queue, at)"
                     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -123,6 +140,13 @@ class StreamStore:
                 db.execute("ROLLBACK")
                 raise
 
+    @staticmethod
+    def _log_entries(db: sqlite3.Connection, bell: Bell) -> None:
+        db.executemany(
+            "INSERT INTO bells (conversation_id, seq, prev_seq, state, at, entry) VALUES (?, ?, ?, '', ?, ?)",
+            [(bell.conversation_id, e.seq, e.seq - 1, _iso(e.at), e.model_dump_json()) for e in bell.entries],
+        )
+
     # ---- the readers (API processes) ----------------------------------------------------------------
 
     def last_id(self) -> int:
@@ -133,7 +157,7 @@ class StreamStore:
     def since(self, after_id: int, limit: int = 1000) -> list[Rung]:
         with self._lock:
             rows = self._db.execute(
-                "SELECT id, conversation_id, seq, prev_seq, state, owner, prev_owner, queue, prev_queue FROM bells"
+                "SELECT id, conversation_id, seq, prev_seq, state, owner, prev_owner, queue, prev_queue, entry FROM bells"
                 " WHERE id > ? ORDER BY id LIMIT ?",
                 (after_id, limit),
             ).fetchall()
@@ -169,9 +193,19 @@ class StreamStore:
             ).fetchone()[0]
         return ahead + 1
 
+    def ahead(self, queue: str, conversation_id: str, since: datetime) -> int:
+        """How many others wait in `queue` since before `since` (the routing decision's position, minus one)."""
+        with self._lock:
+            return self._db.execute(
+                "SELECT count(*) FROM conversations WHERE queue = ? AND state = 'handoff_pending' AND waiting_since IS"
+                " NOT NULL AND waiting_since < ? AND conversation_id != ?",
+                (queue, _iso(since), conversation_id),
+            ).fetchone()[0]
+
     def forget_old(self, now: datetime | None = None) -> int:
         cutoff = _iso((now or datetime.now(UTC)) - LOG_KEEP)
         with self._lock:
+            self._db.execute("DELETE FROM conversations WHERE state = 'closed' AND at < ?", (cutoff,))
             return self._db.execute("DELETE FROM bells WHERE at < ?", (cutoff,)).rowcount
 
 

@@ -6,6 +6,7 @@ from datetime import timedelta
 from typing import Any
 
 from temporalio import activity, workflow
+from temporalio.common import SearchAttributeKey
 
 with workflow.unsafe.imports_passed_through():
     import httpx
@@ -65,3 +66,40 @@ class BaselineActivities:
     async def deliver(self, message: dict[str, Any]) -> None:
         response = await self.http.post(self.url, json=message)
         response.raise_for_status()
+
+
+# ---- the desk's floor: a bare workflow that puts itself in the waiting list (added for bench/stream) ----------
+
+HANDOFF_WORKFLOW = "BenchBaselineHandoff"
+HANDOFF_SIGNAL = "ask_for_person"
+
+# The desk's search attributes, by name (no Baton code here).
+_STATE = SearchAttributeKey.for_keyword("BatonState")
+_QUEUE = SearchAttributeKey.for_keyword("BatonQueue")
+_HANDOFFS = SearchAttributeKey.for_int("BatonHandoffs")
+_WAITING_SINCE = SearchAttributeKey.for_datetime("BatonWaitingSince")
+
+
+@workflow.defn(name=HANDOFF_WORKFLOW)
+class BaselineHandoff:
+    """Waits for a user asking for a person (a signal carrying the queue), then upserts the search attributes that
+    put a Baton conversation in the desk's visibility query (state handoff_pending, the queue, the handoff count,
+    the waiting time) and waits to be terminated. Started with the attributes already set, it only waits."""
+
+    def __init__(self) -> None:
+        self.queue: str | None = None
+
+    @workflow.signal(name=HANDOFF_SIGNAL)
+    def ask_for_person(self, queue: str) -> None:
+        self.queue = queue
+
+    @workflow.run
+    async def run(self, params: dict[str, Any]) -> None:
+        if not params.get("listed_at_start"):
+            await workflow.wait_condition(lambda: self.queue is not None)
+            assert self.queue is not None
+            workflow.upsert_search_attributes([
+                _STATE.value_set("handoff_pending"), _QUEUE.value_set(self.queue), _HANDOFFS.value_set(1),
+                _WAITING_SINCE.value_set(workflow.now()),
+            ])
+        await workflow.wait_condition(lambda: False)

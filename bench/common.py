@@ -604,6 +604,10 @@ def build_bench_worker(kind: str, client: Client, http: httpx.AsyncClient, task_
         acts = baseline.BaselineActivities(channel_url, http)
         return Worker(client, task_queue=task_queue, workflows=[baseline.BaselineChat],
                       activities=[acts.respond, acts.deliver], **options)
+    if kind == "baseline_handoff":  # bench/stream: the desk's bare-Temporal floor (no activities)
+        from temporalio.worker import Worker
+
+        return Worker(client, task_queue=task_queue, workflows=[baseline.BaselineHandoff], **options)
     raise ValueError(kind)
 
 
@@ -620,7 +624,7 @@ def http_client_for(kind: str) -> httpx.AsyncClient:
 
 @dataclass
 class WorkerSpec:
-    kind: str  # "baton" | "baseline"
+    kind: str  # "baton" | "baseline" | "baseline_handoff"
     target: str
     namespace: str
     task_queue: str

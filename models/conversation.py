@@ -356,6 +356,8 @@ class ConversationState(BaseModel):
     inbox: list[Work] = Field(default_factory=list)
     outbox: list[int] = Field(default_factory=list)
     channel_stopped: bool = False
+    # Bells rung for the event stream (docs/event-stream.md), numbered across runs: the store keeps the newest.
+    bells: int = 0
     context: Context = Field(default_factory=Context)
     audit: list[AuditEntry] = Field(default_factory=list)
     human_stretch_ended: bool = False
@@ -452,6 +454,20 @@ class AgentTurn(BaseModel):
     # True on the first turn of a conversation handed over from another platform: greet, don't re-ask.
     welcome: bool = False
     handoff_reason: str = ""
+    # Since the event-stream patch the workflow leaves `history` out of the activity's input (as a regular
+    # activity's input it would be written to workflow history on every turn); the activity reads it with the
+    # `ai_history` query when the agent needs it.
+    history_in_workflow: bool = False
+
+
+class HistoryQuery(BaseModel):
+    """The AI's window as of the turn's message (later messages are not part of this turn)."""
+
+    upto: int | None = None
+
+
+class HistoryWindow(BaseModel):
+    entries: list[TranscriptEntry]
 
 
 class AgentReply(BaseModel):

@@ -39,6 +39,7 @@ class Queries:
     SNAPSHOT = "snapshot"
     TRANSCRIPT = "transcript"
     AUDIT = "audit"
+    AI_HISTORY = "ai_history"  # the AI agent's window of the transcript, read by its activity
 
 
 class SearchAttributes:

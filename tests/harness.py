@@ -8,6 +8,7 @@ import contextlib
 import shutil
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -141,3 +142,30 @@ def history_text(history: Any) -> str:
     exported = history.to_json()
     walk(json.loads(exported))
     return exported + "\n" + "\n".join(decoded)
+
+
+async def settled(handle: WorkflowHandle, timeout: float = 30) -> None:
+    """Until the workflow has no activity pending and no workflow task scheduled or running."""
+    from temporalio.api.common.v1 import WorkflowExecution
+    from temporalio.api.workflowservice.v1 import DescribeWorkflowExecutionRequest
+
+    client = handle._client  # the raw call: the SDK's describe() cannot parse the time-skipping server's attributes
+    request = DescribeWorkflowExecutionRequest(namespace=client.namespace, execution=WorkflowExecution(workflow_id=handle.id))
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        raw = await client.workflow_service.describe_workflow_execution(request)
+        if not raw.pending_activities and not raw.HasField("pending_workflow_task"):
+            return
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"{handle.id} did not settle within {timeout} s")
+        await asyncio.sleep(0.05)
+
+
+async def skip(env: Any, handle: WorkflowHandle, duration: timedelta) -> None:
+    """Skip time on the time-skipping server with the workflow settled before and after. The server refuses the
+    completion of a workflow task that cancels a timer which fired while the task was with the worker ("invalid
+    history builder state for action", temporalio/sdk-java#3088) and never retries it; a skip that starts while
+    a task is in flight can make that happen, and the run is stranded."""
+    await settled(handle)
+    await env.sleep(duration)
+    await settled(handle)

@@ -73,3 +73,20 @@ async def test_bot_failing_for_good_tells_the_user_and_is_audited(dev_env, baton
 async def _pending(handle):
     snap = await snapshot(handle)
     return snap if snap.state is State.HANDOFF_PENDING else None
+
+
+async def test_the_bot_gets_the_transcript_window_up_to_the_message_it_answers(dev_env, baton, bot, channel):
+    """The window is read from the workflow by the activity (not carried in its input, which would be written to
+    history on every turn): every earlier entry and the message itself, nothing said after it."""
+    bot.script(*[(200, {}, {"text": f"answer {i}"}) for i in range(3)])
+    handle = await start_conversation(dev_env.client, baton, cid(), text="first")
+    await channel.wait_count(1)
+    await handle.signal(Signals.USER_MESSAGE, UserMessage(message_id="m2", text="second"))
+    await channel.wait_count(2)
+    await handle.signal(Signals.USER_MESSAGE, UserMessage(message_id="m3", text="third"))
+    await channel.wait_count(3)
+    turns = [r.json for r in bot.requests]
+    assert [[e["text"] for e in t["history"]] for t in turns] == [
+        ["first"], ["first", "answer 0", "second"], ["first", "answer 0", "second", "answer 1", "third"],
+    ]
+    assert [t["message"]["text"] for t in turns] == ["first", "second", "third"]

@@ -11,7 +11,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from models.conversation import ConversationInput, UserMessage
 from models.names import Signals
 from tests.conftest import start_dev_server
-from tests.harness import baton_api, baton_worker, settings_for, start_conversation
+from tests.harness import baton_api, baton_worker, eventually, settings_for, start_conversation
 from tests.receiver import Receiver
 
 MESSAGES = 40
@@ -79,8 +79,13 @@ async def test_event_stream_goes_on_across_continue_as_new(small_history_env, ta
                     r = await http.post(f"/v1/conversations/{conversation}/messages",
                                         json={"message_id": f"u{i}", "text": f"message {i}"})
                     assert r.status_code == 202
+                    if i == MESSAGES // 2:
+                        # Half said: the conversation continues as new while the stream is open, then the rest.
+                        async def new_run():
+                            return (await handle.describe()).run_id != first_run
+
+                        await eventually(new_run, timeout=60)
                 seen = await stream.until(lambda e: e.event == "entry" and e.data["seq"] == 2 * MESSAGES, timeout=90)
-            assert (await handle.describe()).run_id != first_run, "the conversation continued as new meanwhile"
     seqs = [e.data["seq"] for e in seen if e.event == "entry"]
     assert seqs == list(range(1, 2 * MESSAGES + 1))
     assert [int(e.id) for e in seen if e.event == "entry"] == seqs

@@ -32,6 +32,7 @@ from tests.harness import (
     eventually,
     history_text,
     settings_for,
+    skip,
     snapshot,
     start_conversation,
     transcript,
@@ -462,13 +463,13 @@ waiting: {position_update_seconds: 0}
         handle = await start_conversation(ts_env.client, settings, cid(), text="hello")
         await handle.signal(Signals.REQUEST_HANDOFF, HandoffRequest(reason="help"))
         await until_routed(handle)
-        await ts_env.sleep(timedelta(seconds=30))
+        await skip(ts_env, handle, timedelta(seconds=30))
         snap = await snapshot(handle)
         assert snap.state is State.HANDOFF_PENDING and snap.queue == "tier1"
-        await ts_env.sleep(timedelta(seconds=120))
+        await skip(ts_env, handle, timedelta(seconds=120))
         snap = await snapshot(handle)
         assert snap.queue == "tier2"
-        await ts_env.sleep(timedelta(seconds=70))
+        await skip(ts_env, handle, timedelta(seconds=70))
         snap = await snapshot(handle)
         assert snap.state is State.AI and snap.pending_handoff is None
         page = await handle.query(Queries.AUDIT, result_type=AuditPage)
@@ -505,20 +506,20 @@ waiting: {{position_update_seconds: 0}}
         handle = await start_conversation(ts_env.client, settings, cid(), text="hello")
         await handle.signal(Signals.REQUEST_HANDOFF, HandoffRequest(reason="help"))
         await until_routed(handle)
-        await ts_env.sleep(timedelta(seconds=5))
+        await skip(ts_env, handle, timedelta(seconds=5))
         snap = await snapshot(handle)
         assert snap.state is State.HANDOFF_PENDING and snap.queue == "night"
         page = await handle.query(Queries.AUDIT, result_type=AuditPage)
         routed = next(e for e in page.entries if e.kind == "handoff_routed")
         assert routed.detail["skipped"][0]["target"] == "queue:office" and "closed" in routed.detail["skipped"][0]["why"]
-        await ts_env.sleep(timedelta(minutes=11))  # `night` closes: its SLA (an hour) is cut at closing time
+        await skip(ts_env, handle, timedelta(minutes=11))  # `night` closes: its SLA (an hour) is cut at closing time
         snap = await snapshot(handle)
         assert snap.queue == "overflow", snap
         page = await handle.query(Queries.AUDIT, result_type=AuditPage)
         failed = [e.detail for e in page.entries if e.kind == "handoff_failed"]
         assert failed[-1]["target"] == "queue:night" and "closed" in failed[-1]["reason"]
         await handle.signal(Signals.USER_MESSAGE, UserMessage(message_id="m9", text="never mind"))
-        await ts_env.sleep(timedelta(seconds=5))
+        await skip(ts_env, handle, timedelta(seconds=5))
         assert (await snapshot(handle)).state is State.AI
         await handle.signal(Signals.CLOSE, CloseRequest())
         await handle.result()

@@ -7,7 +7,7 @@ from datetime import timedelta
 
 from models.conversation import AuditPage, CloseRequest, HandoffRequest, HandoffTarget, Role, State, UserMessage
 from models.names import Queries, Signals
-from tests.harness import baton_worker, settings_for, snapshot, start_conversation, transcript
+from tests.harness import baton_worker, settings_for, skip, snapshot, start_conversation, transcript
 
 
 def cid() -> str:
@@ -32,9 +32,9 @@ async def test_activity_pushes_the_inactivity_deadline_back(ts_env, task_queue):
     settings = settings_for(task_queue)
     async with baton_worker(ts_env.client, settings):
         handle = await start_conversation(ts_env.client, settings, cid(), text="hello")
-        await ts_env.sleep(timedelta(minutes=20))
+        await skip(ts_env, handle, timedelta(minutes=20))
         await handle.signal(Signals.USER_MESSAGE, UserMessage(message_id="m2", text="still here"))
-        await ts_env.sleep(timedelta(minutes=20))
+        await skip(ts_env, handle, timedelta(minutes=20))
         assert (await snapshot(handle)).state is State.AI  # 40 minutes in, but only 20 idle
         result = await handle.result()
         assert result.state is State.CLOSED
@@ -50,10 +50,10 @@ async def test_nobody_accepting_within_the_sla_walks_the_fallback_list_then_retu
             HandoffRequest(reason="billing", target=HandoffTarget(queue="tier1"),
                            fallback=[HandoffTarget(queue="tier2")], sla_seconds=120),
         )
-        await ts_env.sleep(timedelta(seconds=150))
+        await skip(ts_env, handle, timedelta(seconds=150))
         snap = await snapshot(handle)
         assert snap.state is State.HANDOFF_PENDING and snap.queue == "tier2"
-        await ts_env.sleep(timedelta(seconds=100))  # every target of the ladder gets the request's SLA
+        await skip(ts_env, handle, timedelta(seconds=100))  # every target of the ladder gets the request's SLA
         assert (await snapshot(handle)).state is State.AI
         snap = await snapshot(handle)
         assert snap.state is State.AI and snap.pending_handoff is None
@@ -74,11 +74,11 @@ async def test_waiting_for_a_handoff_longer_than_the_inactivity_timeout_does_not
         await handle.signal(
             Signals.REQUEST_HANDOFF, HandoffRequest(target=HandoffTarget(queue="night"), sla_seconds=3600)
         )
-        await ts_env.sleep(timedelta(minutes=45))
+        await skip(ts_env, handle, timedelta(minutes=45))
         snap = await snapshot(handle)
         assert snap.state is State.HANDOFF_PENDING and snap.queue == "night"
         # After the SLA the user is back with the AI, and the inactivity clock starts from that moment.
-        await ts_env.sleep(timedelta(minutes=20))
+        await skip(ts_env, handle, timedelta(minutes=20))
         snap = await snapshot(handle)
         assert snap.state is State.AI
         result = await handle.result()

@@ -26,7 +26,7 @@ from models.conversation import (
 )
 from api.temporal import query as sticky_safe_query
 from models.names import Queries, SearchAttributes, Signals, Updates
-from tests.harness import baton_worker, eventually, settings_for, snapshot, start_conversation, transcript
+from tests.harness import baton_worker, eventually, settings_for, settled, snapshot, start_conversation, transcript
 
 
 def cid() -> str:
@@ -254,8 +254,12 @@ async def test_channel_410_stops_delivery_but_the_transcript_keeps_everything(de
 
 
 async def _delivery_done(handle):
+    """Quiet: the delivery done, and no activity (a delivery, an AI turn, a stream bell) or workflow task pending."""
     events = [e.event_type for e in (await handle.fetch_history()).events]
-    return events[-1] == EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED and EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED in events
+    if not (events[-1] == EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED and EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED in events):
+        return False
+    await settled(handle, timeout=5)
+    return events == [e.event_type for e in (await handle.fetch_history()).events]
 
 
 async def test_the_410_rule_holds_per_conversation_across_two_conversations_and_a_worker_restart(dev_env, task_queue, channel):

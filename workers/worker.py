@@ -120,12 +120,13 @@ def build_worker(
     else:
         bot = WebhookAgent(settings.ai_agent, settings.ai_agent_secret, http)
     # The config's handoff intents ("I want to talk to a human") are matched before the bot is asked.
-    agent = IntentFirst(config, bot.respond)
+    agent = IntentFirst(config, bot.respond, lambda: client, needs_history=settings.ai_agent != "demo")
+    streams = stream_opener(settings, stream)
     channel = ChannelDeliverer(settings.channel_url, settings.channel_secret, http)
     platform = PlatformActivities(registry_opener(settings, registry), settings.public_url)
-    router = Router(config, lambda: client, settings.task_queue)
+    router = Router(config, lambda: client, settings.task_queue, streams)
     desks = ThirdPartyDesks(routing_config.desk_lookup(config), settings.public_url)
-    bell = StreamBell(stream_opener(settings, stream))
+    bell = StreamBell(streams)
     # Recovery after a crash or a stop (README, "Operating"). A workflow is sticky to the worker that last ran it;
     # after that worker dies its tasks wait this long before any worker takes them (the SDK's default is 10 s).
     options.setdefault("sticky_queue_schedule_to_start_timeout", STICKY_TIMEOUT)

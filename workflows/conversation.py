@@ -30,6 +30,8 @@ with workflow.unsafe.imports_passed_through():
         HandBack,
         HandoffRequest,
         HandoffTarget,
+        HistoryQuery,
+        HistoryWindow,
         PendingHandoff,
         RejectHandoff,
         Role,
@@ -46,7 +48,7 @@ with workflow.unsafe.imports_passed_through():
     from models.names import WORKFLOW_TYPE, Activities, Queries, SearchAttributes, Signals, Updates
     from models.protocol import ForwardMessage, HandoffDelivery, HandoffOutcome, PeerDelivery, PeerEvent
     from models.routing import PositionRequest, PositionResult, RouteDecision, RouteRequest
-    from models.stream import Bell
+    from models.stream import BELL_ENTRIES_BYTES, Bell
     from workflows import views
     from workflows.transitions import Event, apply, may_speak, refusal
 
@@ -70,7 +72,8 @@ PATCH_PLATFORM_PROTOCOL = "platform-protocol"
 # shape that always replayed. Runs started by older code keep their old behaviour to their end.
 PATCH_ROUTING = "routing-rules"
 # After every change the workflow rings the event stream's doorbell (an activity writing the conversation's
-# latest seq, state, owner and queue to the stream store; docs/event-stream.md). Asked once, in the first activation.
+# latest seq, state, owner, queue and new entries to the stream store; docs/event-stream.md), and the AI agent's turn
+# is a regular activity (no local activities are left). Asked once, in the first activation.
 PATCH_EVENT_STREAM = "event-stream"
 
 AI_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=500), maximum_interval=timedelta(seconds=5), maximum_attempts=4)
@@ -98,6 +101,7 @@ POSITION_RETRY = RetryPolicy(maximum_attempts=2)
 # again (each bell carries the whole current state, so a missed one heals with the next).
 BELL_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=100), maximum_interval=timedelta(seconds=2))
 BELL_TIMEOUT = timedelta(seconds=30)
+RINGS_IN_FLIGHT = 2
 CARRY_TO_AGENT = 50  # transcript entries an envelope carries
 # A run continues as new at this many history events (about 100 messages), well before the server suggests it (4K
 # events): a worker with a cold cache (after a crash or a restart) replays each conversation's whole run, about
@@ -137,7 +141,8 @@ class Conversation:
         self._announcing: set[str] = set()
         self._carry_checked: tuple[tuple, bool] | None = None  # (state key, views.carry_fits) while CAN is suggested
         self._rung: tuple | None = None  # the last bell the stream store took (PATCH_EVENT_STREAM)
-        self._ringing = False
+        self._ringing = 0  # bells in flight
+        self._stream = False  # PATCH_EVENT_STREAM, asked once in the first activation
         if input.carried is None:
             if input.context is not None:
                 self.s.context = input.context.model_copy(deep=True)
@@ -157,7 +162,7 @@ class Conversation:
     async def run(self, input: ConversationInput) -> Snapshot:
         if not self._routing_rules():
             self._waiting_is_not_inactivity = workflow.patched(PATCH_WAITING_IS_NOT_INACTIVITY)
-        stream = workflow.patched(PATCH_EVENT_STREAM)
+        stream = self._stream = workflow.patched(PATCH_EVENT_STREAM)
         self._publish()
         delivery = asyncio.create_task(self._deliver_loop())
         clock = asyncio.create_task(self._watch_deadlines())
@@ -237,7 +242,8 @@ class Conversation:
             channel=self.s.channel,
             message=self._entry(work.seq) if work.kind == "ai_turn" else None,
             # On a conversation handed to us, what was said on the other platform is part of the AI's memory.
-            history=views.tail((peer.transcript if peer else []) + self.s.transcript, AI_HISTORY),
+            history=[] if self._stream else self._ai_window(None),
+            history_in_workflow=self._stream,
             profile=self.s.context.profile,
             slots=self.s.context.slots,
             resumed_after_handoff=self.s.human_stretch_ended,
@@ -245,18 +251,25 @@ class Conversation:
             welcome=work.kind == "ai_welcome",
             handoff_reason=peer.reason if peer else "",
         )
+        options = dict(
+            result_type=AgentReply,
+            start_to_close_timeout=timedelta(seconds=30),
+            schedule_to_close_timeout=timedelta(minutes=2),
+            retry_policy=AI_RETRY,
+            summary=f"AI agent answers seq {work.seq}" if work.kind == "ai_turn" else f"AI agent: {work.kind}",
+        )
         try:
-            reply = await workflow.execute_local_activity(
-                Activities.AI_RESPOND,
-                turn,
-                result_type=AgentReply,
-                start_to_close_timeout=timedelta(seconds=30),
-                schedule_to_close_timeout=timedelta(minutes=2),
-                retry_policy=AI_RETRY,
-                summary=f"AI agent answers seq {work.seq}" if work.kind == "ai_turn" else f"AI agent: {work.kind}",
-            )
+            if self._stream:
+                # A regular activity since the event-stream patch. As a local activity its result was now and then
+                # handled in the next workflow task on replay but not live (or the other way round), so the other
+                # loops (delivery, the stream's bells) woke in another order and replay failed with TMPRL1100.
+                reply = await workflow.execute_activity(
+                    Activities.AI_RESPOND, turn, heartbeat_timeout=HEARTBEAT_TIMEOUT, **options
+                )
+            else:
+                reply = await workflow.execute_local_activity(Activities.AI_RESPOND, turn, **options)
         except FailureError as err:
-            # A local activity's failure arrives as the activity's own error (not wrapped in ActivityError).
+            # A local activity's failure arrives as the activity's own error (a regular one's wrapped in ActivityError).
             if isinstance(err, CancelledError):
                 raise
             self._audit("ai_failed", seq=work.seq, error=str(getattr(err, "cause", None) or err))
@@ -495,6 +508,15 @@ class Conversation:
             earlier_runs=self.s.earlier_runs,
             last_seq=self.s.seq,
         )
+
+    @workflow.query(name=Queries.AI_HISTORY)
+    def ai_history(self, query: HistoryQuery | None = None) -> HistoryWindow:
+        return HistoryWindow(entries=self._ai_window((query or HistoryQuery()).upto))
+
+    def _ai_window(self, upto: int | None) -> list[TranscriptEntry]:
+        peer = self.s.peer
+        mine = self.s.transcript if upto is None else [e for e in self.s.transcript if e.seq <= upto]
+        return views.tail((peer.transcript if peer else []) + mine, AI_HISTORY)
 
     @workflow.query(name=Queries.AUDIT)
     def audit(self) -> AuditPage:
@@ -1250,7 +1272,8 @@ class Conversation:
         return Bell.model_construct(
             conversation_id=s.conversation_id, seq=s.seq, state=s.state, owner=s.owner, queue=s.queue,
             waiting_since=(s.waiting_since or s.pending.requested_at) if waiting else None,
-            reason=s.pending.reason if waiting else None, at=workflow.now(),
+            reason=s.pending.reason if waiting else None, at=workflow.now(), number=s.bells,
+            entries=views.since(s.transcript, self._rung[0] if self._rung else s.seq - 1, BELL_ENTRIES_BYTES),
         )
 
     def _bell_key(self) -> tuple:
@@ -1258,23 +1281,30 @@ class Conversation:
         return (s.seq, s.state, s.owner, s.queue, s.waiting_since, s.pending.reason if s.pending else None)
 
     async def _ring_loop(self) -> None:
-        """After each change, one activity tells the stream store the conversation's latest seq and state; changes
-        made while it runs are told by the next. (A regular activity: a local one, started from this loop beside the
-        AI agent's, replayed in another order now and then and failed with TMPRL1100.)"""
+        """After each change, an activity tells the stream store the conversation's state and new entries. Up to
+        RINGS_IN_FLIGHT run at once (the user's entry must not wait for the bell before it to come back), numbered
+        so the store keeps the newest. (A regular activity: a local one, started from this loop beside the AI
+        agent's, replayed in another order now and then and failed with TMPRL1100.)"""
         while True:
-            await workflow.wait_condition(lambda: self._rung != self._bell_key())
-            key, bell = self._bell_key(), self._bell()
-            self._ringing = True
-            try:
-                await workflow.execute_activity(
-                    Activities.RING_BELL, bell, start_to_close_timeout=timedelta(seconds=5),
-                    schedule_to_close_timeout=BELL_TIMEOUT, retry_policy=BELL_RETRY, summary="ring the stream's bell",
-                )
-            except ActivityError:
-                pass  # the next change rings again with the whole state
-            finally:
-                self._ringing = False
-            self._rung = key
+            await workflow.wait_condition(
+                lambda: self._rung != self._bell_key() and self._ringing < RINGS_IN_FLIGHT
+            )
+            self.s.bells += 1
+            bell = self._bell()
+            self._rung = self._bell_key()
+            self._ringing += 1
+            asyncio.create_task(self._ring(bell))
+
+    async def _ring(self, bell: Bell) -> None:
+        try:
+            await workflow.execute_activity(
+                Activities.RING_BELL, bell, start_to_close_timeout=timedelta(seconds=5),
+                schedule_to_close_timeout=BELL_TIMEOUT, retry_policy=BELL_RETRY, summary="ring the stream's bell",
+            )
+        except ActivityError:
+            pass  # the next change rings again with the whole state
+        finally:
+            self._ringing -= 1
 
     # ---- helpers --------------------------------------------------------------------------------
 

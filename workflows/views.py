@@ -56,6 +56,17 @@ def page(entries: list[TranscriptEntry], after: int, limit: int, budget: int = P
     return kept
 
 
+def since(entries: list[TranscriptEntry], after: int, budget: int) -> list[TranscriptEntry]:
+    """All entries after `after` if they fit in `budget` bytes of JSON, else none (the reader asks for them)."""
+    new: list[TranscriptEntry] = []
+    for entry in reversed(entries):
+        if entry.seq <= after:
+            break
+        new.append(entry)
+    new.reverse()
+    return new if new and json_size(new) <= budget else []
+
+
 def newest_audit(entries: list[AuditEntry], budget: int = PAGE_BYTES) -> list[AuditEntry]:
     return tail(entries, len(entries), budget)
 
