@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from email.utils import parsedate_to_datetime
 
@@ -12,6 +13,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities import webhooks
+from activities.stream import StreamStore
 from models.conversation import ChannelMessage, DeliveryResult
 from models.names import Activities
 
@@ -65,7 +67,10 @@ def _unavailable(reason: str, status: int | None = None, delay: timedelta | None
 class ChannelDeliverer:
     """Holds the channel's URL and secret (never workflow inputs) and one pooled HTTP client for all deliveries."""
 
-    def __init__(self, url: str | None, secret: str | None, client: httpx.AsyncClient) -> None:
+    def __init__(
+        self, url: str | None, secret: str | None, client: httpx.AsyncClient,
+        stream: Callable[[], StreamStore] | None = None,
+    ) -> None:
         # Misconfiguration fails at startup, not as a retry loop on the first message.
         if url:
             if not _is_http_url(url):
@@ -76,14 +81,20 @@ class ChannelDeliverer:
         self.url = url or None
         self._secret = secret
         self._client = client
+        # The event stream's store: a delivery that carries the stream's bell writes it first (docs/event-stream.md).
+        self._stream = stream
 
     @activity.defn(name=Activities.DELIVER_TO_CHANNEL)
     async def deliver_to_channel(self, message: ChannelMessage) -> DeliveryResult:
+        if message.bell is not None and self._stream is not None and activity.info().attempt == 1:
+            from activities.routing import carry_bell
+
+            await carry_bell(self._stream, message.bell, message.entry())
         if self.url is None:
             return DeliveryResult(outcome="disabled", detail="no channel URL configured")
         assert self._secret is not None
 
-        body = message.model_dump_json().encode()
+        body = message.model_dump_json(exclude={"bell"}).encode()
         # Signed afresh per attempt: the timestamp must be current, or a backend enforcing the 5 minute window
         # would refuse every retry after a long outage.
         signed = webhooks.headers(self._secret, channel_webhook_id(message), body, int(time.time()))

@@ -20,6 +20,7 @@ from models.config import BatonConfig, BusinessHours, Route, When
 from models.conversation import (
     AgentReply,
     AgentTurn,
+    Bell,
     HandoffEvent,
     HandoffTarget,
     HistoryQuery,
@@ -284,6 +285,14 @@ class Router:
             return None
 
 
+async def carry_bell(stream: Callable[[], StreamStore], bell: Bell, entry: TranscriptEntry | None) -> None:
+    """Write the stream's bell an activity carries; a failure only costs the streams a query."""
+    try:
+        await asyncio.to_thread(stream().ring_carried, bell, entry)
+    except Exception as err:  # noqa: BLE001
+        activity.logger.warning("stream store: bell %s not written: %s", bell.number, type(err).__name__)
+
+
 class IntentFirst:
     """In front of the AI agent: a user message that matches a config intent with `handoff: true` is answered
     with the intent's reply and a handoff, without asking the agent. Conversations another platform handed to
@@ -292,15 +301,19 @@ class IntentFirst:
     def __init__(
         self, config: BatonConfig, inner: Callable[[AgentTurn], Awaitable[AgentReply]],
         client: Callable[[], Client | None] | None = None, needs_history: bool = True,
+        stream: Callable[[], StreamStore] | None = None,
     ) -> None:
         self.config = config
         self.inner = inner
         # The turn's transcript window is read from the workflow when the agent needs it (see AgentTurn).
         self.client = client
         self.needs_history = needs_history
+        self.stream = stream
 
     @activity.defn(name=Activities.AI_RESPOND)
     async def respond(self, turn: AgentTurn) -> AgentReply:
+        if turn.bell is not None and self.stream is not None and activity.info().attempt == 1:
+            await carry_bell(self.stream, turn.bell, turn.message)
         reply = self.intercept(turn)
         if reply is not None:
             return reply

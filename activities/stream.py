@@ -140,6 +140,12 @@ class StreamStore:
                 db.execute("ROLLBACK")
                 raise
 
+    def ring_carried(self, bell: Bell, entry: TranscriptEntry | None) -> None:
+        """A bell carried by another activity, with the entry that activity's input holds put back in its place."""
+        if entry is not None and bell.omits == entry.seq:
+            bell = bell.model_copy(update={"entries": sorted([*bell.entries, entry], key=lambda e: e.seq)})
+        self.ring(bell)
+
     @staticmethod
     def _log_entries(db: sqlite3.Connection, bell: Bell) -> None:
         db.executemany(

@@ -61,6 +61,7 @@ from models.conversation import (
 )
 from models.names import WORKFLOW_TYPE, Queries, Routes, Updates, workflow_id
 from workers import routing_config
+from workflows import views
 from workers.settings import Settings
 
 ConversationPath = Annotated[
@@ -262,8 +263,12 @@ def create_app(
                     TranscriptPage, run_id=segment.run_id,
                 )
                 entries = [e for e in older.entries if e.seq <= segment.last_seq][:limit]
-                if len(entries) < limit and segment.last_seq + 1 >= page.first_seq:
+                # The current run's entries follow only once the earlier run's page reached its end (a page cut
+                # by its byte budget ends earlier, and the next page goes on from there), within one page's bytes.
+                reached_end = bool(entries) and entries[-1].seq == segment.last_seq
+                if reached_end and len(entries) < limit and segment.last_seq + 1 >= page.first_seq:
                     entries += [e for e in page.entries if e.seq > segment.last_seq][: limit - len(entries)]
+                    entries = views.page(entries, after, limit)
         next_after = entries[-1].seq if entries else after
         return TranscriptOut(conversation_id=conversation_id, entries=entries, next_after=next_after, last_seq=page.last_seq)
 

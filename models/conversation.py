@@ -440,6 +440,34 @@ class HandoffEvent(Contract):
     intent: Name | None = None
 
 
+# The entries one bell carries, at most (as JSON); past it the bell carries none and streams read the workflow.
+BELL_ENTRIES_BYTES = 16 * 1024
+
+
+class Bell(BaseModel):
+    """The event stream's doorbell (docs/event-stream.md): a conversation's latest transcript seq and who has it,
+    written to the stream store after every change, the newest wins. Rung by the `ring_bell` activity, or carried
+    by the activity a change starts anyway (the AI agent's turn, a channel delivery), which then adds the entry
+    its own input holds."""
+
+    conversation_id: str
+    # The bell's number in the conversation (across runs): bells may land out of order, the store keeps the newest.
+    number: int = 0
+    seq: int
+    state: State
+    owner: str | None = None
+    # The queue it waits in (handoff pending, a person's queue) or is owned from; None otherwise.
+    queue: str | None = None
+    # Set while it waits for a person: its place in the queue is decided by this instant, then its id.
+    waiting_since: datetime | None = None
+    reason: str | None = None
+    at: datetime
+    # The entries added since the previous bell (of this run), in seq order; empty when they would not fit.
+    entries: list[TranscriptEntry] = []
+    # Left out of `entries` because the carrying activity's own input holds it (it is put back before the write).
+    omits: int | None = None
+
+
 class AgentTurn(BaseModel):
     conversation_id: str
     channel: str
@@ -458,6 +486,8 @@ class AgentTurn(BaseModel):
     # activity's input it would be written to workflow history on every turn); the activity reads it with the
     # `ai_history` query when the agent needs it.
     history_in_workflow: bool = False
+    # The stream's bell, when this turn carries it (its entries then leave out `message`, which the activity adds).
+    bell: Bell | None = None
 
 
 class HistoryQuery(BaseModel):
@@ -479,7 +509,7 @@ class AgentReply(BaseModel):
 
 
 class ChannelMessage(BaseModel):
-    """The body POSTed to BATON_CHANNEL_URL."""
+    """The body POSTed to BATON_CHANNEL_URL (`bell` excepted)."""
 
     conversation_id: str
     seq: int
@@ -488,6 +518,13 @@ class ChannelMessage(BaseModel):
     author: str
     text: str
     at: datetime
+    # The stream's bell, when this delivery carries it (its entries then leave out this one, which the activity
+    # adds). Never part of the body sent to the channel.
+    bell: Bell | None = None
+
+    def entry(self) -> TranscriptEntry:
+        return TranscriptEntry(seq=self.seq, message_id=self.message_id, role=self.role, author=self.author,
+                               text=self.text, at=self.at)
 
 
 class DeliveryResult(BaseModel):

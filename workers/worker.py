@@ -120,9 +120,9 @@ def build_worker(
     else:
         bot = WebhookAgent(settings.ai_agent, settings.ai_agent_secret, http)
     # The config's handoff intents ("I want to talk to a human") are matched before the bot is asked.
-    agent = IntentFirst(config, bot.respond, lambda: client, needs_history=settings.ai_agent != "demo")
     streams = stream_opener(settings, stream)
-    channel = ChannelDeliverer(settings.channel_url, settings.channel_secret, http)
+    agent = IntentFirst(config, bot.respond, lambda: client, needs_history=settings.ai_agent != "demo", stream=streams)
+    channel = ChannelDeliverer(settings.channel_url, settings.channel_secret, http, streams)
     platform = PlatformActivities(registry_opener(settings, registry), settings.public_url)
     router = Router(config, lambda: client, settings.task_queue, streams)
     desks = ThirdPartyDesks(routing_config.desk_lookup(config), settings.public_url)

@@ -143,6 +143,7 @@ class Conversation:
         self._rung: tuple | None = None  # the last bell the stream store took (PATCH_EVENT_STREAM)
         self._ringing = 0  # bells in flight
         self._stream = False  # PATCH_EVENT_STREAM, asked once in the first activation
+        self._doing = False  # the main loop is working on an inbox item
         if input.carried is None:
             if input.context is not None:
                 self.s.context = input.context.model_copy(deep=True)
@@ -183,7 +184,15 @@ class Conversation:
                 if task.done():
                     task.result()
             while self.s.inbox and not self._closed:
-                await self._do(self.s.inbox.pop(0))
+                if self._stream and self._may_continue_as_new():
+                    # Under steady traffic the inbox may never empty: the rest is carried to the next run (since
+                    # the event-stream patch; before it a busy conversation went on growing its history).
+                    break
+                self._doing = True
+                try:
+                    await self._do(self.s.inbox.pop(0))
+                finally:
+                    self._doing = False
             if self._closed:
                 break
             if self._may_continue_as_new():
@@ -244,6 +253,7 @@ class Conversation:
             # On a conversation handed to us, what was said on the other platform is part of the AI's memory.
             history=[] if self._stream else self._ai_window(None),
             history_in_workflow=self._stream,
+            bell=self._take_bell(work.seq if work.kind == "ai_turn" else None),
             profile=self.s.context.profile,
             slots=self.s.context.slots,
             resumed_after_handoff=self.s.human_stretch_ended,
@@ -1243,9 +1253,11 @@ class Conversation:
             entry = self._entry(self.s.outbox[0])
             self._delivering = True
             if self.s.peer is None:
-                name, arg, where = Activities.DELIVER_TO_CHANNEL, self._channel_message(entry), "the channel"
+                arg = self._channel_message(entry)
+                arg.bell = self._take_bell(entry.seq)
+                name, where = Activities.DELIVER_TO_CHANNEL, "the channel"
             else:
-                name, arg, where = Activities.DELIVER_TO_PEER, self._peer_delivery(entry), "the sending platform"
+                name, arg, where = Activities.DELIVER_TO_PEER, self._peer_delivery(entry), "the sending platform"  # noqa: E501
             try:
                 result = await self._send(
                     name, arg, CHANNEL_SCHEDULE_TO_CLOSE, f"deliver seq {entry.seq} ({entry.role.value}) to {where}",
@@ -1266,32 +1278,54 @@ class Conversation:
 
     # ---- the event stream's doorbell ------------------------------------------------------------------
 
-    def _bell(self) -> Bell:
+    def _bell(self, carried: int | None = None) -> Bell:
+        """The bell for the current state; `carried`: the seq of an entry the carrying activity's input holds."""
         s = self.s
         waiting = s.state is State.HANDOFF_PENDING and s.queue is not None and s.pending is not None
+        entries = views.since(s.transcript, self._rung[0] if self._rung else s.seq - 1, BELL_ENTRIES_BYTES)
+        omits = carried if carried is not None and any(e.seq == carried for e in entries) else None
         return Bell.model_construct(
             conversation_id=s.conversation_id, seq=s.seq, state=s.state, owner=s.owner, queue=s.queue,
             waiting_since=(s.waiting_since or s.pending.requested_at) if waiting else None,
             reason=s.pending.reason if waiting else None, at=workflow.now(), number=s.bells,
-            entries=views.since(s.transcript, self._rung[0] if self._rung else s.seq - 1, BELL_ENTRIES_BYTES),
+            entries=[e for e in entries if e.seq != omits] if omits is not None else entries, omits=omits,
         )
+
+    def _take_bell(self, carried: int | None = None) -> Bell | None:
+        """The bell for an activity that starts anyway to carry, if there is news since the last one."""
+        if not self._stream or self._rung == self._bell_key():
+            return None
+        self.s.bells += 1
+        bell = self._bell(carried)
+        self._rung = self._bell_key()
+        return bell
+
+    def _carrier_due(self) -> bool:
+        """An activity that will carry the bell starts in this same activation: the AI agent's turn (the main loop
+        is free and the next work is a turn) or a channel delivery (the delivery loop is free)."""
+        head = self.s.inbox[0] if self.s.inbox else None
+        turn = (not self._doing and head is not None and head.kind in ("ai_turn", "ai_welcome")
+                and self.s.state is State.AI)
+        delivery = not self._delivering and bool(self.s.outbox) and self.s.peer is None
+        return turn or delivery
 
     def _bell_key(self) -> tuple:
         s = self.s
         return (s.seq, s.state, s.owner, s.queue, s.waiting_since, s.pending.reason if s.pending else None)
 
     async def _ring_loop(self) -> None:
-        """After each change, an activity tells the stream store the conversation's state and new entries. Up to
-        RINGS_IN_FLIGHT run at once (the user's entry must not wait for the bell before it to come back), numbered
-        so the store keeps the newest. (A regular activity: a local one, started from this loop beside the AI
-        agent's, replayed in another order now and then and failed with TMPRL1100.)"""
+        """After each change the stream store hears of it: carried by the activity the change starts anyway (the AI
+        agent's turn, a channel delivery), else by a `ring_bell` activity of its own. Up to RINGS_IN_FLIGHT run at
+        once (a user's entry must not wait for the bell before it to come back), numbered so the store keeps the
+        newest. (Regular activities: a local one, started from this loop beside the AI agent's, replayed in another
+        order now and then and failed with TMPRL1100.)"""
         while True:
             await workflow.wait_condition(
-                lambda: self._rung != self._bell_key() and self._ringing < RINGS_IN_FLIGHT
+                lambda: self._rung != self._bell_key() and self._ringing < RINGS_IN_FLIGHT and not self._carrier_due()
             )
-            self.s.bells += 1
-            bell = self._bell()
-            self._rung = self._bell_key()
+            bell = self._take_bell()
+            if bell is None:
+                continue
             self._ringing += 1
             asyncio.create_task(self._ring(bell))
 

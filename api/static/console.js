@@ -665,8 +665,10 @@ class Conversation {
     }
     show(this.error, "");
     const result = await response.json();
+    // What was done, then where the conversation is now: the same words whether the desk stream's state event
+    // arrived before this answer or comes after it.
     this.applyState({ state: result.state, owner: result.owner, queue: null });
-    this.notice.textContent = done;
+    this.notice.textContent = `${done} ${this.notice.textContent}`.trim();
     return true;
   }
 
