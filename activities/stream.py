@@ -16,9 +16,9 @@ from pathlib import Path
 
 from temporalio import activity
 
-from models.conversation import TranscriptEntry
+from models.conversation import Bell, TranscriptEntry
 from models.names import Activities
-from models.stream import Bell, WaitingRow
+from models.stream import WaitingRow
 
 # The log only wakes processes that are running now; a process that starts reads from its end. An hour is plenty.
 LOG_KEEP = timedelta(hours=1)
@@ -51,6 +51,10 @@ _SCHEMA = (
     "CREATE INDEX IF NOT EXISTS conversations_waiting ON conversations (queue, waiting_since, conversation_id) "
     "WHERE waiting_since IS NOT NULL",
 )
+
+
+# A conversation waits for a person: the one condition the waiting lists, positions and the routing count share.
+_WAITS = "state = 'handoff_pending' AND waiting_since IS NOT NULL"
 
 
 class Rung:
@@ -173,8 +177,8 @@ class StreamStore:
         """The queue's waiting list, oldest first, exact as of the last bell of each conversation."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT conversation_id, waiting_since, reason FROM conversations WHERE queue = ? AND waiting_since"
-                " IS NOT NULL AND state = 'handoff_pending' ORDER BY waiting_since, conversation_id LIMIT ?",
+                f"SELECT conversation_id, waiting_since, reason FROM conversations WHERE queue = ? AND {_WAITS}"
+                " ORDER BY waiting_since, conversation_id LIMIT ?",
                 (queue, limit),
             ).fetchall()
         return [
@@ -186,15 +190,14 @@ class StreamStore:
         """The conversation's place in its queue while it waits for a person, else None."""
         with self._lock:
             row = self._db.execute(
-                "SELECT queue, waiting_since FROM conversations WHERE conversation_id = ? AND waiting_since IS NOT NULL"
-                " AND state = 'handoff_pending'",
+                f"SELECT queue, waiting_since FROM conversations WHERE conversation_id = ? AND {_WAITS}",
                 (conversation_id,),
             ).fetchone()
             if row is None or row[0] is None:
                 return None
             ahead = self._db.execute(
-                "SELECT count(*) FROM conversations WHERE queue = ? AND state = 'handoff_pending' AND waiting_since IS"
-                " NOT NULL AND (waiting_since < ? OR (waiting_since = ? AND conversation_id < ?))",
+                f"SELECT count(*) FROM conversations WHERE queue = ? AND {_WAITS}"
+                " AND (waiting_since < ? OR (waiting_since = ? AND conversation_id < ?))",
                 (row[0], row[1], row[1], conversation_id),
             ).fetchone()[0]
         return ahead + 1
@@ -203,8 +206,8 @@ class StreamStore:
         """How many others wait in `queue` since before `since` (the routing decision's position, minus one)."""
         with self._lock:
             return self._db.execute(
-                "SELECT count(*) FROM conversations WHERE queue = ? AND state = 'handoff_pending' AND waiting_since IS"
-                " NOT NULL AND waiting_since < ? AND conversation_id != ?",
+                f"SELECT count(*) FROM conversations WHERE queue = ? AND {_WAITS}"
+                " AND waiting_since < ? AND conversation_id != ?",
                 (queue, _iso(since), conversation_id),
             ).fetchone()[0]
 

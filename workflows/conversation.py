@@ -11,12 +11,14 @@ from temporalio.exceptions import ActivityError, ApplicationError, CancelledErro
 
 with workflow.unsafe.imports_passed_through():
     from models.conversation import (
+        BELL_ENTRIES_BYTES,
         AcceptHandoff,
         AgentMessage,
         AgentReply,
         AgentTurn,
         AuditEntry,
         AuditPage,
+        Bell,
         CancelHandoff,
         ChannelMessage,
         CloseRequest,
@@ -48,7 +50,6 @@ with workflow.unsafe.imports_passed_through():
     from models.names import WORKFLOW_TYPE, Activities, Queries, SearchAttributes, Signals, Updates
     from models.protocol import ForwardMessage, HandoffDelivery, HandoffOutcome, PeerDelivery, PeerEvent
     from models.routing import PositionRequest, PositionResult, RouteDecision, RouteRequest
-    from models.stream import BELL_ENTRIES_BYTES, Bell
     from workflows import views
     from workflows.transitions import Event, apply, may_speak, refusal
 
