@@ -37,6 +37,7 @@ from api.protocol import protocol_router
 from api.readiness import Readiness
 from api.targets import check_targets
 from api.temporal import (
+    WORKFLOW_TASK_TIMEOUT,
     conflict,
     initial_attributes,
     start_input,
@@ -205,6 +206,7 @@ def create_app(
                 start_input(settings, conversation_id, "web"),
                 id=workflow_id(conversation_id),
                 task_queue=settings.task_queue,
+                task_timeout=WORKFLOW_TASK_TIMEOUT,
                 id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
                 search_attributes=initial_attributes("web"),
                 static_summary=f"Conversation {conversation_id}",

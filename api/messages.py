@@ -6,7 +6,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from temporalio.client import Client
 
 from activities.filtering import redact_text
-from api.temporal import initial_attributes, start_input
+from api.temporal import WORKFLOW_TASK_TIMEOUT, initial_attributes, start_input
 from models.conversation import MAX_TEXT, MessageId, Name, UserMessage
 from models.names import WORKFLOW_TYPE, Signals, workflow_id
 from workers.settings import Settings
@@ -37,6 +37,7 @@ async def send_user_message(client: Client, settings: Settings, conversation_id:
         start_input(settings, conversation_id, channel),
         id=workflow_id(conversation_id),
         task_queue=settings.task_queue,
+        task_timeout=WORKFLOW_TASK_TIMEOUT,
         start_signal=Signals.USER_MESSAGE,
         start_signal_args=[message],
         search_attributes=initial_attributes(channel),

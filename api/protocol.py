@@ -24,7 +24,7 @@ from activities.filtering import apply_filter, redact_text
 from activities.outbound import OutboundError, OutboundPolicy, resolve_public
 from activities.registry import AgentRegistry
 from api.agents import AgentPath, signed_by
-from api.temporal import initial_attributes, start_input, update
+from api.temporal import WORKFLOW_TASK_TIMEOUT, initial_attributes, start_input, update
 from models.conversation import (
     ID_PATTERN,
     MAX_TEXT,
@@ -125,6 +125,7 @@ def protocol_router(
                 start_input(settings, rid, PLATFORM_CHANNEL, peer=peer, context=Context(**clean.context.model_dump())),
                 id=workflow_id(rid),
                 task_queue=settings.task_queue,
+                task_timeout=WORKFLOW_TASK_TIMEOUT,
                 id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
                 id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
                 search_attributes=initial_attributes(PLATFORM_CHANNEL),

@@ -59,6 +59,14 @@ def _no_worker(err: RPCError) -> bool:
     return err.status == RPCStatusCode.FAILED_PRECONDITION and "no poller" in err.message
 
 
+def _timed_out(err: RPCError) -> bool:
+    """The call's own `rpc_timeout` ran out. The SDK's client reports that as CANCELLED "Timeout expired", the
+    server's deadline as DEADLINE_EXCEEDED."""
+    return err.status == RPCStatusCode.DEADLINE_EXCEEDED or (
+        err.status == RPCStatusCode.CANCELLED and "Timeout expired" in err.message
+    )
+
+
 async def waiting_for_a_worker(call: Callable[[], Awaitable[T]]) -> T:
     """`call()`, retried while the server says no worker polls; 503 when none comes within WORKER_WAIT_SECONDS."""
     loop = asyncio.get_running_loop()
@@ -98,8 +106,15 @@ async def query(
         try:
             return await h.query(name, *args, result_type=result_type, rpc_timeout=QUERY_TIMEOUT)
         except RPCError as err:
-            if not (err.status == RPCStatusCode.DEADLINE_EXCEEDED or _no_worker(err)) or loop.time() > deadline:
+            if not (_timed_out(err) or _no_worker(err)):
                 raise
+            if loop.time() > deadline:
+                # A worker that is up but too busy to answer in time (replaying after a restart): a read that
+                # failed changed nothing, so say so and when to ask again, instead of a 500.
+                raise HTTPException(
+                    503, f"no worker answered the conversation's query within {WORKER_WAIT_SECONDS:.0f} s (a worker "
+                    "restarting or busy catching up); nothing was changed, ask again", headers={"Retry-After": "2"},
+                ) from None
             with contextlib.suppress(RPCError):
                 await client.workflow_service.reset_sticky_task_queue(
                     ResetStickyTaskQueueRequest(
@@ -124,6 +139,14 @@ async def update(client: Client, conversation_id: str, name: str, arg: Any) -> C
         if err.status == RPCStatusCode.NOT_FOUND:
             raise await not_found_or_closed(client, conversation_id) from None
         raise
+
+
+# A workflow task that a worker took and never finished (the worker crashed) is handed to another worker only after
+# this long; Temporal's default is 10 s, which held a crashed worker's conversations back for 8 s after a restart
+# (bench/worker_crash.py). Every task must finish well within it: a run holds at most a few hundred history events
+# (workflows.conversation.SHORT_RUN_EVENTS), so a cold replay takes well under a second here. A run continued as new
+# keeps its run's value.
+WORKFLOW_TASK_TIMEOUT = timedelta(seconds=3)
 
 
 def start_input(settings: Settings, conversation_id: str, channel: str, **more: Any) -> ConversationInput:

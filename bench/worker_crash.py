@@ -52,7 +52,7 @@ from typing import Any
 
 import httpx
 import psutil
-from temporalio.api.enums.v1 import EventType
+from temporalio.api.enums.v1 import EventType, WorkflowTaskFailedCause
 
 from activities import sealing, webhooks
 from bench.common import (
@@ -356,6 +356,9 @@ async def history_timeouts(client: Any, task_queue: str, wall_minus_perf: float,
                 continue
             if e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_TIMED_OUT:
                 name += "." + _timeout_name(e.workflow_task_timed_out_event_attributes.timeout_type)
+            elif e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED:
+                cause = e.workflow_task_failed_event_attributes.cause
+                name += "." + WorkflowTaskFailedCause.Name(cause).removeprefix("WORKFLOW_TASK_FAILED_CAUSE_").lower()
             elif e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_TIMED_OUT:
                 failure = e.activity_task_timed_out_event_attributes.failure
                 name += "." + _timeout_name(failure.timeout_failure_info.timeout_type)

@@ -42,6 +42,9 @@ def settings_for(task_queue: str, **overrides: Any) -> Settings:
         admin_key="ba_test_admin",
         secret_key=sealing.new_key(),
         channel_secret=webhooks.generate_secret(),
+        # Every workflow the suite runs in-process runs in the SDK's sandbox, which fails a workflow task on a
+        # non-deterministic call (the production default runs without it, for speed: workers/worker.py).
+        workflow_sandbox=True,
     )
     return Settings(**{**base, **overrides})
 

@@ -87,3 +87,70 @@ async def test_a_killed_worker_restarted_delivers_every_reply_once_and_in_order(
     by_seq = {(d["conversation_id"], d["seq"]) for d in delivered}
     assert len(by_seq) == len(delivered)  # no (conversation, seq) under two webhook-ids
     assert resumed < RESUMED_WITHIN
+
+
+async def test_a_read_that_no_worker_answers_in_time_is_a_503_with_retry_after_not_a_500(
+    dev_env, task_queue, channel, tmp_path, monkeypatch
+):
+    """Found by bench/worker_crash.py: a worker busy replaying after a restart let the transcript query's own
+    timeout run out ("Timeout expired", reported by the SDK as CANCELLED, not DEADLINE_EXCEEDED), and the API
+    answered 500. A frozen worker (SIGSTOP: it polls, but answers nothing) stands in for a busy one."""
+    from api import temporal
+
+    monkeypatch.setattr(temporal, "QUERY_TIMEOUT", temporal.timedelta(seconds=1))
+    monkeypatch.setattr(temporal, "WORKER_WAIT_SECONDS", 2.5)
+    settings = settings_for(task_queue, channel_url=channel.url, channel_secret=channel.secret)
+    log = tmp_path / "worker.log"
+    log.touch()
+    worker = spawn_worker(dev_env, settings, log)
+    cid = f"frozen-{uuid.uuid4().hex[:8]}"
+    try:
+        await wait_polling(log, 0, worker)
+        async with baton_api(dev_env.client, settings) as http:
+            r = await http.post(f"/v1/conversations/{cid}/messages", json={"message_id": "m1", "text": "hello"})
+            assert r.status_code == 202, r.text
+            await channel.wait_count(1, timeout=20)
+            assert (await http.get(f"/v1/conversations/{cid}/transcript")).status_code == 200
+            worker.send_signal(signal.SIGSTOP)
+            for route in ("transcript", "audit", ""):
+                r = await http.get(f"/v1/conversations/{cid}/{route}".rstrip("/"))
+                assert r.status_code == 503, (route, r.status_code, r.text)
+                assert r.headers["Retry-After"] == "2" and "nothing was changed" in r.json()["detail"], r.text
+            worker.send_signal(signal.SIGCONT)
+            r = await http.get(f"/v1/conversations/{cid}/transcript")  # the same read, once a worker answers
+            assert r.status_code == 200 and [e["text"] for e in r.json()["entries"]][0] == "hello", r.text
+    finally:
+        if worker.poll() is None:
+            worker.send_signal(signal.SIGCONT)
+            worker.send_signal(signal.SIGTERM)
+            try:
+                worker.wait(20)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+
+
+async def test_workflows_run_unsandboxed_unless_BATON_WORKFLOW_SANDBOX_and_the_suite_runs_them_sandboxed(dev_env):
+    """The speed/guard trade of README "Operating": production runs workflow code without the SDK's sandbox (half
+    the worker CPU, twice as fast a catch-up after a crash); every in-process test worker runs it sandboxed."""
+    import pydantic
+    from temporalio.worker import UnsandboxedWorkflowRunner
+    from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
+
+    from workers.settings import Settings
+    from workers.worker import build_worker, http_client
+
+    assert Settings.from_env({}).workflow_sandbox is False
+    assert Settings.from_env({"BATON_WORKFLOW_SANDBOX": "1"}).workflow_sandbox is True
+    try:
+        Settings.from_env({"BATON_WORKFLOW_SANDBOX": "sometimes"})
+        raise AssertionError("an invalid BATON_WORKFLOW_SANDBOX was accepted")
+    except pydantic.ValidationError as err:
+        assert "workflow_sandbox" in str(err)
+    runners = {}
+    async with http_client() as http:
+        for sandbox in (False, True):
+            settings = settings_for(f"runner-{uuid.uuid4().hex[:6]}", workflow_sandbox=sandbox)
+            worker = build_worker(dev_env.client, settings, http)
+            runners[sandbox] = type(worker.config()["workflow_runner"])
+    assert runners == {False: UnsandboxedWorkflowRunner, True: SandboxedWorkflowRunner}
+    assert settings_for("any").workflow_sandbox is True

@@ -36,6 +36,9 @@ class Settings(BaseModel):
     handoff_sla_seconds: int = Field(default=300, ge=1)
     # The routing config file (YAML or TOML, see config/baton.yaml); None: models.config.default_config().
     config: Path | None = None
+    # Run workflow code in the Temporal SDK's sandbox (a run-time guard against non-deterministic calls, at about
+    # half the worker's CPU). Off by default; the test suite runs every workflow with it on (workers/worker.py).
+    workflow_sandbox: bool = False
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -58,6 +61,7 @@ class Settings(BaseModel):
             "inactivity_timeout_seconds": "BATON_INACTIVITY_TIMEOUT",
             "handoff_sla_seconds": "BATON_HANDOFF_SLA",
             "config": "BATON_CONFIG",
+            "workflow_sandbox": "BATON_WORKFLOW_SANDBOX",
         }
         return cls(**{field: env[var] for field, var in names.items() if env.get(var)})
 

@@ -11,7 +11,13 @@ from temporalio import activity
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.envconfig import ClientConfig
-from temporalio.worker import ActivityInboundInterceptor, ExecuteActivityInput, Interceptor, Worker
+from temporalio.worker import (
+    ActivityInboundInterceptor,
+    ExecuteActivityInput,
+    Interceptor,
+    UnsandboxedWorkflowRunner,
+    Worker,
+)
 
 from activities.agents import DemoAgent, WebhookAgent
 from activities.channel import ChannelDeliverer
@@ -137,6 +143,12 @@ def build_worker(
     # timed out, and was replayed again (bench/worker_crash.py). A few at a time each finish in time.
     options.setdefault("max_concurrent_workflow_tasks", MAX_CONCURRENT_WORKFLOW_TASKS)
     options["interceptors"] = [HeartbeatWhileSlow(), *options.get("interceptors", [])]
+    if not settings.workflow_sandbox:
+        # The SDK's sandbox re-imports the workflow module for every run and enters it for every payload: half the
+        # worker's CPU under traffic, and twice the catch-up time after a crash (README, "Operating"). It guards
+        # against non-deterministic calls at run time; Baton keeps that guard in CI instead, where the test suite
+        # runs every workflow sandboxed (tests/harness.settings_for) and the replay tests replay sandboxed too.
+        options.setdefault("workflow_runner", UnsandboxedWorkflowRunner())
     return Worker(
         client,
         task_queue=settings.task_queue,

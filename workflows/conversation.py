@@ -76,6 +76,9 @@ PATCH_ROUTING = "routing-rules"
 # latest seq, state, owner, queue and new entries to the stream store; docs/event-stream.md), and the AI agent's turn
 # is a regular activity (no local activities are left). Asked once, in the first activation.
 PATCH_EVENT_STREAM = "event-stream"
+# A run continues as new at SHORT_RUN_EVENTS instead of MAX_RUN_EVENTS (see there). Asked once, in the first
+# activation, right after PATCH_EVENT_STREAM.
+PATCH_SHORT_RUNS = "short-runs"
 
 AI_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=500), maximum_interval=timedelta(seconds=5), maximum_attempts=4)
 # Unlimited attempts within a day: a chat backend that is down for an hour still gets every message, in order.
@@ -104,10 +107,13 @@ BELL_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=100), maximum_i
 BELL_TIMEOUT = timedelta(seconds=30)
 RINGS_IN_FLIGHT = 2
 CARRY_TO_AGENT = 50  # transcript entries an envelope carries
-# A run continues as new at this many history events (about 100 messages), well before the server suggests it (4K
-# events): a worker with a cold cache (after a crash or a restart) replays each conversation's whole run, about
-# 1.4 ms per event here, so short runs are what lets a new worker catch up in seconds.
+# A run continues as new at this many history events, well before the server suggests it (4K events): a worker
+# with a cold cache (after a crash or a restart) replays each conversation's whole run, about 1.4 ms per event here
+# (bench/worker_crash.py), so short runs are what lets a new worker catch up in seconds. Since PATCH_SHORT_RUNS a
+# run holds SHORT_RUN_EVENTS (about 20 messages to the AI; what a run carries on is bounded in bytes, views.carry);
+# runs started before it keep MAX_RUN_EVENTS.
 MAX_RUN_EVENTS = 1000
+SHORT_RUN_EVENTS = 300
 
 
 class Reject(ApplicationError):
@@ -144,6 +150,7 @@ class Conversation:
         self._rung: tuple | None = None  # the last bell the stream store took (PATCH_EVENT_STREAM)
         self._ringing = 0  # bells in flight
         self._stream = False  # PATCH_EVENT_STREAM, asked once in the first activation
+        self._run_events = MAX_RUN_EVENTS  # SHORT_RUN_EVENTS since PATCH_SHORT_RUNS
         self._doing = False  # the main loop is working on an inbox item
         if input.carried is None:
             if input.context is not None:
@@ -165,6 +172,8 @@ class Conversation:
         if not self._routing_rules():
             self._waiting_is_not_inactivity = workflow.patched(PATCH_WAITING_IS_NOT_INACTIVITY)
         stream = self._stream = workflow.patched(PATCH_EVENT_STREAM)
+        if workflow.patched(PATCH_SHORT_RUNS):
+            self._run_events = SHORT_RUN_EVENTS
         self._publish()
         delivery = asyncio.create_task(self._deliver_loop())
         clock = asyncio.create_task(self._watch_deadlines())
@@ -212,7 +221,7 @@ class Conversation:
         # While the channel holds more undelivered replies than a run may hand on, the run goes on (history has
         # room to spare) and continues as new once they are delivered: nothing is dropped, nothing is oversized.
         info = workflow.info()
-        if not (info.is_continue_as_new_suggested() or info.get_current_history_length() >= MAX_RUN_EVENTS):
+        if not (info.is_continue_as_new_suggested() or info.get_current_history_length() >= self._run_events):
             return False
         key = (self.s.seq, tuple(self.s.outbox[:1]), len(self.s.inbox))
         if self._carry_checked is None or self._carry_checked[0] != key:
@@ -1483,5 +1492,6 @@ class Conversation:
                 inactivity_timeout_seconds=s.inactivity_timeout_seconds,
                 handoff_sla_seconds=s.handoff_sla_seconds,
                 carried=s,
-            )
+            ),
+            task_timeout=workflow.info().task_timeout,  # the next run keeps this run's (api.temporal)
         )
