@@ -633,6 +633,9 @@ class WorkerSpec:
     metrics_port: int | None = None
     profile: str | None = None  # None | "timing" | "cprofile"
     profile_path: str | None = None
+    # The workflow runner: None = each system's own default (Baton as deployed: no sandbox unless
+    # BATON_WORKFLOW_SANDBOX; a bare Temporal worker: the SDK's sandbox); True / False = sandboxed / not, for both.
+    sandbox: bool | None = None
 
 
 class ProfilingRunner(WorkflowRunner):
@@ -826,6 +829,10 @@ async def _serve_worker(spec: WorkerSpec, ready: Any, stop: Any, runner: Profili
     options = dict(spec.options)
     if runner is not None:
         options["workflow_runner"] = runner
+    elif spec.sandbox is not None:
+        from temporalio.worker import UnsandboxedWorkflowRunner
+
+        options["workflow_runner"] = SandboxedWorkflowRunner() if spec.sandbox else UnsandboxedWorkflowRunner()
     async with http_client_for(spec.kind) as http:
         async with build_bench_worker(spec.kind, client, http, spec.task_queue, spec.channel_url, options):
             ready.set()

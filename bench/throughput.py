@@ -123,7 +123,8 @@ async def run_system(server: Any, receiver: LoopbackReceiver, system: str, load:
     task_queue = f"bench-{tag}"
     spec = WorkerSpec(kind=kind, target=server.target, namespace=server.namespace, task_queue=task_queue,
                       channel_url=receiver.url, metrics_port=free_port(),
-                      profile=profile[0] if profile else None, profile_path=profile[1] if profile else None)
+                      profile=profile[0] if profile else None, profile_path=profile[1] if profile else None,
+                      sandbox={"default": None, "on": True, "off": False}[args.sandbox])
     if kind == "baton":
         driver: Any = BatonDriver(server.client, task_queue)
     else:
@@ -306,6 +307,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--baseline-respond", choices=("activity", "local", "both"), default="activity",
                    help="the baseline's respond step: a regular activity (default, the issue's baseline), a local "
                    "activity like Baton's AI turn, or both (a third system, reported as baseline_local_respond)")
+    p.add_argument("--sandbox", choices=("default", "on", "off"), default="default",
+                   help="workflow runner: each system's default (Baton: no sandbox; the baseline: the SDK's sandbox), "
+                        "or the SDK's sandbox on / off for both")
     p.add_argument("--in-memory", action="store_true", help="in-memory dev server instead of a SQLite file (WAL)")
     p.add_argument("--profile", metavar="DIR",
                    help="after the measured runs of each load, two extra runs per system (excluded from the medians): "
@@ -340,6 +344,8 @@ async def main(argv: list[str] | None = None) -> dict[str, Any]:
         result["dev_server"]["warnings_logged"] = len(server.log_lines(r'"level":"(warn|error)"'))
     result["config"] = {
         "baseline_respond": args.baseline_respond,
+        "workflow_sandbox": {"default": "each system's default: Baton off (as deployed), baseline on (SDK default)",
+                             "on": "on for both", "off": "off for both"}[args.sandbox],
         "worker_options": "SDK defaults (max_cached_workflows=1000, 5 pollers), one fresh worker process per system-run",
         "first_message": "signal-with-start (Baton: with the API's initial search attributes); later: signal",
         "latency": "user's send call -> the AI reply's arrival at the loopback receiver (perf_counter)",

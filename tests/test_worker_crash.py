@@ -137,7 +137,7 @@ async def test_workflows_run_unsandboxed_unless_BATON_WORKFLOW_SANDBOX_and_the_s
     from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
     from workers.settings import Settings
-    from workers.worker import build_worker, http_client
+    from workers.worker import build_id, build_worker, http_client
 
     assert Settings.from_env({}).workflow_sandbox is False
     assert Settings.from_env({"BATON_WORKFLOW_SANDBOX": "1"}).workflow_sandbox is True
@@ -152,5 +152,7 @@ async def test_workflows_run_unsandboxed_unless_BATON_WORKFLOW_SANDBOX_and_the_s
             settings = settings_for(f"runner-{uuid.uuid4().hex[:6]}", workflow_sandbox=sandbox)
             worker = build_worker(dev_env.client, settings, http)
             runners[sandbox] = type(worker.config()["workflow_runner"])
+            # A build id of Baton's own source, so the SDK does not hash all 800 loaded modules at each start.
+            assert worker.config()["build_id"] == build_id() and build_id().startswith("baton-")
     assert runners == {False: UnsandboxedWorkflowRunner, True: SandboxedWorkflowRunner}
     assert settings_for("any").workflow_sandbox is True
