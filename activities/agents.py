@@ -11,7 +11,7 @@ from temporalio.exceptions import ApplicationError
 
 from activities import webhooks
 from models.conversation import AgentReply, AgentTurn, HandoffEvent, HandoffTarget
-from models.names import Activities
+from models.names import Activities, Errors
 
 ASK_FOR_PERSON = re.compile(
     r"\b(human|person|real (?:person|agent)|live agent|(?:an?|the) agent|representative|operator|someone real)\b",
@@ -122,7 +122,7 @@ class WebhookAgent:
         body = turn.model_dump_json().encode()
         info = activity.info()
         # Same id on every retry of this turn, so the bot can de-duplicate.
-        msg_id = f"turn_{info.workflow_run_id}_{info.activity_id}"
+        msg_id = webhooks.webhook_id("turn", info.workflow_run_id, info.activity_id)
         headers = (
             webhooks.headers(self.secret, msg_id, body)
             if self.secret
@@ -131,12 +131,12 @@ class WebhookAgent:
         try:
             response = await self.client.post(self.url, content=body, headers=headers, follow_redirects=False)
         except httpx.HTTPError as err:
-            raise ApplicationError(f"AI agent unreachable: {type(err).__name__}", type="AgentUnavailable") from None
-        if response.status_code in (408, 429) or response.status_code >= 500:
-            raise ApplicationError(f"AI agent answered {response.status_code}", type="AgentUnavailable")
+            raise ApplicationError(f"AI agent unreachable: {type(err).__name__}", type=Errors.AGENT_UNAVAILABLE) from None
+        if webhooks.retryable(response.status_code):
+            raise ApplicationError(f"AI agent answered {response.status_code}", type=Errors.AGENT_UNAVAILABLE)
         if not 200 <= response.status_code < 300:
             raise ApplicationError(
-                f"AI agent answered {response.status_code}", type="AgentRejected", non_retryable=True
+                f"AI agent answered {response.status_code}", type=Errors.AGENT_REJECTED, non_retryable=True
             )
         try:
             return AgentReply.model_validate_json(response.content)
@@ -144,6 +144,6 @@ class WebhookAgent:
             raise ApplicationError(
                 f"AI agent's answer is not a valid reply: {err.error_count()} error(s), first: "
                 f"{err.errors()[0]['loc']} {err.errors()[0]['msg']}",
-                type="AgentBadReply",
+                type=Errors.AGENT_BAD_REPLY,
                 non_retryable=True,
             ) from None

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
@@ -15,9 +14,8 @@ from temporalio.exceptions import ApplicationError
 from activities import webhooks
 from activities.stream import StreamStore
 from models.conversation import ChannelMessage, DeliveryResult
-from models.names import Activities
+from models.names import Activities, Errors
 
-CHANNEL_UNAVAILABLE = "ChannelUnavailable"
 MAX_RETRY_AFTER = timedelta(hours=1)
 # Shorter than the activity's start-to-close timeout (15 s, in the workflow) so a hanging backend ends as a retryable error we classify, not a timeout.
 REQUEST_TIMEOUT = httpx.Timeout(10.0, connect=5.0)
@@ -26,8 +24,7 @@ USER_AGENT = "Baton-Channel/1"
 
 def channel_webhook_id(message: ChannelMessage) -> str:
     """The idempotency key of one message: identical on every retry, so the backend can drop duplicates."""
-    key = f"{message.conversation_id}\x00{message.seq}\x00{message.message_id}".encode()
-    return "msg_" + hashlib.sha256(key).hexdigest()[:32]
+    return webhooks.webhook_id("msg", message.conversation_id, message.seq, message.message_id)
 
 
 def retry_after(value: str | None, now: datetime | None = None) -> timedelta | None:
@@ -61,7 +58,7 @@ def _is_http_url(url: str) -> bool:
 
 
 def _unavailable(reason: str, status: int | None = None, delay: timedelta | None = None) -> ApplicationError:
-    return ApplicationError(reason, {"status": status}, type=CHANNEL_UNAVAILABLE, next_retry_delay=delay)
+    return ApplicationError(reason, {"status": status}, type=Errors.CHANNEL_UNAVAILABLE, next_retry_delay=delay)
 
 
 class ChannelDeliverer:
@@ -122,7 +119,7 @@ class ChannelDeliverer:
             return DeliveryResult(
                 outcome="gone", status=status, detail="the channel answered 410 Gone for this conversation"
             )
-        if status in (408, 429) or status >= 500:
+        if webhooks.retryable(status):
             raise _unavailable(
                 f"channel answered {status}", status, retry_after(response.headers.get("retry-after"))
             )

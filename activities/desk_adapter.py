@@ -9,7 +9,6 @@ every retry of the same delivery. The desk's URL is operator-configured: it goes
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,20 +20,16 @@ from temporalio.exceptions import ApplicationError
 from activities import webhooks
 from activities.filtering import redact_text
 from activities.outbound import OutboundError, OutboundPolicy, Target, resolve_public
-from activities.signed_post import BAD_CONFIGURATION as BAD_CONFIGURATION  # re-exported
 from activities.signed_post import MAX_REASON as MAX_REASON  # re-exported
 from activities.signed_post import SignedPoster
 from models.conversation import DeliveryResult
 from models.desk import DeskForward, DeskHandoff
-from models.names import Activities, Routes
+from models.names import Activities, Errors, Routes
 from models.protocol import MAX_CARRIED
 
-# Retryable: the desk did not answer, or answered 408/429/5xx.
-DESK_UNAVAILABLE = "DeskUnavailable"
-# Final: no desk by that name is configured.
-UNKNOWN_DESK = "UnknownDesk"
-# Final, BAD_CONFIGURATION (activities/signed_post.py): the desk has no (usable) secret, or the install's outbound
-# setting is malformed.
+# Errors (models.names.Errors): DESK_UNAVAILABLE, retried (the desk did not answer, or answered 408/429/5xx);
+# UNKNOWN_DESK, final (no desk by that name is configured); BAD_CONFIGURATION, final (the desk has no usable secret,
+# or the install's outbound setting is malformed).
 USER_AGENT = "Baton-Desk/1"
 CARRIED_FIELDS = {"seq", "message_id", "role", "author", "text", "at"}
 
@@ -51,11 +46,11 @@ class DeskEndpoint:
 
 
 def handoff_webhook_id(h: DeskHandoff) -> str:
-    return "dsk_" + hashlib.sha256(f"{h.conversation_id}\x00{h.handoff_id}".encode()).hexdigest()[:32]
+    return webhooks.webhook_id("dsk", h.conversation_id, h.handoff_id)
 
 
 def forward_webhook_id(m: DeskForward) -> str:
-    return "dskm_" + hashlib.sha256(f"{m.conversation_id}\x00{m.message_id}".encode()).hexdigest()[:32]
+    return webhooks.webhook_id("dskm", m.conversation_id, m.message_id)
 
 
 def events_path(desk: str) -> str:
@@ -73,7 +68,7 @@ def _redacted(text: str, what: str) -> str:
 class ThirdPartyDesks(SignedPoster):
     """Looks each desk up by name per attempt (the workflow passes names, never URLs or secrets)."""
 
-    unavailable_type = DESK_UNAVAILABLE
+    unavailable_type = Errors.DESK_UNAVAILABLE
     user_agent = USER_AGENT
 
     def __init__(
@@ -93,17 +88,17 @@ class ThirdPartyDesks(SignedPoster):
             # A configuration that cannot be read will not heal by retrying; only our own ValueErrors are shown.
             shown = f": {e}" if type(e) is ValueError else ""
             raise ApplicationError(
-                f"the desk configuration is unavailable ({type(e).__name__}{shown})", type=BAD_CONFIGURATION,
+                f"the desk configuration is unavailable ({type(e).__name__}{shown})", type=Errors.BAD_CONFIGURATION,
                 non_retryable=True,
             ) from None
         if endpoint is None:
-            raise ApplicationError(f"unknown desk {desk!r}", type=UNKNOWN_DESK, non_retryable=True)
+            raise ApplicationError(f"unknown desk {desk!r}", type=Errors.UNKNOWN_DESK, non_retryable=True)
         if not endpoint.secret:
-            raise ApplicationError(f"desk {desk!r} has no webhook secret", type=BAD_CONFIGURATION, non_retryable=True)
+            raise ApplicationError(f"desk {desk!r} has no webhook secret", type=Errors.BAD_CONFIGURATION, non_retryable=True)
         try:
             webhooks.secret_key(endpoint.secret)
         except ValueError as e:  # the message never echoes the secret
-            raise ApplicationError(f"desk {desk!r}: {e}", type=BAD_CONFIGURATION, non_retryable=True) from None
+            raise ApplicationError(f"desk {desk!r}: {e}", type=Errors.BAD_CONFIGURATION, non_retryable=True) from None
         return endpoint
 
     async def _target(self, endpoint: DeskEndpoint, what: str) -> Target | str:

@@ -22,7 +22,7 @@ from models.filtering import (  # noqa: F401 - the contracts, re-exported
     FilterResult,
     SharedContext,
 )
-from models.names import Activities
+from models.names import Activities, Errors
 
 FILTER_CONTEXT = Activities.FILTER_CONTEXT
 # Deeper than any real context; past it a subtree is dropped rather than risk the recursion limit.
@@ -420,7 +420,7 @@ async def filter_context(request: FilterRequest) -> FilterResult:
     except Exception as err:
         # The message and cause could quote the context; only the error's type leaves this function.
         raise ApplicationError(
-            f"context filter failed: {type(err).__name__}", type="FilterFailed", non_retryable=True
+            f"context filter failed: {type(err).__name__}", type=Errors.FILTER_FAILED, non_retryable=True
         ) from None
 
 

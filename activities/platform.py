@@ -5,7 +5,6 @@ conversation to us."""
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -16,13 +15,14 @@ from pydantic import TypeAdapter, ValidationError
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities import webhooks
 from activities.filtering import redact_text
 from activities.outbound import OutboundError, OutboundPolicy, resolve_public
 from activities.registry import AgentRegistry
 from activities.signed_post import MAX_REASON as MAX_REASON  # re-exported
 from activities.signed_post import SignedPoster, remote_reason
 from models.conversation import DeliveryResult
-from models.names import Activities, Routes
+from models.names import Activities, Errors, Routes
 from models.protocol import (
     MAX_CARRIED,
     ForwardMessage,
@@ -33,8 +33,6 @@ from models.protocol import (
     RemoteId,
 )
 
-AGENT_UNAVAILABLE = "AgentUnavailable"
-REGISTRY_UNAVAILABLE = "RegistryUnavailable"
 USER_AGENT = "Baton-Platform/1"
 CARRIED_FIELDS = {"seq", "message_id", "role", "author", "text", "at"}
 # The remote names its conversation, and that name goes into our URL paths: hold it to the protocol's id shape.
@@ -44,12 +42,11 @@ _GONE = (404, 409, 410)
 
 
 def forward_webhook_id(m: ForwardMessage) -> str:
-    return "fwd_" + hashlib.sha256(f"{m.conversation_id}\x00{m.message_id}".encode()).hexdigest()[:32]
+    return webhooks.webhook_id("fwd", m.conversation_id, m.message_id)
 
 
 def peer_webhook_id(p: PeerDelivery) -> str:
-    key = f"{p.conversation_id}\x00{p.seq}\x00{p.event.message_id}".encode()
-    return "evt_" + hashlib.sha256(key).hexdigest()[:32]
+    return webhooks.webhook_id("evt", p.conversation_id, p.seq, p.event.message_id)
 
 
 @contextmanager
@@ -61,7 +58,7 @@ def _registry_errors() -> Iterator[None]:
         # Our own ValueErrors are written to be shown; anything else could carry a connection string.
         shown = f": {e}" if type(e) is ValueError else ""
         raise ApplicationError(
-            f"the agent registry is unavailable ({type(e).__name__}{shown})", type=REGISTRY_UNAVAILABLE,
+            f"the agent registry is unavailable ({type(e).__name__}{shown})", type=Errors.REGISTRY_UNAVAILABLE,
             non_retryable=True,
         ) from None
 
@@ -78,7 +75,7 @@ def _accepted_id(response: httpx.Response) -> str | None:
 class PlatformActivities(SignedPoster):
     """Looks secrets up in the registry (the workflow passes ids only); resolves every domain per attempt."""
 
-    unavailable_type = AGENT_UNAVAILABLE
+    unavailable_type = Errors.AGENT_UNAVAILABLE
     user_agent = USER_AGENT
 
     def __init__(
@@ -113,7 +110,7 @@ class PlatformActivities(SignedPoster):
             return HandoffOutcome(accepted=False, detail=f"{what} cannot be reached: {e.reason}")
 
         path = Routes.AGENT_HANDOFFS.format(agent_id=quote(d.agent_id, safe=""))
-        response = await self._post(target, path, body, secret, "hof_" + d.handoff_id, what)
+        response = await self._post(target, path, body, secret, webhooks.webhook_id("hof", d.conversation_id, d.handoff_id), what)
         status = response.status_code
         if 200 <= status < 300:
             remote_id = _accepted_id(response)
@@ -125,7 +122,7 @@ class PlatformActivities(SignedPoster):
             # Linked before returning, so the agent's first callback finds its conversation.
             registry.link(d.agent_id, remote_id, d.conversation_id, d.handoff_id)
             return HandoffOutcome(accepted=True, remote_conversation_id=remote_id, status=status)
-        if status in (408, 429) or status >= 500:
+        if webhooks.retryable(status):
             raise self._unavailable(f"{what} answered {status}", status, response)
         detail = f"refused with {status}: {remote_reason(response, secret)}"
         activity.logger.warning("handoff %s to %s %s", d.handoff_id, what, detail)

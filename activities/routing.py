@@ -25,18 +25,17 @@ from models.conversation import (
     HandoffTarget,
     HistoryQuery,
     HistoryWindow,
-    OpenWindow,
     ParamValue,
     TranscriptEntry,
+    is_open,
+    next_opening,
 )
+from models import notices
 from models.names import WORKFLOW_TYPE, Activities, Queries, SearchAttributes, workflow_id
 from models.routing import PositionRequest, PositionResult, RouteDecision, RouteRequest, Skipped
 
 # Business hours are computed this far ahead; the workflow re-asks when a wait outlasts them.
 HORIZON = timedelta(days=8)
-AI_FAILURE_MESSAGE = "Sorry, I can't answer right now. Please try again in a moment."
-NO_ROUTE_MESSAGE = "Sorry, nobody can take this conversation right now. The assistant is back with you."
-AWAY_MESSAGE = "Our team is away right now{back}. The assistant is back with you{again}."
 COUNT_TIMEOUT = timedelta(seconds=10)
 
 
@@ -52,7 +51,7 @@ def decide(config: BatonConfig, req: RouteRequest, position: int | None = None) 
     if req.requested_by == "ai_failure":
         if config.ai_failure is None:
             return _decision(config, req, at, rule="none", why="the AI agent failed; no ai_failure rule",
-                             ladder=[HandoffTarget(ai=True, message=AI_FAILURE_MESSAGE)], position=position)
+                             ladder=[HandoffTarget(ai=True, message=notices.AI_FAILURE)], position=position)
         rule, why = "ai_failure", "the AI agent failed"
         ladder = [config.ai_failure.to, *config.ai_failure.fallback]
     elif req.target is not None:
@@ -66,7 +65,7 @@ def decide(config: BatonConfig, req: RouteRequest, position: int | None = None) 
                 break
         if route is None:
             return _decision(config, req, at, rule="none", why="no route matched",
-                             ladder=[HandoffTarget(ai=True, message=NO_ROUTE_MESSAGE)], position=position)
+                             ladder=[HandoffTarget(ai=True, message=notices.NO_ROUTE)], position=position)
         rule, why = route.name, ", ".join(matched) or "no conditions"
         ladder = [route.to, *route.fallback]
     return _decision(config, req, at, rule=rule, why=why, ladder=ladder, route=route, position=position)
@@ -112,11 +111,11 @@ def _decision(
 
     if not remaining:
         if back is not None:
-            message = AWAY_MESSAGE.format(back=f" (back {back[1]})", again="; you can ask again then")
+            message = notices.AWAY.format(back=f" (back {back[1]})", again="; you can ask again then")
         elif closed_for_hours:
-            message = AWAY_MESSAGE.format(back="", again="")
+            message = notices.AWAY.format(back="", again="")
         else:
-            message = NO_ROUTE_MESSAGE
+            message = notices.NO_ROUTE
         remaining = [HandoffTarget(ai=True, message=message)]
 
     target, fallback = remaining[0], remaining[1:]
@@ -198,14 +197,6 @@ def _business_hours(config: BatonConfig, rung: HandoffTarget) -> BusinessHours |
         return None
     queue = config.queues.get(rung.queue)
     return queue.business_hours if queue is not None else None
-
-
-def is_open(windows: list[OpenWindow], at: datetime) -> bool:
-    return any(w.start <= at < w.end for w in windows)
-
-
-def next_opening(windows: list[OpenWindow], at: datetime) -> datetime | None:
-    return min((w.start for w in windows if w.start > at), default=None)
 
 
 def describe_instant(instant: datetime, zone: ZoneInfo, now: datetime) -> str:

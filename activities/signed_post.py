@@ -16,9 +16,8 @@ from activities import webhooks
 from activities.channel import retry_after
 from activities.outbound import OutboundError, OutboundPolicy, Target, post_json
 from models.conversation import DeliveryResult
+from models.names import Errors
 
-# Final: the install's outbound setting is malformed (or, for a desk, its secret is unusable).
-BAD_CONFIGURATION = "BadConfiguration"
 MAX_REASON = 200
 
 
@@ -77,7 +76,7 @@ class SignedPoster:
         try:
             return OutboundPolicy.from_env()
         except ValueError as e:
-            raise ApplicationError(str(e), type=BAD_CONFIGURATION, non_retryable=True) from None
+            raise ApplicationError(str(e), type=Errors.BAD_CONFIGURATION, non_retryable=True) from None
 
     async def _post(
         self, target: Target, path: str, body: bytes, secret: str, msg_id: str, what: str
@@ -101,7 +100,7 @@ class SignedPoster:
         status = response.status_code
         if 200 <= status < 300:
             return DeliveryResult(outcome="delivered", status=status)
-        if status in (408, 429) or status >= 500:
+        if webhooks.retryable(status):
             raise self._unavailable(f"{what} answered {status}", status, response)
         detail = f"{what} answered {status}: {remote_reason(response, secret)}"
         activity.logger.warning("%s", detail)

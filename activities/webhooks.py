@@ -30,6 +30,22 @@ class WebhookVerificationError(Exception):
         self.reason = reason
 
 
+def webhook_id(kind: str, *parts: object) -> str:
+    """Baton's one `webhook-id` scheme, for every delivery it signs (Verify & Save's one-off challenge is random,
+    `vfy_`): `<kind>_` and 32 hex digits of SHA-256 over the
+    parts that name the delivery, joined by NUL. The same delivery gets the same id on every retry (a receiver
+    drops a repeat); different deliveries get different ids. Kinds: `msg` a reply to the channel, `fwd` / `evt` a
+    message to / an event from another platform, `hof` a handoff to another platform, `dsk` / `dskm` a handoff / a message to a third-party desk,
+    `turn` the AI agent's turn."""
+    key = "\x00".join(str(p) for p in parts).encode()
+    return f"{kind}_" + hashlib.sha256(key).hexdigest()[:32]
+
+
+def retryable(status: int) -> bool:
+    """Every outbound call's rule: 408, 429 and 5xx are tried again later; any other non-2xx answer is final."""
+    return status in (408, 429) or status >= 500
+
+
 def generate_secret(num_bytes: int = 32) -> str:
     return SECRET_PREFIX + base64.b64encode(_random.token_bytes(num_bytes)).decode("ascii")
 

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from temporalio.client import Client, WorkflowQueryFailedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from activities.filtering import redact_text
+from activities.filtering import REASONS, redact_text
 from activities.registry import AgentRegistry, LiveAgentIdTaken, LiveAgentInfo
 from api.auth import bearer
 from api.targets import check_targets
@@ -118,7 +118,10 @@ class DeskConversation(BaseModel):
     context: dict | None = Field(description="the context filtered for this handoff (route allowlist applied)")
     withheld: list[ReceiptEntry] = Field(
         default_factory=list,
-        description="what the filter withheld from this handoff's context: each path and why, never the value",
+        description="what the agent is not shown, each path and why, never the value: what the filter withheld "
+        "from this handoff's context, then what was withheld when received (context values from a context "
+        "update; a message redacted at ingress, as path `transcript #<seq>`), as far back as the current run's "
+        "audit reaches",
     )
     entries: list[TranscriptEntry]
     next_after: int
@@ -133,15 +136,39 @@ class DeskAgent(BaseModel):
 
 
 def withheld_for(audit: AuditPage, handoff_id: str | None) -> list[ReceiptEntry]:
-    """The receipt of the newest `context_filtered` audit entry: for `handoff_id` when one is pending, else the
-    newest (the handoff the current owner accepted)."""
+    """What the agent is not shown, each path and why (never the value): the receipt of the newest
+    `context_filtered` audit entry (for `handoff_id` when one is pending, else the newest: the handoff the
+    current owner accepted), then what was withheld before it ever reached the conversation (README, "Sensitive
+    values never enter history"): context values withheld from a context update (`context_updated`) and messages
+    (the user's, or an agent's) redacted when received (`redacted_at_ingress`, path `transcript #<seq>`). Both come
+    from the audit, so they reach as far back as the current run's audit does (the tail continue-as-new carries)."""
+    receipt: list[ReceiptEntry] = []
     for entry in reversed(audit.entries):
         if entry.kind != "context_filtered":
             continue
         if handoff_id is not None and entry.detail.get("handoff_id") != handoff_id:
             continue
-        return [ReceiptEntry.model_validate(r) for r in entry.detail.get("receipt", [])]
-    return []
+        receipt = [ReceiptEntry.model_validate(r) for r in entry.detail.get("receipt", [])]
+        break
+    at_ingress: list[ReceiptEntry] = []
+    for entry in audit.entries:
+        if entry.kind == "context_updated":
+            for w in entry.detail.get("withheld", []):
+                w = ReceiptEntry.model_validate(w)
+                at_ingress.append(w.model_copy(update={"reason": f"{w.reason}, withheld when received"}))
+        elif entry.kind == "redacted_at_ingress":
+            for kind in dict.fromkeys(entry.detail.get("kinds", [])):
+                at_ingress.append(ReceiptEntry(
+                    path=f"transcript #{entry.detail.get('seq')}", action="redacted",
+                    reason=f"{REASONS.get(kind, kind)}, redacted when received",
+                ))
+    seen: set[tuple[str, str, str]] = set()
+    unique = []
+    for r in receipt + at_ingress:
+        if (r.path, r.action, r.reason) not in seen:
+            seen.add((r.path, r.action, r.reason))
+            unique.append(r)
+    return unique
 
 
 class ReasonIn(BaseModel):

@@ -308,8 +308,8 @@ class DeskStream:
                     if mine_now and r.seq > seen[cid]:
                         try:
                             entries = await read_entries(self.client, cid, seen[cid])
-                        except (RPCError, WorkflowQueryFailedError):
-                            entries = []
+                        except (RPCError, WorkflowQueryFailedError, HTTPException):
+                            entries = []  # unanswered for now (a worker restarting): the next bell asks again
                         for entry in entries:
                             if entry.seq > seen[cid]:
                                 yield sse("entry", entry_data(entry, conversation_id=cid))

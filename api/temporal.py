@@ -18,7 +18,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
 from models.conversation import CommandResult, ConversationInput
-from models.names import SearchAttributes, workflow_id
+from models.names import Errors, SearchAttributes, workflow_id
 from workers.settings import Settings
 
 T = TypeVar("T")
@@ -42,9 +42,9 @@ async def not_found_or_closed(client: Client, conversation_id: str) -> HTTPExcep
 
 def conflict(err: WorkflowUpdateFailedError) -> HTTPException | None:
     """A command the workflow's validator refused: 409 with its reason (413 when it would pass a size bound)."""
-    if isinstance(err.cause, ApplicationError) and err.cause.type == "Rejected":
+    if isinstance(err.cause, ApplicationError) and err.cause.type == Errors.REJECTED:
         return HTTPException(409, err.cause.message)
-    if isinstance(err.cause, ApplicationError) and err.cause.type == "TooLarge":
+    if isinstance(err.cause, ApplicationError) and err.cause.type == Errors.TOO_LARGE:
         return HTTPException(413, err.cause.message)
     return None
 
@@ -109,12 +109,7 @@ async def query(
             if not (_timed_out(err) or _no_worker(err)):
                 raise
             if loop.time() > deadline:
-                # A worker that is up but too busy to answer in time (replaying after a restart): a read that
-                # failed changed nothing, so say so and when to ask again, instead of a 500.
-                raise HTTPException(
-                    503, f"no worker answered the conversation's query within {WORKER_WAIT_SECONDS:.0f} s (a worker "
-                    "restarting or busy catching up); nothing was changed, ask again", headers={"Retry-After": "2"},
-                ) from None
+                raise unanswered() from None
             with contextlib.suppress(RPCError):
                 await client.workflow_service.reset_sticky_task_queue(
                     ResetStickyTaskQueueRequest(
@@ -124,7 +119,20 @@ async def query(
                 )
             raise RPCError("no poller: the sticky worker did not answer", RPCStatusCode.FAILED_PRECONDITION, b"") from None
 
-    return await waiting_for_a_worker(ask)
+    def unanswered() -> HTTPException:
+        # A worker that is up but too busy to answer in time (replaying after a restart), or none at all: a read
+        # that failed changed nothing, so say so and when to ask again, instead of a 500.
+        return HTTPException(
+            503, f"no worker answered the conversation's query within {WORKER_WAIT_SECONDS:.0f} s (a worker "
+            "restarting or busy catching up); nothing was changed, ask again", headers={"Retry-After": "2"},
+        )
+
+    try:
+        return await waiting_for_a_worker(ask)
+    except HTTPException as err:
+        if err.status_code != 503:
+            raise
+        raise unanswered() from None
 
 
 async def update(client: Client, conversation_id: str, name: str, arg: Any) -> CommandResult:

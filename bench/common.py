@@ -39,6 +39,7 @@ from temporalio.worker import WorkflowInstance, WorkflowRunner
 
 from bench import baseline
 from models.conversation import ConversationInput, UserMessage
+from api.temporal import WORKFLOW_TASK_TIMEOUT
 from models.names import WORKFLOW_TYPE, SearchAttributes, Signals, workflow_id
 
 DEV_SERVER = Path(sys.executable).parent / "temporal"
@@ -541,6 +542,7 @@ class BatonDriver:
                 ConversationInput(conversation_id=cid, channel="web"),
                 id=workflow_id(cid),
                 task_queue=self.task_queue,
+                task_timeout=WORKFLOW_TASK_TIMEOUT,  # as the API starts it
                 start_signal=Signals.USER_MESSAGE,
                 start_signal_args=[message],
                 search_attributes=self._attributes,

@@ -246,6 +246,23 @@ class OpenWindow(BaseModel):
     end: datetime
 
 
+# Business hours are decided here, once: by the routing activity (skip a closed queue) and by the workflow (a queue
+# that closes while a user waits in it). `windows` None means always open.
+
+
+def window_at(windows: list[OpenWindow] | None, at: datetime) -> OpenWindow | None:
+    """The opening window that holds `at`, if any."""
+    return next((w for w in windows or [] if w.start <= at < w.end), None)
+
+
+def is_open(windows: list[OpenWindow] | None, at: datetime) -> bool:
+    return windows is None or window_at(windows, at) is not None
+
+
+def next_opening(windows: list[OpenWindow], at: datetime) -> datetime | None:
+    return min((w.start for w in windows if w.start > at), default=None)
+
+
 class PendingHandoff(BaseModel):
     handoff_id: str
     reason: str

@@ -85,3 +85,20 @@ class Activities:
     DELIVER_TO_DESK = "deliver_to_desk"
     FORWARD_TO_DESK = "forward_to_desk"
     RING_BELL = "ring_bell"  # the event stream's doorbell (docs/event-stream.md)
+
+
+class Errors:
+    """The `type` of every ApplicationError Baton raises: activities' failures (retried unless marked final) and
+    the workflow's refusals, matched on by the API and by callers. Names, not messages: a message may change."""
+
+    REJECTED = "Rejected"  # an update validator refused the command (API: 409 with the reason)
+    TOO_LARGE = "TooLarge"  # a command past a size bound (API: 413)
+    AGENT_UNAVAILABLE = "AgentUnavailable"  # the AI agent's webhook, or an external agent: retried
+    AGENT_REJECTED = "AgentRejected"  # the AI agent's webhook answered 4xx: final
+    AGENT_BAD_REPLY = "AgentBadReply"  # the AI agent's answer is not a valid reply: final
+    CHANNEL_UNAVAILABLE = "ChannelUnavailable"  # the channel callback: retried (honouring Retry-After)
+    DESK_UNAVAILABLE = "DeskUnavailable"  # a third-party desk: retried
+    UNKNOWN_DESK = "UnknownDesk"  # a desk the config does not name: final
+    REGISTRY_UNAVAILABLE = "RegistryUnavailable"  # the agent registry (store) could not be read: final
+    BAD_CONFIGURATION = "BadConfiguration"  # a desk's missing or unusable secret, a malformed outbound setting: final
+    FILTER_FAILED = "FilterFailed"  # the context filter itself failed: final (nothing is shared)

@@ -21,6 +21,7 @@ with workflow.unsafe.imports_passed_through():
 
     from activities.channel import ChannelDeliverer, channel_webhook_id, retry_after
     from models.conversation import ChannelMessage, DeliveryResult, Role
+    from models.names import Errors
     from workflows.conversation import CHANNEL_RETRY, CHANNEL_SCHEDULE_TO_CLOSE, CHANNEL_START_TO_CLOSE
     from tests.conftest import free_port
     from tests.receiver import Receiver
@@ -82,7 +83,7 @@ async def deliver(deliverer: ChannelDeliverer, msg: ChannelMessage) -> DeliveryR
 async def unavailable(deliverer: ChannelDeliverer, msg: ChannelMessage) -> ApplicationError:
     with pytest.raises(ApplicationError) as e:
         await deliver(deliverer, msg)
-    assert e.value.type == "ChannelUnavailable"
+    assert e.value.type == Errors.CHANNEL_UNAVAILABLE
     assert not e.value.non_retryable
     return e.value
 

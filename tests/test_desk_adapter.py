@@ -29,15 +29,13 @@ from temporalio.testing import ActivityEnvironment
 
 from activities import webhooks
 from activities.desk_adapter import (
-    BAD_CONFIGURATION,
-    DESK_UNAVAILABLE,
-    UNKNOWN_DESK,
     DeskEndpoint,
     ThirdPartyDesks,
     forward_webhook_id,
     handoff_webhook_id,
 )
 from activities.outbound import ALLOW_PRIVATE_ENV, OutboundPolicy
+from models.names import Errors
 from api.desk_events import desk_events_router
 from api.serve import EmbeddedServer
 from models.conversation import (
@@ -76,7 +74,7 @@ async def fails(fn: Any, arg: Any) -> ApplicationError:
 
 async def unavailable(fn: Any, arg: Any) -> ApplicationError:
     err = await fails(fn, arg)
-    assert err.type == DESK_UNAVAILABLE and not err.non_retryable, err
+    assert err.type == Errors.DESK_UNAVAILABLE and not err.non_retryable, err
     return err
 
 
@@ -203,9 +201,9 @@ async def test_handoff_transient_answers_raise_retryable(status):
 
 async def test_unknown_desk_fails_for_good_naming_it():
     err = await fails(desks().deliver_to_desk, handoff(desk="nobody"))
-    assert err.non_retryable and err.type == UNKNOWN_DESK and "'nobody'" in str(err)
+    assert err.non_retryable and err.type == Errors.UNKNOWN_DESK and "'nobody'" in str(err)
     err = await fails(desks().forward_to_desk, forward(desk="nobody"))
-    assert err.non_retryable and err.type == UNKNOWN_DESK and "'nobody'" in str(err)
+    assert err.non_retryable and err.type == Errors.UNKNOWN_DESK and "'nobody'" in str(err)
 
 
 @pytest.mark.parametrize("secret", ["", "whsec_", "whsec_!!not-base64!!", "not-a-whsec-secret-at-all"])
@@ -214,7 +212,7 @@ async def test_a_missing_or_malformed_secret_fails_for_good_without_showing_it(s
         acts = desks(DeskEndpoint("acme", desk.base_url, secret))
         for fn, arg in ((acts.deliver_to_desk, handoff()), (acts.forward_to_desk, forward())):
             err = await fails(fn, arg)
-            assert err.non_retryable and err.type == BAD_CONFIGURATION and "'acme'" in str(err)
+            assert err.non_retryable and err.type == Errors.BAD_CONFIGURATION and "'acme'" in str(err)
             if secret not in ("", "whsec_"):
                 no_secret(str(err), secret)
         assert desk.requests == []
@@ -225,7 +223,7 @@ async def test_a_lookup_that_breaks_fails_for_good():
         raise RuntimeError("postgres://user:pw@db/desks is down")
 
     err = await fails(ThirdPartyDesks(broken, PUBLIC_URL, ALLOW).deliver_to_desk, handoff())
-    assert err.non_retryable and err.type == BAD_CONFIGURATION and "pw@db" not in str(err)
+    assert err.non_retryable and err.type == Errors.BAD_CONFIGURATION and "pw@db" not in str(err)
 
 
 async def test_the_secret_never_appears_in_errors_or_details():
@@ -270,7 +268,7 @@ async def test_private_networks_are_refused_unless_allowed(monkeypatch):
         assert (await run(desks(acme, policy=None).deliver_to_desk, handoff())).outcome == "delivered"
         monkeypatch.setenv(ALLOW_PRIVATE_ENV, "maybe")
         err = await fails(desks(acme, policy=None).deliver_to_desk, handoff())
-        assert err.non_retryable and err.type == BAD_CONFIGURATION and ALLOW_PRIVATE_ENV in str(err)
+        assert err.non_retryable and err.type == Errors.BAD_CONFIGURATION and ALLOW_PRIVATE_ENV in str(err)
         assert len(desk.requests) == 1
 
 

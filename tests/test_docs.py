@@ -237,3 +237,27 @@ def test_the_code_cites_only_documents_that_exist():
                 if not (ROOT / cited).exists():
                     missing.append(f"{source.relative_to(ROOT)}: {cited}")
     assert not missing, "the code cites documents that do not exist:\n" + "\n".join(missing)
+
+
+EXAMPLE_SECRET = "whsec_AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="  # the documents' example secret
+
+
+@pytest.mark.parametrize("name", ["platform-protocol.md", "desk-protocol.md"])
+def test_the_documented_example_signatures_verify(name: str):
+    """The protocol documents say their example signatures are real: each signed example (webhook-id,
+    webhook-timestamp, webhook-signature, then the body line) verifies with the documented secret."""
+    text = (DOCS / name).read_text()
+    assert EXAMPLE_SECRET in text
+    lines = text.splitlines()
+    checked = 0
+    for i, line in enumerate(lines):
+        if not line.startswith("webhook-signature: "):
+            continue
+        headers = {k: v for k, v in (l.split(": ", 1) for l in lines[i - 2:i + 1])}
+        if "..." in headers.get("webhook-id", "...") or "webhook-timestamp" not in headers:
+            continue  # an abbreviated example
+        body = next(l for l in lines[i + 1:] if l.strip())
+        expected = webhooks.sign(EXAMPLE_SECRET, headers["webhook-id"], int(headers["webhook-timestamp"]), body.encode())
+        assert headers["webhook-signature"] == expected, (name, headers["webhook-id"])
+        checked += 1
+    assert checked >= 2, (name, checked)

@@ -5,6 +5,7 @@ screen reader finds them. Also the demo session's and the pages' security at the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 from dataclasses import dataclass
 
@@ -106,6 +107,21 @@ async def shown_once_in_order(chat: Tab, demo: Demo, conversation_id: str) -> li
     shown = await chat.entries()
     assert [(e["seq"], e["role"], e["text"]) for e in shown] == [(e["seq"], e["role"], e["text"]) for e in entries]
     return shown
+
+
+@contextlib.asynccontextmanager
+async def chat_and_console(demo: Demo, browser, agent_id: str):
+    """A user's chat tab and a live agent's console tab, signed in with its waiting list shown; yields
+    (chat, console, the chat's conversation id)."""
+    token = await demo.live_agent(agent_id)
+    async with (
+        tab(browser, demo.base, "/chat", ChatTab) as chat,
+        tab(browser, demo.base, "/console", ConsoleTab) as console,
+    ):
+        await console.sign_in(token)
+        await expect(console.waiting()).to_be_attached()
+        console.token = token
+        yield chat, console, await chat.conversation_id()
 
 
 # ---- the walk-throughs -----------------------------------------------------------------------------------------
@@ -302,14 +318,7 @@ async def test_an_agent_works_two_conversations_transfers_one_to_a_named_agent_a
 
 
 async def test_html_in_messages_is_shown_as_text_on_both_pages(demo, browser):
-    token = await demo.live_agent("carol")
-    async with (
-        tab(browser, demo.base, "/chat", ChatTab) as chat,
-        tab(browser, demo.base, "/console", ConsoleTab) as carol,
-    ):
-        await carol.sign_in(token)
-        await expect(carol.waiting()).to_be_attached()
-        conversation = await chat.conversation_id()
+    async with chat_and_console(demo, browser, "carol") as (chat, carol, conversation):
         await chat.say("I want to talk to a human")
         await expect(carol.waiting_item(conversation)).to_be_visible()
         await chat.say(INJECTION)
@@ -447,14 +456,7 @@ async def test_the_chat_page_resumes_after_a_dropped_stream_without_gaps_or_repe
 
 
 async def test_the_console_catches_up_after_its_stream_drops(demo, browser):
-    token = await demo.live_agent("erin")
-    async with (
-        tab(browser, demo.base, "/chat", ChatTab) as chat,
-        tab(browser, demo.base, "/console", ConsoleTab) as erin,
-    ):
-        await erin.sign_in(token)
-        await expect(erin.waiting()).to_be_attached()
-        conversation = await chat.conversation_id()
+    async with chat_and_console(demo, browser, "erin") as (chat, erin, conversation):
         await chat.say("I want to talk to a human")
         await erin.waiting_item(conversation).get_by_role("button", name="Claim", exact=True).click()
         panel = erin.panel()
@@ -491,3 +493,44 @@ async def test_a_reloaded_chat_tab_keeps_its_conversation_and_a_new_tab_starts_a
         )
         assert re.fullmatch(r"demo-[0-9a-f]+", await chat.conversation_id())
         chat.assert_clean()
+
+
+CARD = "4111 1111 1111 1111"
+
+
+async def test_a_reloaded_console_reopens_its_conversations_and_names_what_was_withheld_when_received(demo, browser):
+    """Reload restores the open conversations (live again: a new message appears, a reply goes out). "Withheld" also
+    lists what never reached the conversation: a card number the user typed, a secret-looking context value."""
+    async with chat_and_console(demo, browser, "hana") as (chat, hana, conversation):
+        r = await demo.http.put(f"/v1/conversations/{conversation}/context",
+                                json={"profile": {"name": "Ada", "iban": "DE89 3704 0044 0532 0130 00"}})
+        assert r.status_code == 200, r.text
+        await chat.say("I want to talk to a human")
+        await chat.say(f"my card is {CARD}")  # while waiting; redacted before it reaches the conversation
+        await expect(chat.said_by("user", "[redacted:card]")).to_have_count(1)
+        await hana.waiting_item(conversation).get_by_role("button", name="Claim", exact=True).click()
+        await expect(hana.tab(conversation)).to_be_visible()
+
+        await hana.page.reload()
+        await expect(hana.tab(conversation)).to_be_visible()  # reopened, without claiming again
+        panel = hana.panel()
+        await expect(hana.said_by("user", "[redacted:card]", panel)).to_have_count(1)
+        withheld = panel.get_by_role("region", name="Context").get_by_role("listitem")
+        seq = next(e["seq"] for e in await demo.transcript(conversation) if "[redacted:card]" in e["text"])
+        await expect(withheld.filter(has_text=f"transcript #{seq}")).to_contain_text("card number")
+        await expect(withheld.filter(has_text="profile.iban")).to_contain_text("withheld when received")
+        await chat.say("Are you there?")
+        await expect(hana.said_by("user", "Are you there?", panel)).to_have_count(1)
+        await hana.reply("Yes, I am.")
+        await expect(chat.said_by("live_agent", "Yes, I am.")).to_have_count(1)
+
+        r = await demo.http.get(f"/v1/desk/conversations/{conversation}/transcript",
+                                headers={"Authorization": f"Bearer {hana.token}"})
+        assert r.status_code == 200, r.text
+        paths = {w["path"]: w for w in r.json()["withheld"]}
+        assert paths[f"transcript #{seq}"]["action"] == "redacted", paths
+        assert "withheld when received" in paths["profile.iban"]["reason"], paths
+        assert CARD not in r.text and "0532 0130" not in r.text
+        assert CARD not in await hana.page.content() and CARD not in await chat.page.content()
+        for page in (chat, hana):
+            page.assert_clean()

@@ -15,7 +15,8 @@ from temporalio.testing import ActivityEnvironment
 
 from activities import sealing
 from activities.outbound import ALLOW_PRIVATE_ENV, OutboundPolicy
-from activities.platform import AGENT_UNAVAILABLE, PlatformActivities
+from activities.platform import PlatformActivities
+from models.names import Errors
 from activities.registry import SqliteRegistry
 from models.conversation import DeliveryResult, Role, TranscriptEntry
 from models.filtering import SharedContext
@@ -59,7 +60,7 @@ async def run(fn: Any, arg: Any) -> Any:
 async def unavailable(fn: Any, arg: Any) -> ApplicationError:
     with pytest.raises(ApplicationError) as e:
         await run(fn, arg)
-    assert e.value.type == AGENT_UNAVAILABLE
+    assert e.value.type == Errors.AGENT_UNAVAILABLE
     assert not e.value.non_retryable
     return e.value
 
@@ -98,6 +99,9 @@ def no_secret(result: HandoffOutcome | DeliveryResult, *secrets: str) -> None:
 # ---- deliver_handoff ----------------------------------------------------------------------------------------
 
 
+HOF_ID = "hof_" + hashlib.sha256(b"c-1\x00h-1").hexdigest()[:32]
+
+
 async def test_accepted_handoff_sends_the_documented_envelope_and_links(registry):
     async with Receiver() as remote:
         registry.save_external("ext-1", remote.secret, remote.base_url)
@@ -108,7 +112,7 @@ async def test_accepted_handoff_sends_the_documented_envelope_and_links(registry
         assert registry.linked("ext-1", "rc-1") == "c-1"
         [req] = remote.requests
         assert req.method == "POST" and req.path == "/v1/agents/ext-1/handoffs"
-        assert req.webhook_id == "hof_h-1"
+        assert req.webhook_id == HOF_ID  # the same on every retry: a hash of conversation and handoff id
         # The reference library agrees with our signature, byte for byte.
         body = standardwebhooks.Webhook(remote.secret).verify(req.body, req.headers)
         assert body == {
@@ -141,7 +145,7 @@ async def test_retry_after_503_keeps_the_webhook_id_and_signs_afresh(registry):
 
         assert outcome.accepted and outcome.remote_conversation_id == "rc-2"
         first, second = remote.requests
-        assert first.webhook_id == second.webhook_id == "hof_h-1"
+        assert first.webhook_id == second.webhook_id == HOF_ID
         assert first.body == second.body
         assert first.verified and second.verified
 

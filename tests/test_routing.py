@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 import yaml
 
-from activities.routing import AI_FAILURE_MESSAGE, NO_ROUTE_MESSAGE, IntentFirst, Router, decide, position_query
+from activities.routing import IntentFirst, Router, decide, position_query
+from models import notices
 from models.config import BatonConfig, default_config, load_config
 from models.conversation import AgentReply, AgentTurn, HandoffTarget, OpenWindow, Role, TranscriptEntry
 from models.routing import PositionRequest, RouteRequest, Skipped
@@ -109,7 +110,7 @@ def test_the_first_matching_route_wins_and_says_why(fields: dict, rule: str, why
 def test_nothing_matches_back_to_the_ai(fields: dict) -> None:
     decision = decide(config(), request(**fields))
     assert decision.rule == "none" and decision.why == "no route matched"
-    assert decision.target == HandoffTarget(ai=True, message=NO_ROUTE_MESSAGE)
+    assert decision.target == HandoffTarget(ai=True, message=notices.NO_ROUTE)
     assert decision.fallback == [] and decision.position is None
 
 
@@ -137,7 +138,7 @@ def test_an_explicit_target_is_honoured_with_its_own_fallback() -> None:
 def test_ai_failure_without_a_rule_apologises_and_with_one_follows_it() -> None:
     decision = decide(config(), request(requested_by="ai_failure", intent="human"))
     assert decision.rule == "none"
-    assert decision.target == HandoffTarget(ai=True, message=AI_FAILURE_MESSAGE)
+    assert decision.target == HandoffTarget(ai=True, message=notices.AI_FAILURE)
     with_rule = config(CONFIG + "ai_failure:\n  to: {queue: general}\n  fallback: [{leave_message: true}]\n")
     decision = decide(with_rule, request(requested_by="ai_failure", intent="human"))
     assert (decision.rule, decision.why) == ("ai_failure", "the AI agent failed")
@@ -155,7 +156,7 @@ def test_unknown_queues_are_skipped_wherever_they_are_in_the_ladder() -> None:
     assert decision.skipped == [Skipped(target="queue:sales", why="unknown queue"),
                                 Skipped(target="queue:nowhere", why="unknown queue")]
     nothing_left = decide(config(), request(target=HandoffTarget(queue="sales")))
-    assert nothing_left.target == HandoffTarget(ai=True, message=NO_ROUTE_MESSAGE)
+    assert nothing_left.target == HandoffTarget(ai=True, message=notices.NO_ROUTE)
 
 
 # ---- business hours -------------------------------------------------------------------------------------

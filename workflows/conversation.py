@@ -44,12 +44,15 @@ with workflow.unsafe.imports_passed_through():
         TranscriptQuery,
         UserMessage,
         Work,
+        is_open,
+        window_at,
     )
     from models.desk import DeskForward, DeskHandoff
     from models.filtering import FilterRequest, FilterResult
-    from models.names import WORKFLOW_TYPE, Activities, Queries, SearchAttributes, Signals, Updates
+    from models.names import WORKFLOW_TYPE, Activities, Errors, Queries, SearchAttributes, Signals, Updates
     from models.protocol import ForwardMessage, HandoffDelivery, HandoffOutcome, PeerDelivery, PeerEvent
     from models.routing import PositionRequest, PositionResult, RouteDecision, RouteRequest
+    from models import notices
     from workflows import views
     from workflows.transitions import Event, apply, may_speak, refusal
 
@@ -120,7 +123,7 @@ class Reject(ApplicationError):
     """A command refused by an update validator; the reason reaches the caller, nothing reaches history."""
 
     def __init__(self, reason: str) -> None:
-        super().__init__(reason, type="Rejected", non_retryable=True)
+        super().__init__(reason, type=Errors.REJECTED, non_retryable=True)
 
 
 @workflow.defn(name=WORKFLOW_TYPE)
@@ -297,7 +300,7 @@ class Conversation:
                 # The AI agent failed for good: the config's failure rule decides who takes over.
                 await self._route_ai_failure()
                 return
-            self._say(Role.SYSTEM, "system", "Sorry, I can't answer right now. Please try again in a moment.")
+            self._say(Role.SYSTEM, "system", notices.AI_FAILURE)
             return
         self.s.human_stretch_ended = False
         if reply.slots:
@@ -455,7 +458,7 @@ class Conversation:
         if self._closed:
             raise Reject("the conversation is closed")
         if (why := views.context_refusal(self.s.context, update)) is not None:
-            raise ApplicationError(why, type="TooLarge", non_retryable=True)
+            raise ApplicationError(why, type=Errors.TOO_LARGE, non_retryable=True)
 
     @workflow.update(name=Updates.ACCEPT_HANDOFF)
     def accept_handoff(self, accept: AcceptHandoff) -> CommandResult:
@@ -474,9 +477,9 @@ class Conversation:
             for entry in self.s.transcript:
                 if entry.role is Role.USER and entry.seq > (pending.carried_until or pending.from_seq - 1):
                     self.s.inbox.append(Work(kind="forward_desk", seq=entry.seq))
-            self._say(Role.SYSTEM, "system", "Our support team has joined the conversation.")
+            self._say(Role.SYSTEM, "system", notices.DESK_JOINED)
         else:
-            self._say(Role.SYSTEM, "system", f"{accept.owner} has joined the conversation.")
+            self._say(Role.SYSTEM, "system", notices.joined(accept.owner))
         self._publish()
         return self._result(handoff_id=pending.handoff_id)
 
@@ -708,7 +711,7 @@ class Conversation:
             return  # someone else took over meanwhile
         if decision is None or decision.target.final:
             message = decision.target.message if decision and decision.target.message else None
-            self._say(Role.SYSTEM, "system", message or "Sorry, I can't answer right now. Please try again in a moment.")
+            self._say(Role.SYSTEM, "system", message or notices.AI_FAILURE)
             return
         self._start_handoff(HandoffRequest(reason="the AI agent failed"), requested_by="ai_failure", decision=decision)
 
@@ -743,7 +746,7 @@ class Conversation:
         pending.deadline = deadline
         pending.position = position if target.waits_for_person else None
         self.s.queue = target.desk_queue
-        self._say(Role.SYSTEM, "system", views.waiting_notice(target, pending.position))
+        self._say(Role.SYSTEM, "system", notices.waiting_notice(target, pending.position))
         if target.waits_for_person:
             self.s.inbox.append(Work(kind="share", handoff_id=pending.handoff_id))
             self._announce_positions(pending)
@@ -758,19 +761,16 @@ class Conversation:
         self._back_to_ai(pending)
         if target.leave_message:
             self._audit("leave_message_offered", handoff_id=pending.handoff_id)
-            self._say(Role.SYSTEM, "system", target.message or views.LEAVE_MESSAGE)
+            self._say(Role.SYSTEM, "system", target.message or notices.LEAVE_MESSAGE)
         else:
-            self._say(Role.SYSTEM, "system", target.message or views.GIVE_UP)
+            self._say(Role.SYSTEM, "system", target.message or notices.GIVE_UP)
 
     def _is_open(self, pending: PendingHandoff, target: HandoffTarget, at: datetime) -> bool:
-        windows = pending.hours.get(target.label)
-        return windows is None or any(w.start <= at < w.end for w in windows)
+        return is_open(pending.hours.get(target.label), at)
 
     def _window_end(self, pending: PendingHandoff, target: HandoffTarget, at: datetime) -> datetime | None:
-        for w in pending.hours.get(target.label) or []:
-            if w.start <= at < w.end:
-                return w.end
-        return None
+        window = window_at(pending.hours.get(target.label), at)
+        return window.end if window is not None else None
 
     def _cancel(self, reason: str, by: str) -> None:
         pending = self.s.pending
@@ -780,7 +780,7 @@ class Conversation:
         self.s.pending = None
         self.s.waiting_since = None
         self.s.shared_context = None
-        self._say(Role.SYSTEM, "system", views.CANCELLED)
+        self._say(Role.SYSTEM, "system", notices.CANCELLED)
         self._publish()
 
     async def _share(self, handoff_id: str) -> None:
@@ -862,7 +862,7 @@ class Conversation:
                 if not self._still_waiting(handoff_id) or result.position is None:
                     continue
                 if views.position_worth_telling(pending.position, result.position):
-                    self._say(Role.SYSTEM, "system", views.position_notice(result.position))
+                    self._say(Role.SYSTEM, "system", notices.position_notice(result.position))
                 pending.position = result.position
         finally:
             self._announcing.discard(handoff_id)
@@ -897,7 +897,7 @@ class Conversation:
             fallback=[t.label for t in request.fallback],
             params=request.params,
         )
-        self._say(Role.SYSTEM, "system", views.waiting_notice(target))
+        self._say(Role.SYSTEM, "system", notices.waiting_notice(target))
         self._reach(pending)
         self._publish()
         return pending
@@ -1026,7 +1026,7 @@ class Conversation:
             return  # handed back or closed meanwhile
         self._passed_on(
             seq, result, {"desk": link.desk}, "desk_lost",
-            "Our support team can't be reached right now, so the assistant is back with you.",
+            notices.DESK_LOST,
         )
 
     async def _forward(self, seq: int) -> None:
@@ -1051,7 +1051,7 @@ class Conversation:
             return  # handed back or closed meanwhile
         self._passed_on(
             seq, result, {"agent": link.agent_id}, "external_agent_lost",
-            "The specialist assistant can't be reached right now, so I'm back with you.",
+            notices.EXTERNAL_AGENT_LOST,
         )
 
     async def _ready_to_pass_on(self, seq: int, owning: State, linked: bool) -> bool:
@@ -1072,7 +1072,7 @@ class Conversation:
             return
         if result.outcome == "rejected":
             self._audit("forward_rejected", seq=seq, **who, status=result.status, detail=result.detail)
-            self._say(Role.SYSTEM, "system", "Sorry, that message could not be passed on. Please try rephrasing it.")
+            self._say(Role.SYSTEM, "system", notices.NOT_PASSED_ON)
             return
         self._audit(lost, seq=seq, **who, status=result.status, detail=result.detail)
         self._transition(Event.HAND_BACK, owner="ai", queue=None)
@@ -1134,17 +1134,12 @@ class Conversation:
                 }
             )
             self._audit("handoff_fallback", handoff_id=self.s.pending.handoff_id, target=target.label)
-            self._say(Role.SYSTEM, "system", views.waiting_notice(target))
+            self._say(Role.SYSTEM, "system", notices.waiting_notice(target))
             self._reach(self.s.pending)
         else:
             self._transition(Event.GIVE_UP, owner="ai", queue=None)
             self._back_to_ai(pending)
-            self._say(
-                Role.SYSTEM,
-                "system",
-                "Sorry, nobody is available to take over right now. The assistant is back with you; "
-                "you can ask for a person again later.",
-            )
+            self._say(Role.SYSTEM, "system", notices.GIVE_UP)
         self._publish()
 
     def _sla(self, pending: PendingHandoff) -> int:
@@ -1187,9 +1182,9 @@ class Conversation:
         self.s.closed_reason = reason
         self._audit("closed", reason=reason)
         if self.s.peer is None:
-            self._say(Role.SYSTEM, "system", "This conversation has been closed.")
+            self._say(Role.SYSTEM, "system", notices.CLOSED)
         else:
-            text = "Handed back to the referring assistant." if peer_event == "hand_back" else "This conversation has been closed."
+            text = notices.HANDED_BACK_TO_REFERRER if peer_event == "hand_back" else notices.CLOSED
             self._append(Role.SYSTEM, "system", text, event=peer_event, deliver=peer_event is not None)
         self._publish()
 

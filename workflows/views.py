@@ -1,4 +1,5 @@
-"""Pure functions of a conversation's state: snapshot, UI details, notices, what continue-as-new carries.
+"""Pure functions of a conversation's state: snapshot, UI details, what continue-as-new carries. (What the workflow
+says to users is in models/notices.py.)
 
 Deterministic and free of I/O like the workflow, but kept out of the workflow module so the sandbox passes it
 through instead of recompiling it for every conversation."""
@@ -16,7 +17,6 @@ from models.conversation import (
     Context,
     ContextUpdate,
     ConversationState,
-    HandoffTarget,
     RunSegment,
     Snapshot,
     TranscriptEntry,
@@ -153,21 +153,6 @@ def details(s: ConversationState) -> str:
     return "\n".join(lines)
 
 
-def waiting_notice(target: HandoffTarget, position: int | None = None) -> str:
-    if target.waits_for_person:
-        text = "I'm connecting you with a person. Please stay here; someone will be with you shortly."
-        if position is not None:
-            text += f" You are number {position} in the queue."
-        return text
-    if target.desk:
-        return "I'm connecting you with our support team. Please stay here; someone will be with you shortly."
-    return "I'm connecting you with a specialist assistant. One moment, please."
-
-
-def position_notice(position: int) -> str:
-    return "You're next in the queue." if position == 1 else f"You're now number {position} in the queue."
-
-
 def position_worth_telling(last: int | None, now: int) -> bool:
     """Tell the user when their position improved meaningfully: near the front, or by a quarter of the way."""
     if last is None:
@@ -175,17 +160,6 @@ def position_worth_telling(last: int | None, now: int) -> bool:
     if now >= last:
         return False
     return now <= 3 or last - now >= max(2, last // 4)
-
-
-GIVE_UP = (
-    "Sorry, nobody is available to take over right now. The assistant is back with you; "
-    "you can ask for a person again later."
-)
-LEAVE_MESSAGE = (
-    "Nobody can take this conversation right now. Leave your message here, with how we can reach you, and a "
-    "person will get back to you. The assistant is back with you meanwhile."
-)
-CANCELLED = "OK, I've cancelled your request for a person. The assistant is back with you."
 
 
 def normalized(text: str) -> str:
