@@ -176,9 +176,9 @@ async def skip(env: Any, handle: WorkflowHandle, duration: timedelta) -> None:
 
     A long skip goes in steps of SKIP_STEP, each with its own generous RPC timeout. Every timer that fires on the
     way is worked off in real time (a waiting user's position is re-counted every minute: 45 of them in a 45-minute
-    skip; since runs continue as new at 300 events, the run continues as new on the way too). `env.sleep` gives up
-    after the client's default RPC timeout: in one full `make test` of ten, a 45-minute skip failed that way with
-    "Timeout expired" (alone, such a skip takes about a second here; the cause of that one slow skip is not known)."""
+    skip). `env.sleep` gives up after the client's default RPC timeout, with "Timeout expired"; here each step gets
+    SKIP_RPC_TIMEOUT. (Alone, a 10-minute step takes 0.1-0.5 s here; a step that does not return within two minutes
+    has hung, see tests/test_timers.py.)"""
     from temporalio.api.testservice.v1 import SleepRequest
 
     await settled(handle)
