@@ -37,7 +37,7 @@ class Settings(BaseModel):
     # The routing config file (YAML or TOML, see config/baton.yaml); None: models.config.default_config().
     config: Path | None = None
     # Run workflow code in the Temporal SDK's sandbox (a run-time guard against non-deterministic calls, at about
-    # half the worker's CPU). Off by default; the test suite runs every workflow with it on (workers/worker.py).
+    # 40 % more worker CPU per message). Off by default; in-process test workers run with it on (workers/worker.py).
     workflow_sandbox: bool = False
 
     @classmethod

@@ -162,8 +162,9 @@ def build_worker(
     options["interceptors"] = [HeartbeatWhileSlow(), *options.get("interceptors", [])]
     options.setdefault("build_id", build_id())
     if not settings.workflow_sandbox:
-        # The SDK's sandbox re-imports the workflow module for every run and enters it for every payload: half the
-        # worker's CPU under traffic, and twice the catch-up time after a crash (README, "Operating"). It guards
+        # The SDK's sandbox re-imports the workflow module for every run and enters it for every payload: a cold
+        # replay costs about three times as much, a message about 40 % more worker CPU, and the catch-up after a crash
+        # took twice as long (README, "Operating" and "Benchmarks"). It guards
         # against non-deterministic calls at run time; Baton keeps that guard in CI instead, where the test suite
         # runs every workflow sandboxed (tests/harness.settings_for) and the replay tests replay sandboxed too.
         options.setdefault("workflow_runner", UnsandboxedWorkflowRunner())
