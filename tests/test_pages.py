@@ -323,6 +323,7 @@ async def test_html_in_messages_is_shown_as_text_on_both_pages(demo, browser):
         await expect(carol.waiting_item(conversation)).to_be_visible()
         await chat.say(INJECTION)
         await expect(chat.entry(INJECTION).locator(".text")).to_have_text(INJECTION)
+        await expect(carol.waiting_item(conversation)).to_contain_text(f"Latest: {INJECTION}")  # as text
         await carol.waiting_item(conversation).get_by_role("button", name="Claim", exact=True).click()
         panel = carol.panel()
         await expect(carol.entry(INJECTION, panel).locator(".text")).to_have_text(INJECTION)

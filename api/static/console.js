@@ -213,10 +213,12 @@ function waitingItem(row) {
       item.position,
       el("span", { class: "since" }, "waiting ", item.waited),
     ),
+    // Right under the first line, above what changes as the user writes (reason, summary, latest message): a new
+    // "Latest" line must not move the button away from under the agent's pointer as they click.
+    claimButton,
     item.reason,
     item.summary,
     item.last,
-    claimButton,
   );
   return item;
 }
