@@ -99,8 +99,6 @@ async def query(
 ) -> T:
     """A query that a dead sticky worker cannot stall: see QUERY_TIMEOUT. Errors as `WorkflowHandle.query`'s."""
     h = client.get_workflow_handle(workflow_id(conversation_id), run_id=run_id)
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + WORKER_WAIT_SECONDS
 
     async def ask() -> T:
         try:
@@ -108,8 +106,7 @@ async def query(
         except RPCError as err:
             if not (_timed_out(err) or _no_worker(err)):
                 raise
-            if loop.time() > deadline:
-                raise unanswered() from None
+            # Asked again by waiting_for_a_worker, whose one deadline ends in the 503 below.
             with contextlib.suppress(RPCError):
                 await client.workflow_service.reset_sticky_task_queue(
                     ResetStickyTaskQueueRequest(
@@ -119,20 +116,17 @@ async def query(
                 )
             raise RPCError("no poller: the sticky worker did not answer", RPCStatusCode.FAILED_PRECONDITION, b"") from None
 
-    def unanswered() -> HTTPException:
-        # A worker that is up but too busy to answer in time (replaying after a restart), or none at all: a read
-        # that failed changed nothing, so say so and when to ask again, instead of a 500.
-        return HTTPException(
-            503, f"no worker answered the conversation's query within {WORKER_WAIT_SECONDS:.0f} s (a worker "
-            "restarting or busy catching up); nothing was changed, ask again", headers={"Retry-After": "2"},
-        )
-
     try:
         return await waiting_for_a_worker(ask)
     except HTTPException as err:
         if err.status_code != 503:
             raise
-        raise unanswered() from None
+        # A worker that is up but too busy to answer in time (replaying after a restart), or none at all: a read
+        # that failed changed nothing, so say so and when to ask again, instead of a 500.
+        raise HTTPException(
+            503, f"no worker answered the conversation's query within {WORKER_WAIT_SECONDS:.0f} s (a worker "
+            "restarting or busy catching up); nothing was changed, ask again", headers={"Retry-After": "2"},
+        ) from None
 
 
 async def update(client: Client, conversation_id: str, name: str, arg: Any) -> CommandResult:
