@@ -246,9 +246,15 @@ class Router:
     async def route_handoff(self, req: RouteRequest) -> RouteDecision:
         decision = decide(self.config, req)
         queue = decision.target.desk_queue
-        if decision.target.waits_for_person and queue is not None:
+        waits = decision.target.waits_for_person and queue is not None
+        if waits:
             position = await self.position(queue, req.conversation_id, req.at)
             decision = decision.model_copy(update={"position": position})
+        if req.bell is not None and self.stream is not None:
+            # The bell this decision carries: in the queue's waiting list at once when it waits for a person there.
+            # (The workflow's next bell, numbered higher, says the same, or corrects it if the handoff ended.)
+            update = {"queue": queue} if waits else {"waiting_since": None, "reason": None}
+            await carry_bell(self.stream, req.bell.model_copy(update=update), None)
         return decision
 
     @activity.defn(name=Activities.QUEUE_POSITION)

@@ -186,6 +186,13 @@ class StreamStore:
             for i, (cid, since, reason) in enumerate(rows, start=1)
         ]
 
+    def count_waiting(self, queue: str) -> int:
+        """How many wait in `queue` (the waiting list's length, however long)."""
+        with self._lock:
+            return self._db.execute(
+                f"SELECT count(*) FROM conversations WHERE queue = ? AND {_WAITS}", (queue,)
+            ).fetchone()[0]
+
     def position(self, conversation_id: str) -> int | None:
         """The conversation's place in its queue while it waits for a person, else None."""
         with self._lock:

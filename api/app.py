@@ -126,14 +126,15 @@ def create_app(
 
     app.include_router(agent_router(agents, settings.admin_key))
     app.include_router(protocol_router(agents, settings))
-    app.include_router(desk_router(agents, settings, config))
-    app.include_router(desk_events_router(routing_config.desk_lookup(config), agents))
     streams: list[StreamStore] = []
 
     def stream_store() -> StreamStore:
         if not streams:
             streams.append(StreamStore(stream_path(settings.home)))
         return streams[0]
+
+    app.include_router(desk_router(agents, settings, config, stream_store))
+    app.include_router(desk_events_router(routing_config.desk_lookup(config), agents))
 
     app.state.hub = Hub(stream_store, **(stream_options or {}))
     app.include_router(pages_router(settings))

@@ -4,6 +4,7 @@ queues' waiting conversations, claims one (first claim wins), replies, transfers
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated
@@ -15,9 +16,10 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from activities.filtering import REASONS, redact_text
 from activities.registry import AgentRegistry, LiveAgentIdTaken, LiveAgentInfo
+from activities.stream import StreamStore
 from api.auth import bearer
 from api.targets import check_targets
-from api.temporal import handle, not_found_or_closed, query, update
+from api.temporal import not_found_or_closed, query, update
 from models.config import BatonConfig
 from models.conversation import (
     ID_PATTERN,
@@ -42,13 +44,20 @@ from models.conversation import (
     TranscriptPage,
     TranscriptQuery,
 )
-from models.names import WORKFLOW_ID_PREFIX, WORKFLOW_TYPE, Queries, SearchAttributes, Updates
+from models.names import Queries, Updates
 from workers.settings import Settings
 
 ConversationPath = Annotated[
     str, Path(min_length=1, max_length=128, pattern=ID_PATTERN, alias="conversation_id")
 ]
 QueuePath = Annotated[str, Path(min_length=1, max_length=128, pattern=NAME_PATTERN)]
+
+# A claim or a read of a conversation that is listed but whose routing decision the workflow has not recorded yet
+# waits this long for it (see routed_snapshot), looking again every ROUTING_POLL_SECONDS.
+ROUTING_WAIT_SECONDS = 5.0
+ROUTING_POLL_SECONDS = 0.05
+# A successful claim answers once the waiting lists (read from the stream's store) no longer show the conversation.
+LEFT_THE_LIST_SECONDS = 2.0
 
 
 # No ':' in a live agent's id: `desk:<name>` owns what a third-party desk accepted and `agent:<id>` is a personal
@@ -185,7 +194,9 @@ def works(agent: LiveAgentInfo, queue: str | None) -> bool:
     return queue is not None and (queue in agent.queues or queue == personal_queue(agent.agent_id))
 
 
-def desk_router(registry: Callable[[], AgentRegistry], settings: Settings, config: BatonConfig) -> APIRouter:
+def desk_router(
+    registry: Callable[[], AgentRegistry], settings: Settings, config: BatonConfig, stream: Callable[[], StreamStore]
+) -> APIRouter:
     router = APIRouter()
     admin = [Depends(bearer(settings.admin_key, "BATON_ADMIN_KEY"))]
 
@@ -216,6 +227,31 @@ def desk_router(registry: Callable[[], AgentRegistry], settings: Settings, confi
         except WorkflowQueryFailedError as err:
             raise HTTPException(500, f"query failed: {err}") from None
 
+    async def routed_snapshot(client: Client, conversation_id: str) -> Snapshot:
+        """The snapshot once a pending handoff's routing decision is recorded. The routing activity lists the
+        conversation in its queue's waiting list as it decides, a workflow task before the workflow records the
+        decision: an agent who acts on the list in that moment waits for it (ROUTING_WAIT_SECONDS at most) instead
+        of being refused."""
+        deadline = time.monotonic() + ROUTING_WAIT_SECONDS
+        snap = await snapshot(client, conversation_id)
+        while snap.pending_handoff is not None and not snap.pending_handoff.routed and time.monotonic() < deadline:
+            await asyncio.sleep(ROUTING_POLL_SECONDS)
+            snap = await snapshot(client, conversation_id)
+        return snap
+
+    async def left_the_list(conversation_id: str) -> None:
+        """After a claim: wait (LEFT_THE_LIST_SECONDS at most) until the stream's store no longer lists the
+        conversation as waiting (the workflow's bell for the claim), so whoever claimed it, and every waiting list
+        read after the 200, no longer sees it."""
+        deadline = time.monotonic() + LEFT_THE_LIST_SECONDS
+        while time.monotonic() < deadline:
+            try:
+                if await asyncio.to_thread(stream().position, conversation_id) is None:
+                    return
+            except Exception:  # noqa: BLE001 - the store is a courtesy here: the claim itself succeeded
+                return
+            await asyncio.sleep(ROUTING_POLL_SECONDS / 5)
+
     # ---- operators ----------------------------------------------------------------------------------
 
     @router.post("/v1/admin/live-agents", status_code=201, response_model=LiveAgentCreated, dependencies=admin, tags=["admin"])
@@ -242,62 +278,28 @@ def desk_router(registry: Callable[[], AgentRegistry], settings: Settings, confi
 
     @router.get("/v1/desk/queues/{queue}/waiting", response_model=WaitingList, tags=["desk"])
     async def waiting(
-        queue: QueuePath, request: Request, limit: Annotated[int, Query(ge=1, le=500)] = 50,
-        agent: LiveAgentInfo = agent_dep,
+        queue: QueuePath, limit: Annotated[int, Query(ge=1, le=500)] = 50, agent: LiveAgentInfo = agent_dep,
     ) -> WaitingList:
-        """The oldest `limit` conversations waiting in `queue`, oldest first. Read from Temporal visibility
-        (eventually consistent), then each confirmed by its own snapshot, so one just claimed is not offered.
-        Only the first `limit` rows are confirmed: a long queue costs one visibility query, not one query per
-        waiting conversation."""
+        """The oldest `limit` conversations waiting in `queue`, oldest first, and how many wait in all. Read from
+        the event stream's store, as the desk's stream and the routing decision's position are: exact as of each
+        conversation's last bell, no visibility lag, one indexed read however long the queue."""
         if not works(agent, queue):
             raise HTTPException(
                 403, f"queue '{queue}' is not one of {agent.agent_id}'s queues (nor their personal queue "
                 f"'{personal_queue(agent.agent_id)}')",
             )
-        client = temporal(request)
-        # `queue` matched the Name pattern (no quotes), so it is safe inside the query string.
-        visibility = (
-            f'WorkflowType="{WORKFLOW_TYPE}" AND ExecutionStatus="Running" AND BatonState="{State.HANDOFF_PENDING.value}" '
-            f'AND BatonQueue="{queue}" AND TaskQueue="{settings.task_queue}"'
-        )
-        found: list[tuple[str, datetime | None]] = []
-        async for execution in client.list_workflows(query=visibility):
-            if not execution.id.startswith(WORKFLOW_ID_PREFIX):
-                continue
-            since = execution.typed_search_attributes.get(SearchAttributes.WAITING_SINCE)
-            found.append((execution.id.removeprefix(WORKFLOW_ID_PREFIX), since))
-
-        async def confirm(conversation_id: str) -> Snapshot | None:
-            try:
-                return await handle(client, conversation_id).query(Queries.SNAPSHOT, result_type=Snapshot)
-            except (RPCError, WorkflowQueryFailedError):
-                return None  # gone meanwhile: not waiting any more
-
-        found.sort(key=lambda r: (r[1] is None, r[1] or datetime.min, r[0]))
-        total = len(found)
-        found = found[:limit]
-        snaps = await asyncio.gather(*(confirm(cid) for cid, _ in found))
-        rows = []
-        for (cid, since), snap in zip(found, snaps):
-            pending = snap.pending_handoff if snap else None
-            if pending is None or pending.target is None or pending.target.desk_queue != queue:
-                continue  # visibility lags: claimed, transferred or closed since
-            rows.append((since or snap.waiting_since or pending.requested_at, cid, pending.reason))
-        rows.sort(key=lambda r: (r[0], r[1]))
+        rows, total = await asyncio.to_thread(lambda: (stream().waiting(queue, limit), stream().count_waiting(queue)))
         return WaitingList(
-            queue=queue,
-            total=total,
-            waiting=[
-                Waiting(conversation_id=cid, position=i, waiting_since=since, reason=reason)
-                for i, (since, cid, reason) in enumerate(rows, start=1)
-            ],
+            queue=queue, total=max(total, len(rows)),
+            waiting=[Waiting(conversation_id=r.conversation_id, position=r.position, waiting_since=r.waiting_since,
+                             reason=r.reason) for r in rows],
         )
 
     @router.post("/v1/desk/conversations/{conversation_id}/claim", response_model=CommandResult, tags=["desk"])
     async def claim(conversation_id: ConversationPath, request: Request, agent: LiveAgentInfo = agent_dep) -> CommandResult:
         """Take the conversation's pending handoff. The first claim wins; every other gets 409."""
         client = temporal(request)
-        snap = await snapshot(client, conversation_id)
+        snap = await routed_snapshot(client, conversation_id)
         pending = snap.pending_handoff
         if pending is None:
             why = f"no handoff is pending: the conversation is in state '{snap.state.value}' (owner {snap.owner})"
@@ -311,10 +313,12 @@ def desk_router(registry: Callable[[], AgentRegistry], settings: Settings, confi
                 403, f"the pending handoff is for {pending.target.label}, not one of {agent.agent_id}'s queues"
             )
         try:
-            return await update(
+            result = await update(
                 client, conversation_id, Updates.ACCEPT_HANDOFF,
                 AcceptHandoff(handoff_id=pending.handoff_id, owner=agent.agent_id),
             )
+            await left_the_list(conversation_id)
+            return result
         except HTTPException as err:
             if err.status_code != 409:
                 raise
@@ -362,7 +366,7 @@ def desk_router(registry: Callable[[], AgentRegistry], settings: Settings, confi
         if after < 0:
             raise HTTPException(422, "after: must be >= 0")
         client = temporal(request)
-        snap = await snapshot(client, conversation_id)
+        snap = await routed_snapshot(client, conversation_id)
         pending = snap.pending_handoff
         waiting_for_me = pending is not None and pending.target is not None and works(agent, pending.target.desk_queue)
         if snap.owner != agent.agent_id and not waiting_for_me:

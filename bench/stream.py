@@ -20,13 +20,15 @@ config) and stops them at its end.
    at the channel webhook receiver. Two levels: --conversations (light, default 10) and --streams (default 200),
    at the same rate, so they differ only in the number of open streams and conversations.
 2. desk: --burst users (each with a conversation already answered by the AI) send "I want to talk to a human" at
-   once; a live agent's `GET /v1/desk/events` is open: from each POST being sent to the conversation's first
+   once (the AI's turn decides the handoff), and, as its own system, the chat backend asks for a person for
+   --burst such conversations at once (POST .../handoff, the request the baseline's signal stands for; the target's
+   ratio is this one's, the message's is reported beside it); a live agent's `GET /v1/desk/events` is open: from each POST being sent to the conversation's first
    appearance in an `event: waiting` list of queue general. Against the bare-Temporal floor on the same dev server
    (bench/baseline.py's BenchBaselineHandoff, its own worker process): the same number of workflows signalled at
    once, each upserting the desk's search attributes (state handoff_pending, queue, handoff count, waiting time),
    found by a poller running the desk's visibility query (WorkflowType, ExecutionStatus, BatonState, BatonQueue,
    TaskQueue) with --poll-interval between an answer and the next request; and bench/desk_load's variant of it
-   (workflows started with the attributes already set). The three go in rotating order.
+   (workflows started with the attributes already set). The four go in rotating order.
 3. idle: a fresh `baton api` per condition: 0 streams, 1 conversation stream, --streams conversation streams,
    1 desk stream, and --streams streams spread over --long-conversations conversations of 2 entries and of
    --long-entries entries. After the streams caught up and --settle seconds: for --idle-seconds, the API process's
@@ -95,7 +97,9 @@ API_KEY = "bk_bench_" + uuid.uuid4().hex
 ADMIN_KEY = "ba_bench_" + uuid.uuid4().hex
 TARGET_P99_RATIO = 1.5
 PARTS = ("latency", "desk", "idle")
-DESK_SYSTEMS = ("baton", "baseline_upsert", "baseline_start")
+# "baton": the user's message, through the AI's turn (which decides the handoff); "baton_handoff": the chat backend's
+# POST .../handoff, the same request as the baseline's signal (no AI turn before the trigger).
+DESK_SYSTEMS = ("baton", "baton_handoff", "baseline_upsert", "baseline_start")
 IDLE_CONDITIONS = ("none", "conv1", "conv_many", "desk1", "length_short", "length_long")
 PERCENTILES = ("p50", "p95", "p99")
 
@@ -587,8 +591,10 @@ async def part_latency(server: DevServer, receiver: RecordingReceiver, run_no: i
 
 
 async def desk_baton(server: DevServer, receiver: RecordingReceiver, run_no: int, args: argparse.Namespace,
-                     home: Path) -> dict[str, Any]:
-    tag = f"desk-r{run_no}-{uuid.uuid4().hex[:6]}"
+                     home: Path, trigger: str = "message") -> dict[str, Any]:
+    """trigger "message": each user writes "I want to talk to a human" and the AI's turn decides the handoff;
+    "handoff": the chat backend asks for a person (POST .../handoff with a reason, routed by the rules)."""
+    tag = f"desk-{trigger[0]}-r{run_no}-{uuid.uuid4().hex[:6]}"
     env = part_env(server, receiver, home, tag)
     n = args.burst
     cids = [f"{tag}-c{i:03d}" for i in range(n)]
@@ -609,8 +615,13 @@ async def desk_baton(server: DevServer, receiver: RecordingReceiver, run_no: int
 
                 async def ask(cid: str) -> None:
                     await gate.wait()
-                    status, _, sent, returned = await post(api.http, f"/v1/conversations/{cid}/messages",
-                                                           {"message_id": "human", "text": HUMAN})
+                    if trigger == "message":
+                        status, _, sent, returned = await post(api.http, f"/v1/conversations/{cid}/messages",
+                                                               {"message_id": "human", "text": HUMAN})
+                    else:
+                        status, _, sent, returned = await post(api.http, f"/v1/conversations/{cid}/handoff",
+                                                               {"reason": "the user asked for a person",
+                                                                "target": {"queue": QUEUE}})
                     posts[cid] = (status, sent, returned)
 
                 tasks = [asyncio.create_task(ask(c)) for c in cids]
@@ -654,9 +665,12 @@ async def desk_baton(server: DevServer, receiver: RecordingReceiver, run_no: int
         },
         "cpu_s": {k: rnd(v, 2) for k, v in cpu.items()},
     }
-    out["checks"]["ok"] = (len(listed) == n and statuses == {"202": n} and not close_errors and emptied is not None)
+    expected = "202" if trigger == "message" else "200"
+    out["trigger"] = trigger
+    out["checks"]["ok"] = (len(listed) == n and statuses == {expected: n} and not close_errors
+                           and emptied is not None)
     d = out["post_sent_to_waiting_list_ms"]
-    progress(f"  baton: POST -> desk stream's waiting list p50 {d['p50']} p99 {d['p99']} ms; listed {len(listed)}/{n}")
+    progress(f"  baton ({trigger}): POST -> desk stream's waiting list p50 {d['p50']} p99 {d['p99']} ms; listed {len(listed)}/{n}")
     return out
 
 
@@ -797,8 +811,9 @@ async def part_desk(server: DevServer, receiver: RecordingReceiver, run_no: int,
                     home: Path) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for i, system in enumerate(rotate(DESK_SYSTEMS, run_no), start=1):
-        if system == "baton":
-            out[system] = await desk_baton(server, receiver, run_no, args, home)
+        if system.startswith("baton"):
+            out[system] = await desk_baton(server, receiver, run_no, args, home,
+                                           "handoff" if system == "baton_handoff" else "message")
         else:
             out[system] = await desk_baseline(server, run_no, args, system.removeprefix("baseline_"))
         out[system]["order"] = i
@@ -996,6 +1011,7 @@ def summarize(runs: list[dict[str, Any]], args: argparse.Namespace) -> dict[str,
     if desk:
         s = {}
         s["baton"] = {p: med(desk, "baton", "post_sent_to_waiting_list_ms", p) for p in PERCENTILES}
+        s["baton_handoff"] = {p: med(desk, "baton_handoff", "post_sent_to_waiting_list_ms", p) for p in PERCENTILES}
         s["baseline_upsert"] = {p: med(desk, "baseline_upsert", "trigger_sent_to_listed_ms", p) for p in PERCENTILES}
         s["baseline_start"] = {p: med(desk, "baseline_start", "trigger_sent_to_listed_ms", p) for p in PERCENTILES}
         s["baseline_upsert_to_listing_request"] = {
@@ -1004,12 +1020,20 @@ def summarize(runs: list[dict[str, Any]], args: argparse.Namespace) -> dict[str,
         s["p50_ratio"] = ratio(s["baton"]["p50"], s["baseline_upsert"]["p50"])
         s["p99_ratio_per_run"] = [ratio(get(r, "baton", "post_sent_to_waiting_list_ms", "p99"),
                                         get(r, "baseline_upsert", "trigger_sent_to_listed_ms", "p99")) for r in desk]
+        s["handoff_p99_ratio"] = ratio(s["baton_handoff"]["p99"], s["baseline_upsert"]["p99"])
+        s["handoff_p50_ratio"] = ratio(s["baton_handoff"]["p50"], s["baseline_upsert"]["p50"])
+        s["handoff_p99_ratio_per_run"] = [
+            ratio(get(r, "baton_handoff", "post_sent_to_waiting_list_ms", "p99"),
+                  get(r, "baseline_upsert", "trigger_sent_to_listed_ms", "p99")) for r in desk]
         s["p99_ratio_vs_start_variant"] = ratio(s["baton"]["p99"], s["baseline_start"]["p99"])
         s["p99_ratio_vs_upsert_listing_request"] = ratio(s["baton"]["p99"],
                                                          s["baseline_upsert_to_listing_request"]["p99"])
         s["checks_ok_per_run"] = {k: [get(r, k, "checks", "ok") for r in desk] for k in DESK_SYSTEMS}
-        s["target"] = {"p99_ratio_max": TARGET_P99_RATIO,
-                       "met": s["p99_ratio"] is not None and s["p99_ratio"] <= TARGET_P99_RATIO}
+        # The target is the handoff trigger's (the chat backend's request, like the baseline's signal); the user's
+        # message through the AI's turn is reported beside it, with its own ratio.
+        s["target"] = {"p99_ratio_max": TARGET_P99_RATIO, "judged_on": "baton_handoff",
+                       "met": s["handoff_p99_ratio"] is not None and s["handoff_p99_ratio"] <= TARGET_P99_RATIO,
+                       "met_through_the_ai_turn": s["p99_ratio"] is not None and s["p99_ratio"] <= TARGET_P99_RATIO}
         out["desk"] = s
     idle = [r["idle"] for r in runs if "idle" in r]
     if idle:
@@ -1129,7 +1153,9 @@ async def main(argv: list[str] | None = None) -> dict[str, Any]:
                    "light first on odd runs",
         "desk": f"{args.burst} conversations each answered by the AI once; a live agent (queue {QUEUE}) has "
                 f"GET /v1/desk/events open; after {args.settle} s of quiet all POST 'I want to talk to a human' at "
-                "once: POST sent -> the first "
+                "once (baton: the AI's turn decides the handoff) or the chat backend POSTs .../handoff {reason, "
+                f"target: queue {QUEUE}}} for each at once (baton_handoff: the target's figure, the same request as "
+                "the baselines' trigger): POST sent -> the first "
                 f"`waiting` event of queue {QUEUE} listing the conversation. Baselines on the same dev server, own "
                 "worker process: upsert = workflows running with Baton's initial attributes, signalled at once, each "
                 "upserting BatonState=handoff_pending, BatonQueue, BatonHandoffs, BatonWaitingSince (the issue's "

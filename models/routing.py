@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from models.conversation import HandoffTarget, OpenWindow, ParamValue
+from models.conversation import Bell, HandoffTarget, OpenWindow, ParamValue
 
 
 class RouteRequest(BaseModel):
@@ -33,6 +33,10 @@ class RouteRequest(BaseModel):
     requested_by: str = "update"
     # The workflow's clock: business hours are judged at this instant (time-skipping tests move it).
     at: datetime
+    # The event stream's bell the decision carries (since the route-rings patch): written as it is, or, when the
+    # decision puts the conversation in a person's queue, with that queue (it then shows in the queue's waiting list
+    # at once). Its waiting_since and reason are what the waiting list shows, cleared when it does not wait there.
+    bell: Bell | None = None
 
 
 class Skipped(BaseModel):

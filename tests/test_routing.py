@@ -11,9 +11,19 @@ import pytest
 import yaml
 
 from activities.routing import IntentFirst, Router, decide, position_query
+from activities.stream import StreamStore
 from models import notices
 from models.config import BatonConfig, default_config, load_config
-from models.conversation import AgentReply, AgentTurn, HandoffTarget, OpenWindow, Role, TranscriptEntry
+from models.conversation import (
+    AgentReply,
+    AgentTurn,
+    Bell,
+    HandoffTarget,
+    OpenWindow,
+    Role,
+    State,
+    TranscriptEntry,
+)
 from models.routing import PositionRequest, RouteRequest, Skipped
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
@@ -326,6 +336,44 @@ async def test_route_handoff_counts_the_position_of_a_waiting_user() -> None:
     # Not waiting for a person: nothing is counted.
     decision = await router.route_handoff(request(slots={"plan": "pro"}))
     assert decision.position is None and len(client.queries) == 2
+
+
+async def test_the_decision_lists_the_conversation_in_its_queue_at_once(tmp_path: Path) -> None:
+    """route-rings: the routing activity carries the stream's bell; a decision for a person's queue writes the
+    conversation into that queue's waiting list as it decides, any other decision writes the state as it is, and a
+    newer bell (the handoff ended while it was routed) is never overwritten by the decision's."""
+    store = StreamStore(tmp_path / "stream.db")
+    router = Router(config(), lambda: None, "baton", lambda: store)
+
+    def bell(cid: str, number: int, state: State = State.HANDOFF_PENDING) -> Bell:
+        return Bell(conversation_id=cid, number=number, seq=3, state=state, at=FRIDAY_NOON,
+                    waiting_since=FRIDAY_NOON, reason="wants a person")
+
+    decision = await router.route_handoff(request(intent="human", bell=bell("c1", 2)))
+    assert decision.target == HandoffTarget(queue="general") and decision.position == 1
+    [row] = store.waiting("general")
+    assert (row.conversation_id, row.waiting_since, row.reason) == ("c1", FRIDAY_NOON, "wants a person")
+    assert store.position("c1") == 1
+    # A second conversation behind it: its decision's position and the list agree.
+    later = FRIDAY_NOON + timedelta(seconds=1)
+    second = bell("c2", 1).model_copy(update={"waiting_since": later})
+    decision = await router.route_handoff(request(intent="human", bell=second, at=later).model_copy(
+        update={"conversation_id": "c2"}))
+    assert decision.position == 2 and [r.conversation_id for r in store.waiting("general")] == ["c1", "c2"]
+    # Not waiting for a person (an external agent): the state is written, in no waiting list.
+    decision = await router.route_handoff(request(slots={"plan": "pro"}, bell=bell("c3", 1)).model_copy(
+        update={"conversation_id": "c3"}))
+    assert decision.position is None and decision.target.desk_queue is None
+    assert store.position("c3") is None and "c3" not in {r.conversation_id for q in ("general", "billing")
+                                                        for r in store.waiting(q)}
+    # The handoff was cancelled while it was routed: bell 2 (state ai) landed first; the decision's bell 1 is older.
+    store.ring(bell("c4", 2, State.AI).model_copy(update={"waiting_since": None, "reason": None}))
+    await router.route_handoff(request(intent="human", bell=bell("c4", 1)).model_copy(update={"conversation_id": "c4"}))
+    assert "c4" not in {r.conversation_id for r in store.waiting("general")} and store.position("c4") is None
+    # No bell (a run started before the patch): nothing is written.
+    await router.route_handoff(request(intent="human").model_copy(update={"conversation_id": "c5"}))
+    assert store.position("c5") is None
+    store.close()
 
 
 async def test_a_failing_or_missing_client_gives_no_position_never_an_error() -> None:

@@ -5,10 +5,12 @@ desk's live waiting lists, heartbeats, and bad requests."""
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 
 import pytest
 
+from models.names import Activities, Updates, workflow_id
 from tests.harness import baton_api, baton_worker, settings_for
 from tests.sse import open_stream
 
@@ -139,6 +141,47 @@ async def test_desk_stream_lists_waiting_live_and_follows_the_claimed_conversati
                          and e.data["owner"] == "ana" and e.data["state"] == "live_agent")
         await say(http, conversation, "thanks for taking this")
         await desk.until(lambda e: e.event == "entry" and e.data["text"] == "thanks for taking this")
+
+
+async def test_the_routing_decision_lists_the_chat_itself_and_a_claim_at_once_succeeds(stack, dev_env):
+    """route-rings: the routing activity carries the stream's bell and writes the chat into its queue's waiting list
+    as it decides (no bell of its own between the handoff request and the decision); an agent who claims the moment
+    it is listed waits for the workflow to record the decision instead of being refused."""
+    _, http = stack
+    agent = await live_agent(http, f"agent-{uuid.uuid4().hex[:8]}")
+    conversation = cid()
+    await say(http, conversation, "hello")
+    handle = dev_env.client.get_workflow_handle(workflow_id(conversation))
+    for _ in range(200):  # the AI's answer recorded, delivered and rung: nothing in flight when the handoff comes
+        entries = (await http.get(f"/v1/conversations/{conversation}/transcript")).json()["entries"]
+        if any(e["role"] == "ai" for e in entries) and not (await handle.describe()).raw_description.pending_activities:
+            break
+        await asyncio.sleep(0.05)
+    async with open_stream(http, "/v1/desk/events", headers=agent) as desk:
+        await desk.until(lambda e: e.event == "waiting" and e.data["queue"] == "general")
+        r = await http.post(f"/v1/conversations/{conversation}/handoff",
+                            json={"reason": "billing question", "target": {"queue": "general"}})
+        assert r.status_code == 200, r.text
+        await desk.until(lambda e: e.event == "waiting" and e.data["queue"] == "general"
+                         and any(w["conversation_id"] == conversation for w in e.data["waiting"]))
+    r = await http.post(f"/v1/desk/conversations/{conversation}/claim", headers=agent)
+    assert r.status_code == 200, r.text
+    events = (await handle.fetch_history()).events
+    accepted = next(i for i, e in enumerate(events) if e.HasField("workflow_execution_update_accepted_event_attributes")
+                    and e.workflow_execution_update_accepted_event_attributes.accepted_request.input.name
+                    == Updates.SUBMIT_HANDOFF)
+    scheduled = [(i, e.activity_task_scheduled_event_attributes) for i, e in enumerate(events)
+                 if e.HasField("activity_task_scheduled_event_attributes")]
+    route_at, route = next((i, a) for i, a in scheduled if i > accepted and a.activity_type.name
+                           == Activities.ROUTE_HANDOFF)
+    bell = json.loads(route.input.payloads[0].data)["bell"]
+    assert bell["conversation_id"] == conversation and bell["state"] == "handoff_pending"
+    assert bell["waiting_since"] and bell["reason"] == "billing question"
+    completed = next(i for i, e in enumerate(events) if i > route_at
+                     and e.HasField("activity_task_completed_event_attributes")
+                     and e.activity_task_completed_event_attributes.scheduled_event_id == events[route_at].event_id)
+    assert [a.activity_type.name for i, a in scheduled if accepted < i < completed
+            and a.activity_type.name == Activities.RING_BELL] == [], "the decision rang, not a bell of its own"
 
 
 async def test_positions_move_up_when_someone_ahead_is_claimed(stack):

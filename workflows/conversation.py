@@ -82,6 +82,12 @@ PATCH_EVENT_STREAM = "event-stream"
 # A run continues as new at SHORT_RUN_EVENTS instead of MAX_RUN_EVENTS (see there). Asked once, in the first
 # activation, right after PATCH_EVENT_STREAM.
 PATCH_SHORT_RUNS = "short-runs"
+# The routing activity carries the stream's bell: when its decision puts the conversation in a person's queue, it
+# writes the conversation into that queue's waiting list itself (the store keeps the newest bell, so a handoff that
+# ended while it was routed is corrected by the bell its end rang). A chat reaches the agents' consoles as soon as
+# it is routed, not a workflow task and a channel delivery later. Asked once, in the first activation, after
+# PATCH_SHORT_RUNS.
+PATCH_ROUTE_RINGS = "route-rings"
 
 AI_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=500), maximum_interval=timedelta(seconds=5), maximum_attempts=4)
 # Unlimited attempts within a day: a chat backend that is down for an hour still gets every message, in order.
@@ -154,6 +160,7 @@ class Conversation:
         self._ringing = 0  # bells in flight
         self._stream = False  # PATCH_EVENT_STREAM, asked once in the first activation
         self._run_events = MAX_RUN_EVENTS  # SHORT_RUN_EVENTS since PATCH_SHORT_RUNS
+        self._route_rings = False  # PATCH_ROUTE_RINGS, asked once in the first activation
         self._doing = False  # the main loop is working on an inbox item
         if input.carried is None:
             if input.context is not None:
@@ -177,6 +184,7 @@ class Conversation:
         stream = self._stream = workflow.patched(PATCH_EVENT_STREAM)
         if workflow.patched(PATCH_SHORT_RUNS):
             self._run_events = SHORT_RUN_EVENTS
+            self._route_rings = workflow.patched(PATCH_ROUTE_RINGS)
         self._publish()
         delivery = asyncio.create_task(self._deliver_loop())
         clock = asyncio.create_task(self._watch_deadlines())
@@ -686,7 +694,15 @@ class Conversation:
         pending = self.s.pending
         if pending is None or pending.handoff_id != handoff_id or pending.routed:
             return  # cancelled or closed meanwhile
-        decision = await self._decide(self._route_request(pending, "request"))
+        request = self._route_request(pending, "request")
+        if self._route_rings:
+            # The decision's activity carries the bell (see PATCH_ROUTE_RINGS): the state as it is, with what the
+            # waiting list needs should the decision put the conversation in a person's queue.
+            bell = self._take_bell()
+            if bell is not None:
+                request.bell = bell.model_copy(update={
+                    "waiting_since": self.s.waiting_since or pending.requested_at, "reason": pending.reason})
+        decision = await self._decide(request)
         if self.s.pending is None or self.s.pending.handoff_id != handoff_id:
             self._audit("route_ignored", handoff_id=handoff_id, reason="the handoff ended while it was routed")
             return
@@ -1307,12 +1323,20 @@ class Conversation:
 
     def _carrier_due(self) -> bool:
         """An activity that will carry the bell starts in this same activation: the AI agent's turn (the main loop
-        is free and the next work is a turn) or a channel delivery (the delivery loop is free)."""
+        is free and the next work is a turn), the routing decision (PATCH_ROUTE_RINGS: the next work routes a
+        pending handoff) or a channel delivery (the delivery loop is free)."""
         head = self.s.inbox[0] if self.s.inbox else None
         turn = (not self._doing and head is not None and head.kind in ("ai_turn", "ai_welcome")
                 and self.s.state is State.AI)
+        route = (self._route_rings and not self._doing and head is not None and head.kind == "route"
+                 and self._routes(head.handoff_id))
         delivery = not self._delivering and bool(self.s.outbox) and self.s.peer is None
-        return turn or delivery
+        return turn or route or delivery
+
+    def _routes(self, handoff_id: str | None) -> bool:
+        """The inbox's `route` work will start the routing activity (the handoff is still pending and unrouted)."""
+        pending = self.s.pending
+        return pending is not None and pending.handoff_id == handoff_id and not pending.routed
 
     def _bell_key(self) -> tuple:
         s = self.s
