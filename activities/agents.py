@@ -109,6 +109,10 @@ class DemoAgent:
         )
 
 
+# Fields of a turn that stay inside Baton: never POSTed to a customer's bot.
+INTERNAL_TURN_FIELDS = {"bell", "history_in_workflow", "route"}
+
+
 class WebhookAgent:
     """A customer's bot: each turn is POSTed (signed when a secret is set), the answer is an AgentReply."""
 
@@ -119,7 +123,8 @@ class WebhookAgent:
 
     @activity.defn(name=Activities.AI_RESPOND)
     async def respond(self, turn: AgentTurn) -> AgentReply:
-        body = turn.model_dump_json().encode()
+        # The documented turn (README, "The AI agent"): the stream's bell and how history is carried are Baton's own.
+        body = turn.model_dump_json(exclude=INTERNAL_TURN_FIELDS).encode()
         info = activity.info()
         # Same id on every retry of this turn, so the bot can de-duplicate.
         msg_id = webhooks.webhook_id("turn", info.workflow_run_id, info.activity_id)

@@ -32,7 +32,15 @@ from models.conversation import (
 )
 from models import notices
 from models.names import WORKFLOW_TYPE, Activities, Queries, SearchAttributes, workflow_id
-from models.routing import PositionRequest, PositionResult, RouteDecision, RouteRequest, Skipped
+from models.routing import (
+    PositionRequest,
+    PositionResult,
+    RouteDecision,
+    RoutedReply,
+    RoutedTurn,
+    RouteRequest,
+    Skipped,
+)
 
 # Business hours are computed this far ahead; the workflow re-asks when a wait outlasts them.
 HORIZON = timedelta(days=8)
@@ -298,7 +306,7 @@ class IntentFirst:
     def __init__(
         self, config: BatonConfig, inner: Callable[[AgentTurn], Awaitable[AgentReply]],
         client: Callable[[], Client | None] | None = None, needs_history: bool = True,
-        stream: Callable[[], StreamStore] | None = None,
+        stream: Callable[[], StreamStore] | None = None, router: Router | None = None,
     ) -> None:
         self.config = config
         self.inner = inner
@@ -306,17 +314,44 @@ class IntentFirst:
         self.client = client
         self.needs_history = needs_history
         self.stream = stream
+        # Decides the route of the reply's handoff within the turn (RoutedTurn), when the workflow asks for it.
+        self.router = router
 
     @activity.defn(name=Activities.AI_RESPOND)
-    async def respond(self, turn: AgentTurn) -> AgentReply:
+    async def respond(self, turn: RoutedTurn) -> AgentReply:
         if turn.bell is not None and self.stream is not None and activity.info().attempt == 1:
             await carry_bell(self.stream, turn.bell, turn.message)
         reply = self.intercept(turn)
-        if reply is not None:
+        if reply is None:
+            # The agent sees the turn as documented: what routing needs stays here.
+            asked = AgentTurn.model_validate(turn.model_dump(exclude={"route"})) if isinstance(turn, RoutedTurn) else turn
+            if turn.history_in_workflow and self.needs_history:
+                asked = asked.model_copy(update={"history": await self.history(turn)})
+            reply = await self.inner(asked)
+        return await self.routed(turn, reply)
+
+    async def routed(self, turn: AgentTurn, reply: AgentReply) -> AgentReply:
+        """The reply, as a RoutedReply with the routing decision for its handoff when the workflow sent what routing
+        needs. The decision lists the conversation in its queue as it is made (Router.route_handoff); if it cannot
+        be made here, the workflow routes the handoff itself, as before."""
+        route = turn.route if isinstance(turn, RoutedTurn) else None
+        handoff = reply.handoff
+        if handoff is None or route is None or self.router is None:
             return reply
-        if turn.history_in_workflow and self.needs_history:
-            turn = turn.model_copy(update={"history": await self.history(turn)})
-        return await self.inner(turn)
+        out = RoutedReply.model_validate(reply.model_dump())
+        intent = handoff.intent
+        if intent is None and isinstance(handoff.params.get("intent"), str):
+            intent = str(handoff.params["intent"])  # as the workflow's handoff request reads it
+        bell = route.bell.model_copy(update={"reason": handoff.reason}) if route.bell else None
+        request = route.model_copy(update={
+            "reason": handoff.reason, "intent": intent, "params": handoff.params, "target": handoff.target,
+            "slots": {**route.slots, **reply.slots}, "bell": bell,
+        })
+        try:
+            out.decision = await self.router.route_handoff(request)
+        except Exception as err:  # noqa: BLE001 - the workflow's own routing activity decides instead
+            activity.logger.warning("routing within the AI turn failed: %s", type(err).__name__)
+        return out
 
     async def history(self, turn: AgentTurn) -> list[TranscriptEntry]:
         client = self.client() if self.client else None

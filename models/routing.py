@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from models.conversation import Bell, HandoffTarget, OpenWindow, ParamValue
+from models.conversation import AgentReply, AgentTurn, Bell, HandoffTarget, OpenWindow, ParamValue
 
 
 class RouteRequest(BaseModel):
@@ -75,3 +75,20 @@ class PositionRequest(BaseModel):
 
 class PositionResult(BaseModel):
     position: int | None  # None: could not be counted (visibility unavailable)
+
+
+class RoutedTurn(AgentTurn):
+    """The AI agent's turn with what routing needs should the reply hand the conversation off (since the
+    route-rings patch): the turn's activity then decides the route itself and lists the conversation in its queue
+    at once, instead of a workflow task and a routing activity later. `route` holds the conversation's side of the
+    request (slots, channel, language, SLA, the workflow's clock) and a bell numbered for the listing; the reply's
+    handoff fills in reason, intent, params and target. Never sent to an AI agent (see activities.agents)."""
+
+    route: RouteRequest | None = None
+
+
+class RoutedReply(AgentReply):
+    """The AI agent's reply with the routing decision for its handoff, when the turn's activity made it (recorded in
+    history with the reply). A bot's own answer is parsed as an AgentReply, so it cannot set `decision`."""
+
+    decision: RouteDecision | None = None

@@ -18,13 +18,14 @@ from models.conversation import (
     AgentReply,
     AgentTurn,
     Bell,
+    HandoffEvent,
     HandoffTarget,
     OpenWindow,
     Role,
     State,
     TranscriptEntry,
 )
-from models.routing import PositionRequest, RouteRequest, Skipped
+from models.routing import PositionRequest, RoutedReply, RoutedTurn, RouteRequest, Skipped
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
 # Friday 23 October 2026, 12:00 UTC (14:00 in Berlin, summer time); Berlin leaves summer time on Sunday the 25th.
@@ -454,3 +455,51 @@ async def test_otherwise_the_agent_answers(text: str | None, agent: str | None) 
     inner = Inner()
     reply = await IntentFirst(INTENTS, inner).respond(turn(text, agent))
     assert reply == AgentReply(text="from the agent") and len(inner.turns) == 1
+
+
+class Handing:
+    """An AI agent that hands off, with what it just learned as slots."""
+
+    def __init__(self, slots: dict[str, Any] | None = None, intent: str | None = "human") -> None:
+        self.turns: list[AgentTurn] = []
+        self.slots = slots or {}
+        self.intent = intent
+
+    async def __call__(self, turn: AgentTurn) -> AgentReply:
+        self.turns.append(turn)
+        return AgentReply(text="One moment, please.", slots=self.slots,
+                          handoff=HandoffEvent(reason="wants a person", intent=self.intent))
+
+
+def routed_turn(cid: str, text: str, number: int = 4) -> RoutedTurn:
+    bell = Bell(conversation_id=cid, number=number, seq=1, state=State.HANDOFF_PENDING, at=FRIDAY_NOON,
+                waiting_since=FRIDAY_NOON)
+    return RoutedTurn(**turn(text).model_dump(exclude={"conversation_id"}), conversation_id=cid,
+                      route=RouteRequest(conversation_id=cid, handoff_id="", at=FRIDAY_NOON, bell=bell))
+
+
+async def test_an_ai_turn_routes_its_own_handoff_and_lists_the_conversation_at_once(tmp_path: Path) -> None:
+    """route-rings: the turn's activity decides the route of the reply's handoff (the same `decide` as the routing
+    activity, with the reply's slots) and writes the conversation into its queue's waiting list as it decides."""
+    store = StreamStore(tmp_path / "stream.db")
+    router = Router(config(), lambda: None, "baton", lambda: store)
+    agent = Handing()
+    reply = await IntentFirst(config(), agent, router=router).respond(routed_turn("c1", "can I talk to someone"))
+    assert isinstance(reply, RoutedReply) and reply.decision is not None
+    assert reply.text == "One moment, please." and reply.handoff is not None
+    assert (reply.decision.rule, reply.decision.target, reply.decision.position) == (
+        "human", HandoffTarget(queue="general"), 1)
+    [row] = store.waiting("general")
+    assert (row.conversation_id, row.reason, row.waiting_since) == ("c1", "wants a person", FRIDAY_NOON)
+    # The agent saw the documented turn, not what routing needs.
+    assert type(agent.turns[0]) is AgentTurn
+    # What the agent learned in this turn routes it: a slot rule matches (plan: pro -> an external agent).
+    pro = Handing(slots={"plan": "pro"}, intent=None)
+    reply = await IntentFirst(config(), pro, router=router).respond(routed_turn("c2", "hello"))
+    assert isinstance(reply, RoutedReply) and reply.decision is not None
+    assert reply.decision.target == HandoffTarget(external_agent="pro-support") and store.position("c2") is None
+    # No routing inputs (a run before the patch, or a local agent on a conversation handed to us): the reply as
+    # the agent gave it; the workflow's routing activity decides later.
+    reply = await IntentFirst(config(), Handing(), router=router).respond(turn("can I talk to someone"))
+    assert type(reply) is AgentReply and store.waiting("general")[0].conversation_id == "c1"
+    store.close()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from datetime import datetime
 
 import pytest
 
@@ -182,6 +183,44 @@ async def test_the_routing_decision_lists_the_chat_itself_and_a_claim_at_once_su
                      and e.activity_task_completed_event_attributes.scheduled_event_id == events[route_at].event_id)
     assert [a.activity_type.name for i, a in scheduled if accepted < i < completed
             and a.activity_type.name == Activities.RING_BELL] == [], "the decision rang, not a bell of its own"
+
+
+async def test_the_ai_turn_that_hands_off_routes_and_lists_the_chat_itself(stack, dev_env):
+    """route-rings: when the AI's reply hands off, its own activity decides the route (recorded with the reply) and
+    lists the chat, so no routing activity of its own runs; waiting since the user's message, and claimable."""
+    _, http = stack
+    agent = await live_agent(http, f"agent-{uuid.uuid4().hex[:8]}")
+    conversation = cid()
+    async with open_stream(http, "/v1/desk/events", headers=agent) as desk:
+        await desk.until(lambda e: e.event == "waiting" and e.data["queue"] == "general")
+        await say(http, conversation, "I want to talk to a human")
+        seen = await desk.until(lambda e: e.event == "waiting" and e.data["queue"] == "general"
+                                and any(w["conversation_id"] == conversation for w in e.data["waiting"]))
+    listed = next(w for w in seen[-1].data["waiting"] if w["conversation_id"] == conversation)
+    r = await http.post(f"/v1/desk/conversations/{conversation}/claim", headers=agent)
+    assert r.status_code == 200, r.text
+    events = (await dev_env.client.get_workflow_handle(workflow_id(conversation)).fetch_history()).events
+    scheduled = {e.event_id: e.activity_task_scheduled_event_attributes.activity_type.name for e in events
+                 if e.HasField("activity_task_scheduled_event_attributes")}
+    assert Activities.ROUTE_HANDOFF not in scheduled.values()
+    [reply] = [json.loads(e.activity_task_completed_event_attributes.result.payloads[0].data) for e in events
+               if e.HasField("activity_task_completed_event_attributes")
+               and scheduled[e.activity_task_completed_event_attributes.scheduled_event_id] == Activities.AI_RESPOND]
+    assert reply["handoff"] and reply["decision"]["target"]["queue"] == "general"
+    snap = (await http.get(f"/v1/conversations/{conversation}")).json()
+    assert snap["state"] == "live_agent" and snap["waiting_since"] is None
+    audit = (await http.get(f"/v1/conversations/{conversation}/audit")).json()["entries"]
+    routed = next(a for a in audit if a["kind"] == "handoff_routed")
+    assert routed["detail"]["target"] == "queue:general"
+    [turn] = [json.loads(e.activity_task_scheduled_event_attributes.input.payloads[0].data) for e in events
+              if e.HasField("activity_task_scheduled_event_attributes")
+              and e.activity_task_scheduled_event_attributes.activity_type.name == Activities.AI_RESPOND]
+    # The listing's bell is numbered after the turn's own, so the store never takes the older one for the newer.
+    assert turn["route"]["bell"]["number"] > (turn["bell"] or {}).get("number", 0)
+    since = datetime.fromisoformat(listed["waiting_since"].replace("Z", "+00:00"))
+    assert since == datetime.fromisoformat(turn["route"]["at"].replace("Z", "+00:00")), "waiting since the turn began"
+    requested = next(a for a in audit if a["kind"] == "handoff_requested")
+    assert requested["detail"]["by"] == "ai"
 
 
 async def test_positions_move_up_when_someone_ahead_is_claimed(stack):

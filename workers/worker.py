@@ -144,10 +144,11 @@ def build_worker(
         bot = WebhookAgent(settings.ai_agent, settings.ai_agent_secret, http)
     # The config's handoff intents ("I want to talk to a human") are matched before the bot is asked.
     streams = stream_opener(settings, stream)
-    agent = IntentFirst(config, bot.respond, lambda: client, needs_history=settings.ai_agent != "demo", stream=streams)
+    router = Router(config, lambda: client, settings.task_queue, streams)
+    agent = IntentFirst(config, bot.respond, lambda: client, needs_history=settings.ai_agent != "demo", stream=streams,
+                        router=router)
     channel = ChannelDeliverer(settings.channel_url, settings.channel_secret, http, streams)
     platform = PlatformActivities(registry_opener(settings, registry), settings.public_url)
-    router = Router(config, lambda: client, settings.task_queue, streams)
     desks = ThirdPartyDesks(routing_config.desk_lookup(config), settings.public_url)
     bell = StreamBell(streams)
     # Recovery after a crash or a stop (README, "Operating"). A workflow is sticky to the worker that last ran it;

@@ -14,8 +14,6 @@ with workflow.unsafe.imports_passed_through():
         BELL_ENTRIES_BYTES,
         AcceptHandoff,
         AgentMessage,
-        AgentReply,
-        AgentTurn,
         AuditEntry,
         AuditPage,
         Bell,
@@ -51,7 +49,14 @@ with workflow.unsafe.imports_passed_through():
     from models.filtering import FilterRequest, FilterResult
     from models.names import WORKFLOW_TYPE, Activities, Errors, Queries, SearchAttributes, Signals, Updates
     from models.protocol import ForwardMessage, HandoffDelivery, HandoffOutcome, PeerDelivery, PeerEvent
-    from models.routing import PositionRequest, PositionResult, RouteDecision, RouteRequest
+    from models.routing import (
+        PositionRequest,
+        PositionResult,
+        RouteDecision,
+        RoutedReply,
+        RoutedTurn,
+        RouteRequest,
+    )
     from models import notices
     from workflows import views
     from workflows.transitions import Event, apply, may_speak, refusal
@@ -267,23 +272,27 @@ class Conversation:
             self._audit("ai_muted", seq=work.seq, owner=self.s.owner, state=self.s.state.value)
             return
         peer = self.s.peer
-        turn = AgentTurn(
+        bell = self._take_bell(work.seq if work.kind == "ai_turn" else None)
+        turn = RoutedTurn(
             conversation_id=self.s.conversation_id,
             channel=self.s.channel,
             message=self._entry(work.seq) if work.kind == "ai_turn" else None,
             # On a conversation handed to us, what was said on the other platform is part of the AI's memory.
             history=[] if self._stream else self._ai_window(None),
             history_in_workflow=self._stream,
-            bell=self._take_bell(work.seq if work.kind == "ai_turn" else None),
+            bell=bell,
             profile=self.s.context.profile,
             slots=self.s.context.slots,
             resumed_after_handoff=self.s.human_stretch_ended,
             agent=(peer.agent_name or peer.agent_id) if peer else None,
             welcome=work.kind == "ai_welcome",
             handoff_reason=peer.reason if peer else "",
+            # Our own AI's handoff is routed within its turn (PATCH_ROUTE_RINGS); a local agent's on a conversation
+            # handed to us is routed as before.
+            route=self._turn_route() if self._route_rings and peer is None else None,
         )
         options = dict(
-            result_type=AgentReply,
+            result_type=RoutedReply,
             start_to_close_timeout=timedelta(seconds=30),
             schedule_to_close_timeout=timedelta(minutes=2),
             retry_policy=AI_RETRY,
@@ -332,7 +341,11 @@ class Conversation:
                 reason=reply.handoff.reason, target=reply.handoff.target, params=reply.handoff.params,
                 intent=reply.handoff.intent,
             )
-            self._start_handoff(request, requested_by="ai")
+            # Decided within the turn (PATCH_ROUTE_RINGS): the conversation is already in its queue's waiting list,
+            # waiting since the turn began; else the routing activity decides, as for any other handoff.
+            decided = reply.decision if turn.route is not None else None
+            self._start_handoff(request, requested_by="ai", decision=decided,
+                                since=turn.route.at if decided is not None and turn.route is not None else None)
 
     # ---- signals: fire and forget; an illegal one is recorded in the audit, never applied ---------
 
@@ -608,7 +621,8 @@ class Conversation:
         return None
 
     def _start_handoff(
-        self, request: HandoffRequest, requested_by: str, decision: RouteDecision | None = None
+        self, request: HandoffRequest, requested_by: str, decision: RouteDecision | None = None,
+        since: datetime | None = None,
     ) -> PendingHandoff:
         if decision is None and not self._routing_rules():
             return self._start_handoff_v1(request, requested_by)
@@ -635,7 +649,7 @@ class Conversation:
         )
         self.s.pending = pending
         self.s.handoffs += 1
-        self.s.waiting_since = now
+        self.s.waiting_since = since or now
         self.s.shared_context = None
         self._audit(
             "handoff_requested",
@@ -657,16 +671,36 @@ class Conversation:
 
     def _route_request(self, pending: PendingHandoff, requested_by: str) -> RouteRequest:
         ctx = self.s.context
-        language = None
-        for source in (ctx.profile, ctx.metadata):
-            for key in ("language", "locale"):
-                if isinstance(source.get(key), str):
-                    language = language or source[key]
         return RouteRequest(
             conversation_id=self.s.conversation_id, handoff_id=pending.handoff_id, reason=pending.reason,
             intent=pending.intent, params=pending.params, slots=ctx.slots, channel=self.s.channel,
-            language=language, target=pending.target, fallback=pending.fallback, sla_seconds=pending.sla_seconds,
-            default_sla_seconds=self.s.handoff_sla_seconds, requested_by=requested_by, at=workflow.now(),
+            language=self._language(), target=pending.target, fallback=pending.fallback,
+            sla_seconds=pending.sla_seconds, default_sla_seconds=self.s.handoff_sla_seconds,
+            requested_by=requested_by, at=workflow.now(),
+        )
+
+    def _language(self) -> str | None:
+        ctx = self.s.context
+        for source in (ctx.profile, ctx.metadata):
+            for key in ("language", "locale"):
+                if isinstance(source.get(key), str):
+                    return source[key]
+        return None
+
+    def _turn_route(self) -> RouteRequest:
+        """The conversation's side of the routing request an AI turn carries (PATCH_ROUTE_RINGS): should the reply
+        hand off, the turn's activity adds the handoff's reason, intent, params and target, decides, and lists the
+        conversation in its queue with the bell numbered here (after the turn's own)."""
+        now = workflow.now()
+        self.s.bells += 1
+        bell = Bell.model_construct(
+            conversation_id=self.s.conversation_id, seq=self.s.seq, state=State.HANDOFF_PENDING, owner=None,
+            queue=None, waiting_since=now, reason=None, at=now, number=self.s.bells, entries=[], omits=None,
+        )
+        return RouteRequest(
+            conversation_id=self.s.conversation_id, handoff_id="", slots=self.s.context.slots,
+            channel=self.s.channel, language=self._language(), default_sla_seconds=self.s.handoff_sla_seconds,
+            requested_by="request", at=now, bell=bell,
         )
 
     async def _decide(self, request: RouteRequest) -> RouteDecision | None:
