@@ -336,9 +336,12 @@ class IntentFirst:
         be made here, the workflow routes the handoff itself, as before."""
         route = turn.route if isinstance(turn, RoutedTurn) else None
         handoff = reply.handoff
+        # An earlier attempt of this turn may have listed the conversation (then failed): the workflow re-rings.
+        attempt = activity.info().attempt if activity.in_activity() else 1
+        relist = route is not None and route.bell is not None and attempt > 1
         if handoff is None or route is None or self.router is None:
-            return reply
-        out = RoutedReply.model_validate(reply.model_dump())
+            return RoutedReply(**reply.model_dump(), relist=True) if relist else reply
+        out = RoutedReply.model_validate({**reply.model_dump(), "relist": relist})
         intent = handoff.intent
         if intent is None and isinstance(handoff.params.get("intent"), str):
             intent = str(handoff.params["intent"])  # as the workflow's handoff request reads it

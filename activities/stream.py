@@ -46,7 +46,8 @@ _SCHEMA = (
         waiting_since TEXT,
         reason TEXT,
         at TEXT NOT NULL,
-        bell INTEGER NOT NULL DEFAULT 0
+        bell INTEGER NOT NULL DEFAULT 0,
+        created TEXT
     )""",
     "CREATE INDEX IF NOT EXISTS conversations_waiting ON conversations (queue, waiting_since, conversation_id) "
     "WHERE waiting_since IS NOT NULL",
@@ -93,8 +94,11 @@ class StreamStore:
             # A store written by the first version of this module.
             if "entry" not in {row[1] for row in self._db.execute("PRAGMA table_info(bells)")}:
                 self._db.execute("ALTER TABLE bells ADD COLUMN entry TEXT")
-            if "bell" not in {row[1] for row in self._db.execute("PRAGMA table_info(conversations)")}:
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(conversations)")}
+            if "bell" not in columns:
                 self._db.execute("ALTER TABLE conversations ADD COLUMN bell INTEGER NOT NULL DEFAULT 0")
+            if "created" not in columns:
+                self._db.execute("ALTER TABLE conversations ADD COLUMN created TEXT")
 
     def close(self) -> None:
         with self._lock:
@@ -111,25 +115,29 @@ class StreamStore:
             db.execute("BEGIN IMMEDIATE")
             try:
                 before = db.execute(
-                    "SELECT seq, owner, queue, bell, state FROM conversations WHERE conversation_id = ?",
+                    "SELECT seq, owner, queue, bell, state, created FROM conversations WHERE conversation_id = ?",
                     (bell.conversation_id,),
                 ).fetchone()
-                prev_seq, prev_owner, prev_queue, prev_bell, prev_state = before if before else (0, None, None, 0, "")
-                # (A closed conversation's id may start a new conversation, whose bells count from 1 again.)
-                if bell.number and bell.number <= prev_bell and prev_state != "closed":
+                prev_seq, prev_owner, prev_queue, prev_bell, prev_state, prev_created = (
+                    before if before else (0, None, None, 0, "", None))
+                created = _iso(bell.created) if bell.created else None
+                # A closed conversation's id may start a new conversation, whose bells count from 1 again; a late
+                # bell of the closed one (rung before its close, written after) is older all the same.
+                same = prev_state != "closed" or (created is not None and created == prev_created)
+                if bell.number and bell.number <= prev_bell and same:
                     # An older bell (two may be in flight) or a retried one: the newer state stays. Its entries may
                     # still be new to a reader that missed them, so they are logged.
                     self._log_entries(db, bell)
                     db.execute("COMMIT")
                     return
                 db.execute(
-                    "INSERT INTO conversations (conversation_id, seq, state, owner, queue, waiting_since, reason, at, bell)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (conversation_id) DO UPDATE SET seq = excluded.seq,"
-                    " state = excluded.state, owner = excluded.owner, queue = excluded.queue,"
+                    "INSERT INTO conversations (conversation_id, seq, state, owner, queue, waiting_since, reason, at, bell,"
+                    " created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (conversation_id) DO UPDATE SET"
+                    " seq = excluded.seq, state = excluded.state, owner = excluded.owner, queue = excluded.queue,"
                     " waiting_since = excluded.waiting_since, reason = excluded.reason, at = excluded.at,"
-                    " bell = excluded.bell",
+                    " bell = excluded.bell, created = excluded.created",
                     (bell.conversation_id, bell.seq, bell.state.value, bell.owner, bell.queue, waiting,
-                     bell.reason, _iso(bell.at), bell.number),
+                     bell.reason, _iso(bell.at), bell.number, created),
                 )
                 # The entries first, then the bell: a reader that sees the bell has its entries already.
                 self._log_entries(db, bell)
@@ -173,25 +181,34 @@ class StreamStore:
             ).fetchall()
         return [Rung(r) for r in rows]
 
-    def waiting(self, queue: str, limit: int = 500) -> list[WaitingRow]:
-        """The queue's waiting list, oldest first, exact as of the last bell of each conversation."""
+    def waiting_page(self, queue: str, limit: int) -> tuple[list[WaitingRow], int]:
+        """The queue's oldest `limit` and how many wait in all, read together."""
         with self._lock:
-            rows = self._db.execute(
-                f"SELECT conversation_id, waiting_since, reason FROM conversations WHERE queue = ? AND {_WAITS}"
-                " ORDER BY waiting_since, conversation_id LIMIT ?",
-                (queue, limit),
-            ).fetchall()
+            self._db.execute("BEGIN")
+            try:
+                rows = self._waiting_rows(queue, limit)
+                total = self._db.execute(
+                    f"SELECT count(*) FROM conversations WHERE queue = ? AND {_WAITS}", (queue,)
+                ).fetchone()[0]
+            finally:
+                self._db.execute("COMMIT")
+        return rows, total
+
+    def _waiting_rows(self, queue: str, limit: int) -> list[WaitingRow]:
+        rows = self._db.execute(
+            f"SELECT conversation_id, waiting_since, reason FROM conversations WHERE queue = ? AND {_WAITS}"
+            " ORDER BY waiting_since, conversation_id LIMIT ?",
+            (queue, limit),
+        ).fetchall()
         return [
             WaitingRow(conversation_id=cid, position=i, waiting_since=datetime.fromisoformat(since), reason=reason)
             for i, (cid, since, reason) in enumerate(rows, start=1)
         ]
 
-    def count_waiting(self, queue: str) -> int:
-        """How many wait in `queue` (the waiting list's length, however long)."""
+    def waiting(self, queue: str, limit: int = 500) -> list[WaitingRow]:
+        """The queue's waiting list, oldest first, exact as of the last bell of each conversation."""
         with self._lock:
-            return self._db.execute(
-                f"SELECT count(*) FROM conversations WHERE queue = ? AND {_WAITS}", (queue,)
-            ).fetchone()[0]
+            return self._waiting_rows(queue, limit)
 
     def position(self, conversation_id: str) -> int | None:
         """The conversation's place in its queue while it waits for a person, else None."""

@@ -55,9 +55,11 @@ QueuePath = Annotated[str, Path(min_length=1, max_length=128, pattern=NAME_PATTE
 # A claim or a read of a conversation that is listed but whose routing decision the workflow has not recorded yet
 # waits this long for it (see routed_snapshot), looking again every ROUTING_POLL_SECONDS.
 ROUTING_WAIT_SECONDS = 5.0
-ROUTING_POLL_SECONDS = 0.05
-# A successful claim answers once the waiting lists (read from the stream's store) no longer show the conversation.
-LEFT_THE_LIST_SECONDS = 2.0
+ROUTING_POLL_SECONDS = 0.1
+# A successful claim answers once the waiting lists (read from the stream's store) no longer show the conversation,
+# or after this long (the claim stands either way).
+LEFT_THE_LIST_SECONDS = 5.0
+LEFT_THE_LIST_POLL_SECONDS = 0.01
 
 
 # No ':' in a live agent's id: `desk:<name>` owns what a third-party desk accepted and `agent:<id>` is a personal
@@ -250,7 +252,7 @@ def desk_router(
                     return
             except Exception:  # noqa: BLE001 - the store is a courtesy here: the claim itself succeeded
                 return
-            await asyncio.sleep(ROUTING_POLL_SECONDS / 5)
+            await asyncio.sleep(LEFT_THE_LIST_POLL_SECONDS)
 
     # ---- operators ----------------------------------------------------------------------------------
 
@@ -288,9 +290,9 @@ def desk_router(
                 403, f"queue '{queue}' is not one of {agent.agent_id}'s queues (nor their personal queue "
                 f"'{personal_queue(agent.agent_id)}')",
             )
-        rows, total = await asyncio.to_thread(lambda: (stream().waiting(queue, limit), stream().count_waiting(queue)))
+        rows, total = await asyncio.to_thread(stream().waiting_page, queue, limit)
         return WaitingList(
-            queue=queue, total=max(total, len(rows)),
+            queue=queue, total=total,
             waiting=[Waiting(conversation_id=r.conversation_id, position=r.position, waiting_since=r.waiting_since,
                              reason=r.reason) for r in rows],
         )

@@ -483,6 +483,9 @@ class Bell(BaseModel):
     entries: list[TranscriptEntry] = []
     # Left out of `entries` because the carrying activity's own input holds it (it is put back before the write).
     omits: int | None = None
+    # When the conversation was created: a late bell of a closed conversation (same instant) is told from the first
+    # bells of a new conversation under the same id (another instant). None on bells of older code.
+    created: datetime | None = None
 
 
 class AgentTurn(BaseModel):

@@ -92,3 +92,6 @@ class RoutedReply(AgentReply):
     history with the reply). A bot's own answer is parsed as an AgentReply, so it cannot set `decision`."""
 
     decision: RouteDecision | None = None
+    # A retried turn that carried routing inputs: an earlier attempt may have listed the conversation, so the
+    # workflow rings the state afresh (a bell numbered after that listing).
+    relist: bool = False

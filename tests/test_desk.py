@@ -1,5 +1,5 @@
 """The live-agent desk over real loopback HTTP, against the dev server and a real worker: live agents and their
-tokens, the waiting list (Temporal visibility), first-claim-wins, replies, the muted AI, release, transfer."""
+tokens, the waiting list (the event stream's store), first-claim-wins, replies, the muted AI, release, transfer."""
 
 from __future__ import annotations
 
@@ -162,7 +162,7 @@ async def test_asking_for_a_human_waits_in_general_and_the_first_of_ten_claims_w
     assert results[winner].json()["state"] == "live_agent" and results[winner].json()["owner"] == f"agent{winner}"
     s = await snap(http, conversation)
     assert s["state"] == "live_agent" and s["owner"] == f"agent{winner}" and s["pending_handoff"] is None
-    # Claimed conversations leave the waiting list (confirmed by snapshot even before visibility catches up).
+    # Claimed conversations leave the waiting list: the claim answers once the store no longer lists it.
     assert await waiting(http, "general", tokens[0]) == []
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -9,6 +10,7 @@ from typing import Any
 
 import pytest
 import yaml
+from temporalio.testing import ActivityEnvironment
 
 from activities.routing import IntentFirst, Router, decide, position_query
 from activities.stream import StreamStore
@@ -502,4 +504,22 @@ async def test_an_ai_turn_routes_its_own_handoff_and_lists_the_conversation_at_o
     # the agent gave it; the workflow's routing activity decides later.
     reply = await IntentFirst(config(), Handing(), router=router).respond(turn("can I talk to someone"))
     assert type(reply) is AgentReply and store.waiting("general")[0].conversation_id == "c1"
+    store.close()
+
+
+async def test_a_retried_turn_asks_the_workflow_to_ring_afresh(tmp_path: Path) -> None:
+    """An earlier attempt of the turn may have listed the conversation and then failed: a retry that does not hand
+    off says so (`relist`), and the workflow rings the state as it is with a newer bell."""
+    store = StreamStore(tmp_path / "stream.db")
+    router = Router(config(), lambda: None, "baton", lambda: store)
+    env = ActivityEnvironment()
+    env.info = dataclasses.replace(env.info, attempt=2)
+    reply = await env.run(IntentFirst(config(), Inner(), router=router).respond, routed_turn("c1", "hello"))
+    assert isinstance(reply, RoutedReply) and reply.relist and reply.decision is None and reply.handoff is None
+    # The first attempt says nothing of the kind; nor does a turn without routing inputs.
+    env.info = dataclasses.replace(env.info, attempt=1)
+    assert type(await env.run(IntentFirst(config(), Inner(), router=router).respond, routed_turn("c1", "hello"))) \
+        is AgentReply
+    env.info = dataclasses.replace(env.info, attempt=3)
+    assert type(await env.run(IntentFirst(config(), Inner(), router=router).respond, turn("hello"))) is AgentReply
     store.close()

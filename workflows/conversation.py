@@ -320,6 +320,10 @@ class Conversation:
             self._say(Role.SYSTEM, "system", notices.AI_FAILURE)
             return
         self.s.human_stretch_ended = False
+        if reply.relist:
+            # A retried turn: an earlier attempt may have listed the conversation for a handoff this reply does not
+            # make. The state as it is gets a bell numbered after that listing.
+            self._rung = None
         if reply.slots:
             self.s.context.slots.update(reply.slots)
         if self.s.state is not State.AI:
@@ -696,6 +700,7 @@ class Conversation:
         bell = Bell.model_construct(
             conversation_id=self.s.conversation_id, seq=self.s.seq, state=State.HANDOFF_PENDING, owner=None,
             queue=None, waiting_since=now, reason=None, at=now, number=self.s.bells, entries=[], omits=None,
+            created=self.s.created_at,
         )
         return RouteRequest(
             conversation_id=self.s.conversation_id, handoff_id="", slots=self.s.context.slots,
@@ -730,12 +735,14 @@ class Conversation:
             return  # cancelled or closed meanwhile
         request = self._route_request(pending, "request")
         if self._route_rings:
-            # The decision's activity carries the bell (see PATCH_ROUTE_RINGS): the state as it is, with what the
-            # waiting list needs should the decision put the conversation in a person's queue.
-            bell = self._take_bell()
-            if bell is not None:
-                request.bell = bell.model_copy(update={
-                    "waiting_since": self.s.waiting_since or pending.requested_at, "reason": pending.reason})
+            # The decision's activity carries a bell (see PATCH_ROUTE_RINGS): the state as it is, with what the
+            # waiting list needs should the decision put the conversation in a person's queue. Numbered afresh even
+            # when the state was rung already (the ring loop rings while the main loop is busy elsewhere).
+            self.s.bells += 1
+            bell = self._bell()
+            self._rung = self._bell_key()
+            request.bell = bell.model_copy(update={
+                "waiting_since": self.s.waiting_since or pending.requested_at, "reason": pending.reason})
         decision = await self._decide(request)
         if self.s.pending is None or self.s.pending.handoff_id != handoff_id:
             self._audit("route_ignored", handoff_id=handoff_id, reason="the handoff ended while it was routed")
@@ -1344,6 +1351,7 @@ class Conversation:
             waiting_since=(s.waiting_since or s.pending.requested_at) if waiting else None,
             reason=s.pending.reason if waiting else None, at=workflow.now(), number=s.bells,
             entries=[e for e in entries if e.seq != omits] if omits is not None else entries, omits=omits,
+            created=s.created_at,
         )
 
     def _take_bell(self, carried: int | None = None) -> Bell | None:
