@@ -19,8 +19,20 @@ class Tab:
         self.page = page
         self.dialogs: list[str] = []
         self.errors: list[str] = []
+        # The tab's API traffic and console, printed when a test fails in it (what was asked, what came back, when).
+        self.traffic: list[str] = []
+        self._t0 = asyncio.get_running_loop().time()
         page.on("dialog", self._dialog)
         page.on("pageerror", lambda err: self.errors.append(str(err)))
+        page.on("console", lambda m: self._note(f"console.{m.type}: {m.text}"))
+        page.on("request", lambda r: self._note(f"-> {r.method} {r.url}") if "/v1/" in r.url else None)
+        page.on("response", lambda r: self._note(f"<- {r.status} {r.request.method} {r.url}") if "/v1/" in r.url
+                else None)
+        page.on("requestfailed", lambda r: self._note(f"!! {r.method} {r.url}: {r.failure}"))
+
+    def _note(self, what: str) -> None:
+        self.traffic.append(f"{asyncio.get_running_loop().time() - self._t0:8.3f}s {what}")
+        del self.traffic[:-200]
 
     def _dialog(self, dialog) -> None:
         self.dialogs.append(dialog.message)
@@ -96,6 +108,11 @@ async def tab(browser: Browser, base_url: str, path: str, kind: type[Tab] = Tab)
         page = await context.new_page()
         opened = kind(page)
         await page.goto(path)
-        yield opened
+        try:
+            yield opened
+        except BaseException:
+            print(f"---- the {path} tab's last API requests and console (seconds since it opened) ----")
+            print("\n".join(opened.traffic))
+            raise
     finally:
         await context.close()
