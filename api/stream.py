@@ -266,8 +266,17 @@ class DeskStream:
         self.client = client
         self.agent = agent
         self.queues = set(agent.queues) | {f"agent:{agent.agent_id}"}
+        # Conversations the agent owns or that wait in its queues, as of their last bell: their logged entries
+        # are sent as they are, without asking the workflow.
+        self.following: set[str] = set()
 
     def concerns(self, r: Rung) -> bool:
+        if r.entry is not None:
+            return r.conversation_id in self.following
+        if (r.owner == self.agent.agent_id or r.queue in self.queues) and r.state != State.CLOSED.value:
+            self.following.add(r.conversation_id)
+        else:
+            self.following.discard(r.conversation_id)
         return bool(r.queues() & self.queues) or self.agent.agent_id in r.owners()
 
     async def response(self) -> StreamingResponse:
@@ -298,13 +307,22 @@ class DeskStream:
                         sent_lists[queue] = listing
                         yield sse("waiting", listing)
                 latest: dict[str, Rung] = {}
+                logged: dict[str, list[TranscriptEntry]] = {}
                 for r in rungs:
                     if r.entry is not None:
-                        continue  # the desk reads entries from the workflow
+                        logged.setdefault(r.conversation_id, []).append(r.entry)
+                        continue
                     seen.setdefault(r.conversation_id, r.prev_seq)
                     latest[r.conversation_id] = r
                 for cid, r in latest.items():
                     mine_now = r.owner == self.agent.agent_id or (r.queue in self.queues)
+                    if mine_now and r.seq > seen[cid]:
+                        # Entries logged with the bells are sent as they are while they continue the seq exactly
+                        # (no round trip to the workflow, which under a burst is busy enough); a gap is read from it.
+                        for entry in sorted(logged.get(cid, []), key=lambda e: e.seq):
+                            if entry.seq == seen[cid] + 1:
+                                yield sse("entry", entry_data(entry, conversation_id=cid))
+                                seen[cid] = entry.seq
                     if mine_now and r.seq > seen[cid]:
                         try:
                             entries = await read_entries(self.client, cid, seen[cid])
