@@ -314,6 +314,11 @@ class DeskStream:
                         continue
                     seen.setdefault(r.conversation_id, r.prev_seq)
                     latest[r.conversation_id] = r
+                # Every position this batch needs, in one trip to the store's thread (one hop per conversation
+                # held the loop for seconds under a burst, and the lists waited behind it).
+                pending = [cid for cid, r in latest.items() if r.state == State.HANDOFF_PENDING.value]
+                positions = await asyncio.to_thread(lambda: {c: self.hub.store.position(c) for c in pending}) \
+                    if pending else {}
                 for cid, r in latest.items():
                     mine_now = r.owner == self.agent.agent_id or (r.queue in self.queues)
                     if mine_now and r.seq > seen[cid]:
@@ -334,11 +339,8 @@ class DeskStream:
                                 seen[cid] = entry.seq
                     else:
                         seen[cid] = max(seen[cid], r.seq)
-                    position = (
-                        await asyncio.to_thread(self.hub.store.position, cid) if r.state == "handoff_pending" else None
-                    )
                     state = {"conversation_id": cid, "state": r.state, "owner": r.owner, "queue": r.queue,
-                             "position": position}
+                             "position": positions.get(cid)}
                     if state != states.get(cid):
                         states[cid] = state
                         yield sse("state", state)
