@@ -236,10 +236,23 @@ def desk_router(
         of being refused."""
         deadline = time.monotonic() + ROUTING_WAIT_SECONDS
         snap = await snapshot(client, conversation_id)
-        while snap.pending_handoff is not None and not snap.pending_handoff.routed and time.monotonic() < deadline:
+        while time.monotonic() < deadline and await not_caught_up(snap):
             await asyncio.sleep(ROUTING_POLL_SECONDS)
             snap = await snapshot(client, conversation_id)
         return snap
+
+    async def not_caught_up(snap: Snapshot) -> bool:
+        """The workflow has not recorded yet what the waiting lists already show: a handoff whose routing decision
+        is still out, or (the AI's turn decided it) a chat still with the AI that the store lists as waiting."""
+        pending = snap.pending_handoff
+        if pending is not None:
+            return not pending.routed
+        if snap.state is not State.AI:
+            return False
+        try:
+            return await asyncio.to_thread(stream().position, snap.conversation_id) is not None
+        except Exception:  # noqa: BLE001 - the store is a courtesy here
+            return False
 
     async def left_the_list(conversation_id: str) -> None:
         """After a claim: wait (LEFT_THE_LIST_SECONDS at most) until the stream's store no longer lists the

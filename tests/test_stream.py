@@ -7,10 +7,12 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 
 import pytest
 
+from activities.stream import StreamStore, stream_path
+from models.conversation import Bell, State
 from models.names import Activities, Updates, workflow_id
 from tests.harness import baton_api, baton_worker, settings_for
 from tests.sse import open_stream
@@ -42,6 +44,17 @@ async def live_agent(http, agent_id: str, queues=("general",)) -> dict[str, str]
                                                        "queues": list(queues)}, headers=ADMIN)
     assert r.status_code == 201, r.text
     return {"Authorization": f"Bearer {r.json()['token']}"}
+
+
+async def quiet(http, dev_env, conversation: str):
+    """Wait until the AI's answer is recorded, delivered and rung: nothing in flight for the conversation."""
+    handle = dev_env.client.get_workflow_handle(workflow_id(conversation))
+    for _ in range(200):
+        entries = (await http.get(f"/v1/conversations/{conversation}/transcript")).json()["entries"]
+        if any(e["role"] == "ai" for e in entries) and not (await handle.describe()).raw_description.pending_activities:
+            break
+        await asyncio.sleep(0.05)
+    return handle
 
 
 def is_entry(role: str | None = None, seq: int | None = None):
@@ -152,12 +165,7 @@ async def test_the_routing_decision_lists_the_chat_itself_and_a_claim_at_once_su
     agent = await live_agent(http, f"agent-{uuid.uuid4().hex[:8]}")
     conversation = cid()
     await say(http, conversation, "hello")
-    handle = dev_env.client.get_workflow_handle(workflow_id(conversation))
-    for _ in range(200):  # the AI's answer recorded, delivered and rung: nothing in flight when the handoff comes
-        entries = (await http.get(f"/v1/conversations/{conversation}/transcript")).json()["entries"]
-        if any(e["role"] == "ai" for e in entries) and not (await handle.describe()).raw_description.pending_activities:
-            break
-        await asyncio.sleep(0.05)
+    handle = await quiet(http, dev_env, conversation)
     async with open_stream(http, "/v1/desk/events", headers=agent) as desk:
         await desk.until(lambda e: e.event == "waiting" and e.data["queue"] == "general")
         r = await http.post(f"/v1/conversations/{conversation}/handoff",
@@ -221,6 +229,33 @@ async def test_the_ai_turn_that_hands_off_routes_and_lists_the_chat_itself(stack
     assert since == datetime.fromisoformat(turn["route"]["at"].replace("Z", "+00:00")), "waiting since the turn began"
     requested = next(a for a in audit if a["kind"] == "handoff_requested")
     assert requested["detail"]["by"] == "ai"
+
+
+async def test_a_claim_made_as_the_list_shows_the_chat_waits_for_the_workflow_to_catch_up(stack, dev_env):
+    """The AI turn's activity lists a chat before the workflow has even started the handoff: an agent who claims
+    in that moment (the workflow still says `ai`) waits for it instead of hearing "no handoff is pending"."""
+    settings, http = stack
+    agent = await live_agent(http, f"agent-{uuid.uuid4().hex[:8]}")
+    conversation = cid()
+    await say(http, conversation, "hello")
+    await quiet(http, dev_env, conversation)
+    store = StreamStore(stream_path(settings.home))
+    try:
+        row = store._db.execute("SELECT bell FROM conversations WHERE conversation_id = ?", (conversation,)).fetchone()
+        now = datetime.now(UTC)
+        # What the AI turn's listing writes, before the workflow has recorded the reply that hands off.
+        store.ring(Bell(conversation_id=conversation, number=(row[0] if row else 0) + 1, seq=1,
+                        state=State.HANDOFF_PENDING, queue="general", waiting_since=now, reason="listed", at=now))
+        claim = asyncio.create_task(http.post(f"/v1/desk/conversations/{conversation}/claim", headers=agent))
+        await asyncio.sleep(0.5)
+        assert not claim.done(), "the claim waits while the workflow has not caught up"
+        r = await http.post(f"/v1/conversations/{conversation}/handoff", json={"reason": "now for real",
+                                                                          "target": {"queue": "general"}})
+        assert r.status_code == 200, r.text
+        r = await claim
+        assert r.status_code == 200 and r.json()["owner"].startswith("agent-"), r.text
+    finally:
+        store.close()
 
 
 async def test_positions_move_up_when_someone_ahead_is_claimed(stack):
