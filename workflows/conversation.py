@@ -87,9 +87,11 @@ PATCH_EVENT_STREAM = "event-stream"
 # A run continues as new at SHORT_RUN_EVENTS instead of MAX_RUN_EVENTS (see there). Asked once, in the first
 # activation, right after PATCH_EVENT_STREAM.
 PATCH_SHORT_RUNS = "short-runs"
-# The routing activity carries the stream's bell: when its decision puts the conversation in a person's queue, it
-# writes the conversation into that queue's waiting list itself (the store keeps the newest bell, so a handoff that
-# ended while it was routed is corrected by the bell its end rang). A chat reaches the agents' consoles as soon as
+# The routing decision lists the chat: the routing activity carries the stream's bell and, when its decision puts
+# the conversation in a person's queue, writes it into that queue's waiting list itself; when the AI's own reply
+# hands off, the AI turn's activity makes the same decision (recorded with the reply) and lists it, and no routing
+# activity runs. The store keeps the newest bell (and never lets a late one revive a closed conversation), so a
+# handoff that ended meanwhile is corrected by the bell its end rang. A chat reaches the agents' consoles as soon as
 # it is routed, not a workflow task and a channel delivery later. Asked once, in the first activation, after
 # PATCH_SHORT_RUNS.
 PATCH_ROUTE_RINGS = "route-rings"
