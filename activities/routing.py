@@ -341,7 +341,7 @@ class IntentFirst:
         relist = route is not None and route.bell is not None and attempt > 1
         if handoff is None or route is None or self.router is None:
             return RoutedReply(**reply.model_dump(), relist=True) if relist else reply
-        out = RoutedReply.model_validate({**reply.model_dump(), "relist": relist})
+        out = RoutedReply(**reply.model_dump(), relist=relist)
         intent = handoff.intent
         if intent is None and isinstance(handoff.params.get("intent"), str):
             intent = str(handoff.params["intent"])  # as the workflow's handoff request reads it

@@ -94,7 +94,7 @@ class Waiting(BaseModel):
 class WaitingList(BaseModel):
     queue: str
     waiting: list[Waiting]
-    total: int = Field(description="how many visibility lists as waiting (before confirming the first `limit`)")
+    total: int = Field(description="how many wait in the queue in all (`waiting` holds the oldest `limit`)")
 
 
 class DeskMessageIn(BaseModel):
@@ -247,10 +247,13 @@ def desk_router(
         pending = snap.pending_handoff
         if pending is not None:
             return not pending.routed
-        if snap.state is not State.AI:
-            return False
+        return snap.state is State.AI and await listed(snap.conversation_id)
+
+    async def listed(conversation_id: str) -> bool:
+        """Whether the stream's store lists the conversation as waiting; False when the store cannot be read (here
+        it only decides how long to wait, never whether a command succeeds)."""
         try:
-            return await asyncio.to_thread(stream().position, snap.conversation_id) is not None
+            return await asyncio.to_thread(stream().position, conversation_id) is not None
         except Exception:  # noqa: BLE001 - the store is a courtesy here
             return False
 
@@ -259,12 +262,7 @@ def desk_router(
         conversation as waiting (the workflow's bell for the claim), so whoever claimed it, and every waiting list
         read after the 200, no longer sees it."""
         deadline = time.monotonic() + LEFT_THE_LIST_SECONDS
-        while time.monotonic() < deadline:
-            try:
-                if await asyncio.to_thread(stream().position, conversation_id) is None:
-                    return
-            except Exception:  # noqa: BLE001 - the store is a courtesy here: the claim itself succeeded
-                return
+        while time.monotonic() < deadline and await listed(conversation_id):
             await asyncio.sleep(LEFT_THE_LIST_POLL_SECONDS)
 
     # ---- operators ----------------------------------------------------------------------------------

@@ -740,11 +740,9 @@ class Conversation:
             # The decision's activity carries a bell (see PATCH_ROUTE_RINGS): the state as it is, with what the
             # waiting list needs should the decision put the conversation in a person's queue. Numbered afresh even
             # when the state was rung already (the ring loop rings while the main loop is busy elsewhere).
-            self.s.bells += 1
-            bell = self._bell()
-            self._rung = self._bell_key()
-            request.bell = bell.model_copy(update={
-                "waiting_since": self.s.waiting_since or pending.requested_at, "reason": pending.reason})
+            if (bell := self._take_bell(fresh=True)) is not None:
+                request.bell = bell.model_copy(update={
+                    "waiting_since": self.s.waiting_since or pending.requested_at, "reason": pending.reason})
         decision = await self._decide(request)
         if self.s.pending is None or self.s.pending.handoff_id != handoff_id:
             self._audit("route_ignored", handoff_id=handoff_id, reason="the handoff ended while it was routed")
@@ -1356,9 +1354,10 @@ class Conversation:
             created=s.created_at,
         )
 
-    def _take_bell(self, carried: int | None = None) -> Bell | None:
-        """The bell for an activity that starts anyway to carry, if there is news since the last one."""
-        if not self._stream or self._rung == self._bell_key():
+    def _take_bell(self, carried: int | None = None, fresh: bool = False) -> Bell | None:
+        """The bell for an activity that starts anyway to carry, if there is news since the last one (or, `fresh`,
+        numbered afresh whatever was rung before)."""
+        if not self._stream or (self._rung == self._bell_key() and not fresh):
             return None
         self.s.bells += 1
         bell = self._bell(carried)
