@@ -110,7 +110,7 @@ class DemoAgent:
 
 
 # Fields of a turn that stay inside Baton: never POSTed to a customer's bot.
-INTERNAL_TURN_FIELDS = {"bell", "history_in_workflow", "route"}
+INTERNAL_TURN_FIELDS = {"bell", "route"}
 
 
 class WebhookAgent:

@@ -325,7 +325,7 @@ class IntentFirst:
         if reply is None:
             # The agent sees the turn as documented: what routing needs stays here.
             asked = AgentTurn.model_validate(turn.model_dump(exclude={"route"})) if isinstance(turn, RoutedTurn) else turn
-            if turn.history_in_workflow and self.needs_history:
+            if self.needs_history:
                 asked = asked.model_copy(update={"history": await self.history(turn)})
             reply = await self.inner(asked)
         return await self.routed(turn, reply)

@@ -276,8 +276,8 @@ class PendingHandoff(BaseModel):
     sla_seconds: int | None = None
     # The first transcript seq the target has not been shown yet is derived from this.
     from_seq: int
-    # ---- set by the routing decision (older runs: routed at once, none of these) ----
-    routed: bool = True
+    # ---- set by the routing decision ----
+    routed: bool = False
     intent: str | None = None
     rule: str | None = None
     # Business hours of the ladder's queues: target label -> open windows (absent label: always open).
@@ -380,8 +380,6 @@ class ConversationState(BaseModel):
     human_stretch_ended: bool = False
     peer: PeerLink | None = None
     external: ExternalLink | None = None
-    # External agents are reached through the platform protocol (set where the `platform-protocol` patch is taken).
-    protocol: bool = False
     # A third-party desk owns the conversation (the user's messages are forwarded to it).
     desk: DeskLink | None = None
     # The filtered context the live agent (or desk) was given for the current handoff; never the raw context.
@@ -484,7 +482,7 @@ class Bell(BaseModel):
     # Left out of `entries` because the carrying activity's own input holds it (it is put back before the write).
     omits: int | None = None
     # When the conversation was created: a late bell of a closed conversation (same instant) is told from the first
-    # bells of a new conversation under the same id (another instant). None on bells of older code.
+    # bells of a new conversation under the same id (another instant). The workflow always sets it.
     created: datetime | None = None
 
 
@@ -492,6 +490,8 @@ class AgentTurn(BaseModel):
     conversation_id: str
     channel: str
     message: TranscriptEntry | None
+    # The transcript window the agent sees. The workflow sends it empty (an activity's input is written to history on
+    # every turn); the AI activity reads it with the `ai_history` query when the agent needs it.
     history: list[TranscriptEntry]
     profile: dict[str, Any] = Field(default_factory=dict)
     slots: dict[str, Any] = Field(default_factory=dict)
@@ -502,10 +502,6 @@ class AgentTurn(BaseModel):
     # True on the first turn of a conversation handed over from another platform: greet, don't re-ask.
     welcome: bool = False
     handoff_reason: str = ""
-    # Since the event-stream patch the workflow leaves `history` out of the activity's input (as a regular
-    # activity's input it would be written to workflow history on every turn); the activity reads it with the
-    # `ai_history` query when the agent needs it.
-    history_in_workflow: bool = False
     # The stream's bell, when this turn carries it (its entries then leave out `message`, which the activity adds).
     bell: Bell | None = None
 

@@ -33,7 +33,8 @@ class RouteRequest(BaseModel):
     requested_by: str = "update"
     # The workflow's clock: business hours are judged at this instant (time-skipping tests move it).
     at: datetime
-    # The event stream's bell the decision carries (since the route-rings patch): written as it is, or, when the
+    # The event stream's bell the decision carries (the workflow's routing always sends one; the AI-failure probe
+    # and callers outside the workflow do not): written as it is, or, when the
     # decision puts the conversation in a person's queue, with that queue (it then shows in the queue's waiting list
     # at once). Its waiting_since and reason are what the waiting list shows, cleared when it does not wait there.
     bell: Bell | None = None
@@ -78,8 +79,8 @@ class PositionResult(BaseModel):
 
 
 class RoutedTurn(AgentTurn):
-    """The AI agent's turn with what routing needs should the reply hand the conversation off (since the
-    route-rings patch): the turn's activity then decides the route itself and lists the conversation in its queue
+    """The AI agent's turn with what routing needs should the reply hand the conversation off: the turn's activity
+    then decides the route itself and lists the conversation in its queue
     at once, instead of a workflow task and a routing activity later. `route` holds the conversation's side of the
     request (slots, channel, language, SLA, the workflow's clock) and a bell numbered for the listing; the reply's
     handoff fills in reason, intent, params and target. Never sent to an AI agent (see activities.agents)."""

@@ -1,15 +1,19 @@
-"""Record the replay corpus: `python -m tests.record_histories` drives representative conversations on a fresh dev
-server and writes their histories to tests/histories/<prefix>_<name>.json. Run it after a workflow change with the
-next prefix (v2, v3, ...), commit the new files, and keep the old ones: they are what running conversations of
-older code look like."""
+"""Record the replay corpus: `python -m tests.record_histories PREFIX` drives representative conversations on a
+fresh dev server and writes their histories to tests/histories/<PREFIX>_<name>.json.
+
+Baton 1.0's corpus has the prefix `1.0`. After 1.0 every workflow change is guarded by `workflow.patched` and
+records the corpus again under the next prefix (`1.1`, ...; a scenario of its own where the change needs one); the
+older files stay: they are what running conversations of older code look like (README, "Changing the workflow")."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sys
 import tempfile
 import uuid
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from models.conversation import (
@@ -120,6 +124,99 @@ async def external_handoff_and_hand_back(client, settings, cid, http, **_):
     return ours, client.get_workflow_handle(workflow_id(rid))
 
 
+async def live_agent(http, agent_id: str, queues: list[str]) -> dict[str, str]:
+    r = await http.post("/v1/admin/live-agents", headers={"Authorization": "Bearer ba_test_admin"},
+                        json={"agent_id": agent_id, "name": agent_id.title(), "queues": queues})
+    assert r.status_code == 201, r.text
+    return {"Authorization": f"Bearer {r.json()['token']}"}
+
+
+async def until(predicate, every: float = 0.05) -> None:
+    while not await predicate():
+        await asyncio.sleep(every)
+
+
+async def claimed(http, cid: str, agent: dict[str, str]) -> None:
+    """Claim as soon as the conversation waits (a claim while it is still being routed answers 409)."""
+    while (r := await http.post(f"/v1/desk/conversations/{cid}/claim", headers=agent)).status_code != 200:
+        assert r.status_code == 409, r.text
+        await asyncio.sleep(0.1)
+
+
+async def transfer_to_a_named_agent(client, settings, cid, http, **_):
+    """A live agent claims from the queue and transfers to a named colleague (target kind `live_agent`), who claims
+    it from their personal queue, replies and closes."""
+    alice = await live_agent(http, f"alice-{cid}", ["general"])
+    bob_id = f"bob-{cid}"
+    bob = await live_agent(http, bob_id, ["general"])
+    await http.post(f"/v1/conversations/{cid}/messages", json={"message_id": "u1", "text": "I want a human"})
+    await claimed(http, cid, alice)
+    await http.post(f"/v1/desk/conversations/{cid}/messages", headers=alice, json={"message_id": "a1", "text": "Hi"})
+    r = await http.post(f"/v1/desk/conversations/{cid}/transfer", headers=alice,
+                        json={"agent_id": bob_id, "reason": "bob knows refunds"})
+    assert r.status_code == 200, r.text
+    await http.post(f"/v1/conversations/{cid}/messages", json={"message_id": "u2", "text": "still there?"})
+    await claimed(http, cid, bob)
+    await http.post(f"/v1/desk/conversations/{cid}/messages", headers=bob, json={"message_id": "b1", "text": "Bob"})
+    assert (await http.post(f"/v1/desk/conversations/{cid}/close", headers=bob)).status_code == 200
+    h = client.get_workflow_handle(workflow_id(cid))
+    await h.result()
+    return h
+
+
+async def ladder_with_business_hours(client, settings, cid, http, **_):
+    """The route's first rung is closed (business hours): routing skips it; the next rung's SLA runs out and the
+    ladder ends in a leave-a-message notice; the AI answers what the user wrote while waiting."""
+    await http.post(f"/v1/conversations/{cid}/messages", json={"message_id": "u1", "text": "hello"})
+    r = await http.post(f"/v1/conversations/{cid}/handoff", json={"reason": "after hours please", "sla_seconds": 1})
+    assert r.status_code == 200, r.text
+    await http.post(f"/v1/conversations/{cid}/messages", json={"message_id": "u2", "text": "anyone?"})
+
+    async def back_with_the_ai():
+        return (await http.get(f"/v1/conversations/{cid}")).json()["state"] == "ai"
+
+    await until(back_with_the_ai)
+    await asyncio.sleep(1.0)  # the AI answers the message written while waiting
+    await http.post(f"/v1/conversations/{cid}/close")
+    h = client.get_workflow_handle(workflow_id(cid))
+    await h.result()
+    return h
+
+
+async def continue_as_new_while_waiting(client, settings, cid, http, **_):
+    """A user waits in a queue and writes on until the run continues as new; the next run carries the pending
+    handoff (its position announcer restarts), an agent claims there and closes. Both runs are recorded."""
+    from workflows.conversation import RUN_EVENTS
+
+    agent = await live_agent(http, f"carol-{cid}", ["general"])
+    await http.post(f"/v1/conversations/{cid}/messages", json={"message_id": "u0", "text": "I want a human"})
+
+    async def waiting():
+        return (await http.get(f"/v1/conversations/{cid}")).json()["queue"] == "general"
+
+    await until(waiting)
+    h = client.get_workflow_handle(workflow_id(cid))
+    first_run = (await h.describe()).run_id
+    first = client.get_workflow_handle(h.id, run_id=first_run)
+    i = 0
+    while (await first.describe()).status.name == "RUNNING" and i < RUN_EVENTS:
+        i += 1
+        r = await http.post(f"/v1/conversations/{cid}/messages", json={"message_id": f"w{i}", "text": f"hello {i}?"})
+        assert r.status_code == 202, r.text
+        await asyncio.sleep(0.05)
+    assert (await first.describe()).status.name == "CONTINUED_AS_NEW", "the run did not continue as new"
+    await asyncio.sleep(1.5)  # a position check in the new run
+    await claimed(http, cid, agent)
+    await http.post(f"/v1/desk/conversations/{cid}/messages", headers=agent, json={"message_id": "c1", "text": "Hi"})
+    assert (await http.post(f"/v1/desk/conversations/{cid}/close", headers=agent)).status_code == 200
+    await h.result()
+    second = client.get_workflow_handle(h.id, run_id=(await h.describe()).run_id)
+    return first, second
+
+
+continue_as_new_while_waiting.suffixes = ("", "_next_run")  # type: ignore[attr-defined]
+
+
 RECORDING_CONFIG = """
 intents:
   human: {keywords: ["human"], reply: "Of course, I'll bring in a person."}
@@ -127,11 +224,20 @@ intents:
 waiting: {position_update_seconds: 1, cancel_phrases: ["never mind"]}
 desks:
   acme: {url: "DESK_URL", secret_env: ACME_DESK_SECRET}
+queues:
+  general: {}
+  tier1: {}
+  tier2: {}
+  night:
+    # Never open while a recording runs: closed yesterday, today and tomorrow (UTC), and no hours on other days.
+    business_hours: {timezone: UTC, mon-sun: "00:00-24:00", closed_dates: CLOSED_DATES}
 routes:
   - {name: human, when: {intent: human}, to: {queue: general}}
   - {name: technical, when: {intent: technical}, to: {external_agent: tech-support}, fallback: [{queue: general}]}
   - {name: outsourced, when: {reason: outsource}, to: {desk: acme}, fallback: [{queue: general}],
      allowlist: ["profile.name"]}
+  - {name: after_hours, when: {reason: after hours}, to: {queue: night},
+     fallback: [{queue: general}, {leave_message: true, message: "Leave us a message."}]}
   - {name: default, to: {queue: general}}
 """
 
@@ -208,17 +314,17 @@ async def desk_accepts_and_completes(client, settings, cid, http, desk, **_):
 
 
 async def bounds_and_run_length(client, settings, cid, **_):
-    """Issue 9: a context signal past the context's bound is refused and audited; a long chat continues as new at
-    MAX_RUN_EVENTS (the recorded run ends with ContinuedAsNew)."""
+    """A context signal past the context's bound is refused and audited; a long chat continues as new at RUN_EVENTS
+    (the recorded run ends with ContinuedAsNew)."""
     from models.conversation import MAX_CONTEXT_BYTES
-    from workflows.conversation import MAX_RUN_EVENTS
+    from workflows.conversation import RUN_EVENTS
 
     h = await start_conversation(client, settings, cid, text="Hello")
     await h.signal(Signals.SET_CONTEXT, ContextUpdate(profile={"name": "Ada"}))
     await h.signal(Signals.SET_CONTEXT, ContextUpdate(profile={"notes": "x" * (MAX_CONTEXT_BYTES + 1)}))  # refused
     first = client.get_workflow_handle(h.id, run_id=h.first_execution_run_id)
     i = 0
-    while (await first.describe()).status.name == "RUNNING" and i < MAX_RUN_EVENTS:
+    while (await first.describe()).status.name == "RUNNING" and i < RUN_EVENTS:
         i += 1
         await h.execute_update(
             Updates.SUBMIT_USER_MESSAGE, UserMessage(message_id=f"m{i}", text=f"question {i} about my order"),
@@ -238,6 +344,9 @@ SCENARIOS = {
     "ladder_then_cancel": ladder_then_cancel,
     "desk_accepts_and_completes": desk_accepts_and_completes,
     "bounds_and_run_length": bounds_and_run_length,
+    "transfer_to_a_named_agent": transfer_to_a_named_agent,
+    "ladder_with_business_hours": ladder_with_business_hours,
+    "continue_as_new_while_waiting": continue_as_new_while_waiting,
 }
 
 
@@ -250,7 +359,10 @@ async def main(prefix: str, names: list[str]) -> None:
             async with Receiver() as channel, Receiver(path="/desk") as desk:
                 os.environ["ACME_DESK_SECRET"] = desk.secret
                 config_path = Path(home) / "baton.yaml"
-                config_path.write_text(RECORDING_CONFIG.replace("DESK_URL", desk.url))
+                today = datetime.now(timezone.utc).date()
+                closed = [str(today + timedelta(days=d)) for d in (-1, 0, 1)]
+                config_path.write_text(
+                    RECORDING_CONFIG.replace("DESK_URL", desk.url).replace("CLOSED_DATES", json.dumps(closed)))
                 config = load_config(config_path)
                 settings = settings_for(
                     "record", channel_url=channel.url, channel_secret=channel.secret, home=Path(home),
@@ -265,7 +377,8 @@ async def main(prefix: str, names: list[str]) -> None:
                     for name in names or SCENARIOS:
                         cid = f"{prefix}-{name}".replace("_", "-")
                         handles = await SCENARIOS[name](env.client, settings, cid, http=http, desk=desk)
-                        for suffix, handle in zip(("", "_receiving_side"), handles if isinstance(handles, tuple) else (handles,)):
+                        suffixes = getattr(SCENARIOS[name], "suffixes", ("", "_receiving_side"))
+                        for suffix, handle in zip(suffixes, handles if isinstance(handles, tuple) else (handles,)):
                             history = await handle.fetch_history()
                             (HERE / f"{prefix}_{name}{suffix}.json").write_text(history.to_json())
                             print(f"wrote {prefix}_{name}{suffix}.json ({len(history.events)} events)")
@@ -275,6 +388,14 @@ async def main(prefix: str, names: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    from tests import histories_stamp
+
     if len(sys.argv) < 2:
-        sys.exit("usage: python -m tests.record_histories PREFIX [SCENARIO ...]   (PREFIX: v2, v3, ... one per change)")
-    asyncio.run(main(sys.argv[1], sys.argv[2:]))
+        sys.exit("usage: python -m tests.record_histories PREFIX [SCENARIO ...]   (PREFIX: 1.0, 1.1, ... one per change)\n"
+                 "       python -m tests.record_histories --stamp   (a workflow change that cannot alter any history)")
+    if sys.argv[1] == "--stamp":
+        histories_stamp.write(histories_stamp.read()["corpus"])
+    else:
+        asyncio.run(main(sys.argv[1], sys.argv[2:]))
+        histories_stamp.write(sys.argv[1])
+    print(f"stamped {histories_stamp.STAMP.relative_to(histories_stamp.ROOT)}: {histories_stamp.read()}")

@@ -342,7 +342,7 @@ async def test_route_handoff_counts_the_position_of_a_waiting_user() -> None:
 
 
 async def test_the_decision_lists_the_conversation_in_its_queue_at_once(tmp_path: Path) -> None:
-    """route-rings: the routing activity carries the stream's bell; a decision for a person's queue writes the
+    """The routing activity carries the stream's bell; a decision for a person's queue writes the
     conversation into that queue's waiting list as it decides, any other decision writes the state as it is, and a
     newer bell (the handoff ended while it was routed) is never overwritten by the decision's."""
     store = StreamStore(tmp_path / "stream.db")
@@ -373,7 +373,7 @@ async def test_the_decision_lists_the_conversation_in_its_queue_at_once(tmp_path
     store.ring(bell("c4", 2, State.AI).model_copy(update={"waiting_since": None, "reason": None}))
     await router.route_handoff(request(intent="human", bell=bell("c4", 1)).model_copy(update={"conversation_id": "c4"}))
     assert "c4" not in {r.conversation_id for r in store.waiting("general")} and store.position("c4") is None
-    # No bell (a run started before the patch): nothing is written.
+    # No bell (the AI-failure rule's probe): nothing is written.
     await router.route_handoff(request(intent="human").model_copy(update={"conversation_id": "c5"}))
     assert store.position("c5") is None
     store.close()
@@ -481,7 +481,7 @@ def routed_turn(cid: str, text: str, number: int = 4) -> RoutedTurn:
 
 
 async def test_an_ai_turn_routes_its_own_handoff_and_lists_the_conversation_at_once(tmp_path: Path) -> None:
-    """route-rings: the turn's activity decides the route of the reply's handoff (the same `decide` as the routing
+    """The turn's activity decides the route of the reply's handoff (the same `decide` as the routing
     activity, with the reply's slots) and writes the conversation into its queue's waiting list as it decides."""
     store = StreamStore(tmp_path / "stream.db")
     router = Router(config(), lambda: None, "baton", lambda: store)
@@ -500,7 +500,7 @@ async def test_an_ai_turn_routes_its_own_handoff_and_lists_the_conversation_at_o
     reply = await IntentFirst(config(), pro, router=router).respond(routed_turn("c2", "hello"))
     assert isinstance(reply, RoutedReply) and reply.decision is not None
     assert reply.decision.target == HandoffTarget(external_agent="pro-support") and store.position("c2") is None
-    # No routing inputs (a run before the patch, or a local agent on a conversation handed to us): the reply as
+    # No routing inputs (a local agent on a conversation handed to us): the reply as
     # the agent gave it; the workflow's routing activity decides later.
     reply = await IntentFirst(config(), Handing(), router=router).respond(turn("can I talk to someone"))
     assert type(reply) is AgentReply and store.waiting("general")[0].conversation_id == "c1"

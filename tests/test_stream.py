@@ -158,7 +158,7 @@ async def test_desk_stream_lists_waiting_live_and_follows_the_claimed_conversati
 
 
 async def test_the_routing_decision_lists_the_chat_itself_and_a_claim_at_once_succeeds(stack, dev_env):
-    """route-rings: the routing activity carries the stream's bell and writes the chat into its queue's waiting list
+    """The routing activity carries the stream's bell and writes the chat into its queue's waiting list
     as it decides (no bell of its own between the handoff request and the decision); an agent who claims the moment
     it is listed waits for the workflow to record the decision instead of being refused."""
     _, http = stack
@@ -194,7 +194,7 @@ async def test_the_routing_decision_lists_the_chat_itself_and_a_claim_at_once_su
 
 
 async def test_the_ai_turn_that_hands_off_routes_and_lists_the_chat_itself(stack, dev_env):
-    """route-rings: when the AI's reply hands off, its own activity decides the route (recorded with the reply) and
+    """When the AI's reply hands off, its own activity decides the route (recorded with the reply) and
     lists the chat, so no routing activity of its own runs; waiting since the user's message, and claimable."""
     _, http = stack
     agent = await live_agent(http, f"agent-{uuid.uuid4().hex[:8]}")

@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError, CancelledError, FailureError
+from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from models.conversation import (
@@ -64,37 +64,15 @@ with workflow.unsafe.imports_passed_through():
 DEFAULT_QUEUE = "general"
 AI_HISTORY = 20  # transcript entries the AI agent sees per turn
 
-# Patches (workflow.patched) keep conversations started by older code replaying as they ran.
-PATCH_WAITING_IS_NOT_INACTIVITY = "waiting-is-not-inactivity"
-# An external-agent target is reached through the platform protocol (filter, signed envelope, forwarding);
-# before it, such a handoff only waited for an accept_handoff update.
-PATCH_PLATFORM_PROTOCOL = "platform-protocol"
-# A handoff is routed by the config's rules in the `route_handoff` activity (the decision is recorded in history),
-# walks its escalation ladder with business hours, tells the user their queue position, can be cancelled, and a
-# failing AI agent is routed by the config's failure rule. Before it, targets came from the request (default
-# queue `general`) and a failing AI agent only apologised.
+# Versioning (README, "Changing the workflow"): Baton 1.0 is the baseline, with no patch of its own; every change
+# to the workflow after it is guarded by `workflow.patched(ID)` with the ID listed here, and adds a history to
+# tests/histories/. The patches of the releases before 1.0 (waiting-is-not-inactivity, platform-protocol,
+# routing-rules, event-stream, short-runs, route-rings) were retired at 1.0: their behaviour is what 1.0 does.
 #
-# This patch is asked once per run, in its first activation (see `_routing_rules`), and implies the two before it,
-# so a new run records exactly one patch marker. Asking a patch for the first time while reacting to a local
-# activity's result (where the AI agent's handoff lands) produced histories that failed replay with TMPRL1100 now
-# and then (the SDK's automatic `TemporalChangeVersion` upsert); a single marker in the first workflow task is the
-# shape that always replayed. Runs started by older code keep their old behaviour to their end.
-PATCH_ROUTING = "routing-rules"
-# After every change the workflow rings the event stream's doorbell (an activity writing the conversation's
-# latest seq, state, owner, queue and new entries to the stream store; docs/event-stream.md), and the AI agent's turn
-# is a regular activity (no local activities are left). Asked once, in the first activation.
-PATCH_EVENT_STREAM = "event-stream"
-# A run continues as new at SHORT_RUN_EVENTS instead of MAX_RUN_EVENTS (see there). Asked once, in the first
-# activation, right after PATCH_EVENT_STREAM.
-PATCH_SHORT_RUNS = "short-runs"
-# The routing decision lists the chat: the routing activity carries the stream's bell and, when its decision puts
-# the conversation in a person's queue, writes it into that queue's waiting list itself; when the AI's own reply
-# hands off, the AI turn's activity makes the same decision (recorded with the reply) and lists it, and no routing
-# activity runs. The store keeps the newest bell (and never lets a late one revive a closed conversation), so a
-# handoff that ended meanwhile is corrected by the bell its end rang. A chat reaches the agents' consoles as soon as
-# it is routed, not a workflow task and a channel delivery later. Asked once, in the first activation, after
-# PATCH_SHORT_RUNS.
-PATCH_ROUTE_RINGS = "route-rings"
+# How a patch is asked matters: ask it once per run, in the run's first activation (at the start of `run`), and
+# keep the answer. Asked for the first time while reacting to an activity's result, a patch produced histories that
+# failed replay with TMPRL1100 now and then (the SDK's automatic `TemporalChangeVersion` upsert lands in another
+# workflow task on replay); a single marker in the first workflow task is the shape that always replayed.
 
 AI_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=500), maximum_interval=timedelta(seconds=5), maximum_attempts=4)
 # Unlimited attempts within a day: a chat backend that is down for an hour still gets every message, in order.
@@ -125,11 +103,9 @@ RINGS_IN_FLIGHT = 2
 CARRY_TO_AGENT = 50  # transcript entries an envelope carries
 # A run continues as new at this many history events, well before the server suggests it (4K events): a worker
 # with a cold cache (after a crash or a restart) replays each conversation's whole run, about 1.4 ms per event here
-# (bench/worker_crash.py), so short runs are what lets a new worker catch up in seconds. Since PATCH_SHORT_RUNS a
-# run holds SHORT_RUN_EVENTS (about 20 messages to the AI; what a run carries on is bounded in bytes, views.carry);
-# runs started before it keep MAX_RUN_EVENTS.
-MAX_RUN_EVENTS = 1000
-SHORT_RUN_EVENTS = 300
+# (bench/worker_crash.py), so short runs are what lets a new worker catch up in seconds. About 20 messages to the
+# AI; what a run carries on is bounded in bytes (views.carry).
+RUN_EVENTS = 300
 
 
 class Reject(ApplicationError):
@@ -156,18 +132,13 @@ class Conversation:
         self._published: dict[str, object] = {}
         # O(1) de-duplication; the list in the state is what continue-as-new carries.
         self._seen = set(self.s.recent_message_ids)
-        self._waiting_is_not_inactivity = False
-        self._routing: bool | None = None  # PATCH_ROUTING, asked once (see _routing_rules)
         # The handoff id being delivered to an external agent: its SLA is the delivery's own timeout meanwhile.
         self._handing_over: str | None = None
         # Handoff ids whose queue-position announcer is running.
         self._announcing: set[str] = set()
         self._carry_checked: tuple[tuple, bool] | None = None  # (state key, views.carry_fits) while CAN is suggested
-        self._rung: tuple | None = None  # the last bell the stream store took (PATCH_EVENT_STREAM)
+        self._rung: tuple | None = None  # the last bell the stream store took
         self._ringing = 0  # bells in flight
-        self._stream = False  # PATCH_EVENT_STREAM, asked once in the first activation
-        self._run_events = MAX_RUN_EVENTS  # SHORT_RUN_EVENTS since PATCH_SHORT_RUNS
-        self._route_rings = False  # PATCH_ROUTE_RINGS, asked once in the first activation
         self._doing = False  # the main loop is working on an inbox item
         if input.carried is None:
             if input.context is not None:
@@ -186,18 +157,12 @@ class Conversation:
 
     @workflow.run
     async def run(self, input: ConversationInput) -> Snapshot:
-        if not self._routing_rules():
-            self._waiting_is_not_inactivity = workflow.patched(PATCH_WAITING_IS_NOT_INACTIVITY)
-        stream = self._stream = workflow.patched(PATCH_EVENT_STREAM)
-        if workflow.patched(PATCH_SHORT_RUNS):
-            self._run_events = SHORT_RUN_EVENTS
-            self._route_rings = workflow.patched(PATCH_ROUTE_RINGS)
         self._publish()
-        delivery = asyncio.create_task(self._deliver_loop())
-        clock = asyncio.create_task(self._watch_deadlines())
-        loops = [clock, delivery]
-        if stream:
-            loops.append(asyncio.create_task(self._ring_loop()))
+        loops = [
+            asyncio.create_task(self._watch_deadlines()),
+            asyncio.create_task(self._deliver_loop()),
+            asyncio.create_task(self._ring_loop()),
+        ]
         if self.s.pending is not None and self.s.pending.rule is not None:
             self._announce_positions(self.s.pending)  # carried over by continue-as-new while waiting
         while True:
@@ -212,10 +177,8 @@ class Conversation:
                 if task.done():
                     task.result()
             while self.s.inbox and not self._closed:
-                if self._stream and self._may_continue_as_new():
-                    # Under steady traffic the inbox may never empty: the rest is carried to the next run (since
-                    # the event-stream patch; before it a busy conversation went on growing its history).
-                    break
+                if self._may_continue_as_new():
+                    break  # under steady traffic the inbox may never empty: the rest is carried to the next run
                 self._doing = True
                 try:
                     await self._do(self.s.inbox.pop(0))
@@ -228,9 +191,8 @@ class Conversation:
         # Closed: the user still gets everything already said (e.g. the closing notice), then the run ends.
         await workflow.wait_condition(lambda: not self.s.outbox and not self._delivering)
         await workflow.wait_condition(workflow.all_handlers_finished)
-        if stream:
-            # The stream store learns of the close (the desk's waiting lists drop it) before the run ends.
-            await workflow.wait_condition(lambda: not self._ringing and self._rung == self._bell_key())
+        # The stream store learns of the close (the desk's waiting lists drop it) before the run ends.
+        await workflow.wait_condition(lambda: not self._ringing and self._rung == self._bell_key())
         for task in loops:
             task.cancel()
         return views.snapshot(self.s)
@@ -239,21 +201,12 @@ class Conversation:
         # While the channel holds more undelivered replies than a run may hand on, the run goes on (history has
         # room to spare) and continues as new once they are delivered: nothing is dropped, nothing is oversized.
         info = workflow.info()
-        if not (info.is_continue_as_new_suggested() or info.get_current_history_length() >= self._run_events):
+        if not (info.is_continue_as_new_suggested() or info.get_current_history_length() >= RUN_EVENTS):
             return False
         key = (self.s.seq, tuple(self.s.outbox[:1]), len(self.s.inbox))
         if self._carry_checked is None or self._carry_checked[0] != key:
             self._carry_checked = (key, views.carry_fits(self.s))
         return self._carry_checked[1]
-
-    def _routing_rules(self) -> bool:
-        """PATCH_ROUTING, asked once per run in its first activation: at the start of `run`, or earlier by a
-        handoff signal or update delivered with the run's first task (handlers run before `run` starts)."""
-        if self._routing is None:
-            self._routing = workflow.patched(PATCH_ROUTING)
-            if self._routing:
-                self._waiting_is_not_inactivity = True
-        return self._routing
 
     async def _do(self, work: Work) -> None:
         if work.kind in ("ai_turn", "ai_resume", "ai_welcome"):
@@ -280,8 +233,9 @@ class Conversation:
             channel=self.s.channel,
             message=self._entry(work.seq) if work.kind == "ai_turn" else None,
             # On a conversation handed to us, what was said on the other platform is part of the AI's memory.
-            history=[] if self._stream else self._ai_window(None),
-            history_in_workflow=self._stream,
+            # Left out of the activity's input (it would be written to history on every turn): the activity reads
+            # the window with the `ai_history` query when the agent needs it.
+            history=[],
             bell=bell,
             profile=self.s.context.profile,
             slots=self.s.context.slots,
@@ -289,33 +243,27 @@ class Conversation:
             agent=(peer.agent_name or peer.agent_id) if peer else None,
             welcome=work.kind == "ai_welcome",
             handoff_reason=peer.reason if peer else "",
-            # Our own AI's handoff is routed within its turn (PATCH_ROUTE_RINGS); a local agent's on a conversation
-            # handed to us is routed as before.
-            route=self._turn_route() if self._route_rings and peer is None else None,
-        )
-        options = dict(
-            result_type=RoutedReply,
-            start_to_close_timeout=timedelta(seconds=30),
-            schedule_to_close_timeout=timedelta(minutes=2),
-            retry_policy=AI_RETRY,
-            summary=f"AI agent answers seq {work.seq}" if work.kind == "ai_turn" else f"AI agent: {work.kind}",
+            # Our own AI's handoff is routed within its turn; a local agent's, on a conversation handed to us, by the
+            # routing activity.
+            route=self._turn_route() if peer is None else None,
         )
         try:
-            if self._stream:
-                # A regular activity since the event-stream patch. As a local activity its result was now and then
-                # handled in the next workflow task on replay but not live (or the other way round), so the other
-                # loops (delivery, the stream's bells) woke in another order and replay failed with TMPRL1100.
-                reply = await workflow.execute_activity(
-                    Activities.AI_RESPOND, turn, heartbeat_timeout=HEARTBEAT_TIMEOUT, **options
-                )
-            else:
-                reply = await workflow.execute_local_activity(Activities.AI_RESPOND, turn, **options)
-        except FailureError as err:
-            # A local activity's failure arrives as the activity's own error (a regular one's wrapped in ActivityError).
-            if isinstance(err, CancelledError):
-                raise
-            self._audit("ai_failed", seq=work.seq, error=str(getattr(err, "cause", None) or err))
-            if self.s.peer is None and self._routing_rules():
+            # A regular activity. As a local activity its result was now and then handled in the next workflow task
+            # on replay but not live (or the other way round), so the other loops (delivery, the stream's bells) woke
+            # in another order and replay failed with TMPRL1100.
+            reply = await workflow.execute_activity(
+                Activities.AI_RESPOND,
+                turn,
+                result_type=RoutedReply,
+                start_to_close_timeout=timedelta(seconds=30),
+                heartbeat_timeout=HEARTBEAT_TIMEOUT,
+                schedule_to_close_timeout=timedelta(minutes=2),
+                retry_policy=AI_RETRY,
+                summary=f"AI agent answers seq {work.seq}" if work.kind == "ai_turn" else f"AI agent: {work.kind}",
+            )
+        except ActivityError as err:
+            self._audit("ai_failed", seq=work.seq, error=str(err.cause or err))
+            if self.s.peer is None:
                 # The AI agent failed for good: the config's failure rule decides who takes over.
                 await self._route_ai_failure()
                 return
@@ -347,8 +295,8 @@ class Conversation:
                 reason=reply.handoff.reason, target=reply.handoff.target, params=reply.handoff.params,
                 intent=reply.handoff.intent,
             )
-            # Decided within the turn (PATCH_ROUTE_RINGS): the conversation is already in its queue's waiting list,
-            # waiting since the turn began; else the routing activity decides, as for any other handoff.
+            # Decided within the turn: the conversation is already in its queue's waiting list, waiting since the
+            # turn began; else (the turn could not decide) the routing activity decides, as for any other handoff.
             decided = reply.decision if turn.route is not None else None
             self._start_handoff(request, requested_by="ai", decision=decided,
                                 since=turn.route.at if decided is not None and turn.route is not None else None)
@@ -519,7 +467,7 @@ class Conversation:
         target = pending.target
         if not pending.routed or target is None:
             raise Reject(f"handoff {pending.handoff_id} is still being routed; try again in a moment")
-        if target.external_agent and (self.s.protocol or pending.rule is not None):
+        if target.external_agent:
             raise Reject(f"external agent {target.external_agent} accepts through the platform protocol (its 202)")
         if target.live_agent and accept.owner != target.live_agent:
             raise Reject(f"handoff {pending.handoff_id} was transferred to {target.live_agent}, not {accept.owner}")
@@ -630,8 +578,6 @@ class Conversation:
         self, request: HandoffRequest, requested_by: str, decision: RouteDecision | None = None,
         since: datetime | None = None,
     ) -> PendingHandoff:
-        if decision is None and not self._routing_rules():
-            return self._start_handoff_v1(request, requested_by)
         now = workflow.now()
         previous_owner = self.s.owner
         self._transition(Event.REQUEST_HANDOFF, owner=None, queue=None)
@@ -694,7 +640,7 @@ class Conversation:
         return None
 
     def _turn_route(self) -> RouteRequest:
-        """The conversation's side of the routing request an AI turn carries (PATCH_ROUTE_RINGS): should the reply
+        """The conversation's side of the routing request an AI turn carries: should the reply
         hand off, the turn's activity adds the handoff's reason, intent, params and target, decides, and lists the
         conversation in its queue with the bell numbered here (after the turn's own)."""
         now = workflow.now()
@@ -736,13 +682,15 @@ class Conversation:
         if pending is None or pending.handoff_id != handoff_id or pending.routed:
             return  # cancelled or closed meanwhile
         request = self._route_request(pending, "request")
-        if self._route_rings:
-            # The decision's activity carries a bell (see PATCH_ROUTE_RINGS): the state as it is, with what the
-            # waiting list needs should the decision put the conversation in a person's queue. Numbered afresh even
-            # when the state was rung already (the ring loop rings while the main loop is busy elsewhere).
-            if (bell := self._take_bell(fresh=True)) is not None:
-                request.bell = bell.model_copy(update={
-                    "waiting_since": self.s.waiting_since or pending.requested_at, "reason": pending.reason})
+        # The decision's activity carries a bell: the state as it is, with what the waiting list needs should the
+        # decision put the conversation in a person's queue, which the activity then writes as it decides (a chat
+        # reaches the consoles as it is routed). Numbered afresh even when the state was rung already (the ring
+        # loop rings while the main loop is busy elsewhere); the store keeps the newest bell, so a handoff that
+        # ended meanwhile is corrected by the bell its end rang.
+        bell = self._take_bell(fresh=True)
+        assert bell is not None
+        request.bell = bell.model_copy(update={
+            "waiting_since": self.s.waiting_since or pending.requested_at, "reason": pending.reason})
         decision = await self._decide(request)
         if self.s.pending is None or self.s.pending.handoff_id != handoff_id:
             self._audit("route_ignored", handoff_id=handoff_id, reason="the handoff ended while it was routed")
@@ -924,47 +872,9 @@ class Conversation:
         finally:
             self._announcing.discard(handoff_id)
 
-    def _start_handoff_v1(self, request: HandoffRequest, requested_by: str) -> PendingHandoff:
-        target = request.target or HandoffTarget(queue=DEFAULT_QUEUE)
-        now = workflow.now()
-        previous_owner = self.s.owner
-        self._transition(Event.REQUEST_HANDOFF, owner=None, queue=target.queue)
-        sla = request.sla_seconds or self.s.handoff_sla_seconds
-        pending = PendingHandoff(
-            handoff_id=str(workflow.uuid4()),
-            reason=request.reason,
-            target=target,
-            fallback=request.fallback,
-            params=request.params,
-            requested_at=now,
-            deadline=now + timedelta(seconds=sla),
-            sla_seconds=sla,
-            from_seq=self.s.seq + 1,
-        )
-        self.s.pending = pending
-        self.s.handoffs += 1
-        self.s.waiting_since = now
-        self._audit(
-            "handoff_requested",
-            handoff_id=pending.handoff_id,
-            by=requested_by,
-            from_owner=previous_owner,
-            reason=request.reason,
-            target=target.label,
-            fallback=[t.label for t in request.fallback],
-            params=request.params,
-        )
-        self._say(Role.SYSTEM, "system", notices.waiting_notice(target))
-        self._reach(pending)
-        self._publish()
-        return pending
-
     def _reach(self, pending: PendingHandoff) -> None:
-        """An external agent is reached through the platform protocol; queues wait for a claim."""
-        # Runs of the current code know it from PATCH_ROUTING; runs that began before it ask the older patch
-        # only here, where the behaviour branches, as they did when they were recorded.
-        if pending.target.external_agent and (self._routing_rules() or workflow.patched(PATCH_PLATFORM_PROTOCOL)):
-            self.s.protocol = True
+        """An external agent is reached through the platform protocol: a filtered, signed envelope."""
+        if pending.target is not None and pending.target.external_agent:
             self.s.inbox.append(Work(kind="deliver_handoff", handoff_id=pending.handoff_id))
 
     async def _hand_over(self, handoff_id: str) -> None:
@@ -981,7 +891,6 @@ class Conversation:
         carried = views.tail(self.s.transcript, CARRY_TO_AGENT)
         self._handing_over = handoff_id
         try:
-            # Older pendings have no allowlist: the same filter call as before routing existed.
             filtered = await self._filter(pending, carried)
             if self.s.pending is None or self.s.pending.handoff_id != handoff_id:
                 return  # closed while filtering: nothing is sent
@@ -1141,9 +1050,6 @@ class Conversation:
     def _fall_back(self, why: str) -> None:
         pending = self.s.pending
         assert pending is not None
-        if pending.rule is None:
-            self._fall_back_v1(why)
-            return
         target = pending.target
         self._audit("handoff_failed", handoff_id=pending.handoff_id, target=target.label if target else None, reason=why)
         now = workflow.now()
@@ -1172,37 +1078,6 @@ class Conversation:
         self._audit("handoff_fallback", handoff_id=moved.handoff_id, target=next_target.label, skipped=skipped)
         self._enter(moved, next_target)
         self._publish()
-
-    def _fall_back_v1(self, why: str) -> None:
-        pending = self.s.pending
-        assert pending is not None and pending.target is not None
-        self._audit("handoff_failed", handoff_id=pending.handoff_id, target=pending.target.label, reason=why)
-        now = workflow.now()
-        if pending.fallback:
-            target, rest = pending.fallback[0], pending.fallback[1:]
-            self._transition(Event.FALL_BACK, owner=None, queue=target.queue)
-            # A new id, so a late accept for the target that failed is recognised as stale.
-            self.s.pending = pending.model_copy(
-                update={
-                    "handoff_id": str(workflow.uuid4()),
-                    "target": target,
-                    "fallback": rest,
-                    "deadline": now + timedelta(seconds=self._sla(pending)),
-                }
-            )
-            self._audit("handoff_fallback", handoff_id=self.s.pending.handoff_id, target=target.label)
-            self._say(Role.SYSTEM, "system", notices.waiting_notice(target))
-            self._reach(self.s.pending)
-        else:
-            self._transition(Event.GIVE_UP, owner="ai", queue=None)
-            self._back_to_ai(pending)
-            self._say(Role.SYSTEM, "system", notices.GIVE_UP)
-        self._publish()
-
-    def _sla(self, pending: PendingHandoff) -> int:
-        if self._waiting_is_not_inactivity and pending.sla_seconds:
-            return pending.sla_seconds
-        return self.s.handoff_sla_seconds
 
     def _hand_back_refusal(self, request: HandBack) -> str | None:
         if (why := refusal(self.s.state, Event.HAND_BACK)) is not None:
@@ -1299,13 +1174,10 @@ class Conversation:
         if self._delivering_handoff or (self.s.pending is not None and not self.s.pending.routed):
             # The delivery's own timeout (within the SLA) decides, and routing takes moments: no fall back under them.
             return self._inactivity_deadline()
-        if self.s.pending is not None and self._waiting_is_not_inactivity:
+        if self.s.pending is not None:
             # A user waiting for a handoff is not idle: the SLA, not the inactivity timeout, governs the wait.
             return self.s.pending.deadline
-        deadline = self._inactivity_deadline()
-        if self.s.pending is not None:
-            deadline = min(deadline, self.s.pending.deadline)
-        return deadline
+        return self._inactivity_deadline()
 
     # ---- channel delivery: in seq order, one at a time, each with its own retries -----------------
 
@@ -1357,7 +1229,7 @@ class Conversation:
     def _take_bell(self, carried: int | None = None, fresh: bool = False) -> Bell | None:
         """The bell for an activity that starts anyway to carry, if there is news since the last one (or, `fresh`,
         numbered afresh whatever was rung before)."""
-        if not self._stream or (self._rung == self._bell_key() and not fresh):
+        if self._rung == self._bell_key() and not fresh:
             return None
         self.s.bells += 1
         bell = self._bell(carried)
@@ -1366,12 +1238,12 @@ class Conversation:
 
     def _carrier_due(self) -> bool:
         """An activity that will carry the bell starts in this same activation: the AI agent's turn (the main loop
-        is free and the next work is a turn), the routing decision (PATCH_ROUTE_RINGS: the next work routes a
-        pending handoff) or a channel delivery (the delivery loop is free)."""
+        is free and the next work is a turn), the routing decision (the next work routes a pending handoff) or a
+        channel delivery (the delivery loop is free)."""
         head = self.s.inbox[0] if self.s.inbox else None
         turn = (not self._doing and head is not None and head.kind in ("ai_turn", "ai_welcome")
                 and self.s.state is State.AI)
-        route = (self._route_rings and not self._doing and head is not None and head.kind == "route"
+        route = (not self._doing and head is not None and head.kind == "route"
                  and self._routes(head.handoff_id))
         delivery = not self._delivering and bool(self.s.outbox) and self.s.peer is None
         return turn or route or delivery
@@ -1464,7 +1336,7 @@ class Conversation:
             self.s.desk = None
         if self.s.state in (State.AI, State.CLOSED):
             self.s.shared_context = None
-        if self._waiting_is_not_inactivity and not self._closed:
+        if not self._closed:
             # A change of owner restarts the inactivity clock, so nobody is closed on the moment they arrive.
             self.s.last_activity_at = workflow.now()
 
