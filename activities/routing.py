@@ -99,7 +99,7 @@ def _decision(
     back: tuple[datetime, str] | None = None
     closed_for_hours = False
     for rung in ladder:
-        if rung.queue is not None and not config.queue_known(rung.queue):
+        if config.unknown_queue(rung):
             skipped.append(Skipped(target=rung.label, why="unknown queue"))
             continue
         # Only the target must be open now; the fallback is re-checked by the workflow when it gets there.
@@ -192,7 +192,7 @@ def sla_for(config: BatonConfig, req: RouteRequest, rung: HandoffTarget) -> int:
     """The request's SLA, else the queue's, else the config's timeouts, else the conversation's default."""
     if req.sla_seconds is not None:
         return req.sla_seconds
-    queue = config.queues.get(rung.queue) if rung.queue is not None else None
+    queue = config.queue_of(rung)
     if queue is not None and queue.sla_seconds is not None:
         return queue.sla_seconds
     if config.timeouts.handoff_sla_seconds is not None:
@@ -201,9 +201,7 @@ def sla_for(config: BatonConfig, req: RouteRequest, rung: HandoffTarget) -> int:
 
 
 def _business_hours(config: BatonConfig, rung: HandoffTarget) -> BusinessHours | None:
-    if rung.queue is None:
-        return None
-    queue = config.queues.get(rung.queue)
+    queue = config.queue_of(rung)
     return queue.business_hours if queue is not None else None
 
 

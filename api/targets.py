@@ -12,19 +12,24 @@ from fastapi import HTTPException
 from activities.registry import AgentRegistry
 from models.config import BatonConfig
 from models.conversation import HandoffTarget
+from models.targets import Registry
 
 
 def unknown_target(target: HandoffTarget, config: BatonConfig, registry: Callable[[], AgentRegistry]) -> str | None:
-    """Why `target` cannot be reached, or None."""
-    if target.queue is not None and not config.queue_known(target.queue):
-        declared = ", ".join(sorted(config.queues)) or "-"
-        return f"unknown queue '{target.queue}' (declared in the config: {declared})"
-    if target.desk is not None and target.desk not in config.desks:
-        return f"unknown desk '{target.desk}' (declared in the config: {', '.join(sorted(config.desks)) or '-'})"
-    if target.external_agent is not None and registry().external(target.external_agent) is None:
-        return f"unknown external agent '{target.external_agent}': connect it with Verify & Save first"
-    if target.live_agent is not None and all(a.agent_id != target.live_agent for a in registry().list_live_agents()):
-        return f"unknown live agent '{target.live_agent}'"
+    """Why `target` cannot be reached, or None: its name is looked up where its kind's row says names live."""
+    kind = target.kind
+    name = kind.name(target)
+    if name is None:
+        return None
+    match kind.registry:
+        case Registry.CONFIG_QUEUES if not config.queue_known(name):
+            return f"unknown queue '{name}' (declared in the config: {', '.join(sorted(config.queues)) or '-'})"
+        case Registry.CONFIG_DESKS if name not in config.desks:
+            return f"unknown desk '{name}' (declared in the config: {', '.join(sorted(config.desks)) or '-'})"
+        case Registry.EXTERNAL_AGENTS if registry().external(name) is None:
+            return f"unknown external agent '{name}': connect it with Verify & Save first"
+        case Registry.LIVE_AGENTS if all(a.agent_id != name for a in registry().list_live_agents()):
+            return f"unknown live agent '{name}'"
     return None
 
 

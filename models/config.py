@@ -35,6 +35,7 @@ from pydantic import (
 
 from models.conversation import HandoffTarget, Name, OpenWindow, ParamValue
 from models.filtering import NEVER_LEAVE, SECTIONS
+from models import targets
 
 MAX_SECONDS = 7 * 24 * 3600
 MAX_FALLBACK = 10
@@ -336,9 +337,9 @@ class When(Strict):
 
 def _a_place(target: HandoffTarget) -> HandoffTarget:
     if target.final:
-        raise ValueError(
-            "'to' must be a queue, live_agent, external_agent or desk ('ai' and 'leave_message' only end a fallback)"
-        )
+        ends = " and ".join(f"'{k.field}'" for k in targets.KINDS if k.final)
+        raise ValueError(f"'to' must be a {', '.join(targets.PLACES[:-1])} or {targets.PLACES[-1]} ({ends} only "
+                         "end a fallback)")
     return target
 
 
@@ -396,6 +397,18 @@ class BatonConfig(Strict):
         """A queue this config routes to: declared, or any name when the config declares no queues."""
         return not self.queues or name in self.queues
 
+    def queue_of(self, target: HandoffTarget) -> QueueConfig | None:
+        """The declared queue a target names (its kind's names live in `queues:`), else None."""
+        kind = target.kind
+        if kind.registry is not targets.Registry.CONFIG_QUEUES:
+            return None
+        return self.queues.get(kind.name(target) or "")
+
+    def unknown_queue(self, target: HandoffTarget) -> bool:
+        """The target names a queue this config does not route to."""
+        kind = target.kind
+        return kind.registry is targets.Registry.CONFIG_QUEUES and not self.queue_known(kind.name(target) or "")
+
     def match_intent(self, text: str) -> tuple[str, Intent] | None:
         """The first declared intent whose keywords or patterns occur in `text`."""
         for name, intent in self.intents.items():
@@ -426,11 +439,13 @@ def _ladder_problems(
     at: Loc, to: HandoffTarget, fallback: list[HandoffTarget], queues: set[str], desks: set[str]
 ) -> Iterator[tuple[Loc, str]]:
     for where, rung in [((*at, "to"), to), *(((*at, "fallback", j), r) for j, r in enumerate(fallback))]:
-        if rung.queue is not None and queues and rung.queue not in queues:
-            yield (*where, "queue"), f"unknown queue {rung.queue!r} (declared: {', '.join(sorted(queues))})"
-        if rung.desk is not None and rung.desk not in desks:
+        # The names the config itself declares are checked here; agents are checked where a request names them.
+        kind, name = rung.kind, rung.kind.name(rung)
+        if kind.registry is targets.Registry.CONFIG_QUEUES and queues and name not in queues:
+            yield (*where, kind.field), f"unknown queue {name!r} (declared: {', '.join(sorted(queues))})"
+        if kind.registry is targets.Registry.CONFIG_DESKS and name not in desks:
             declared = f"declared: {', '.join(sorted(desks))}" if desks else "no desks declared"
-            yield (*where, "desk"), f"unknown desk {rung.desk!r} ({declared})"
+            yield (*where, kind.field), f"unknown desk {name!r} ({declared})"
     for j, rung in enumerate(fallback):
         if rung.final and j != len(fallback) - 1:
             yield (*at, "fallback", j), f"'{rung.label}' ends the ladder: it can only be the last fallback"

@@ -9,6 +9,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 from pydantic_core import to_json
 
+from models import targets
+
 MAX_TEXT = 8000
 # ---- bounds (README, "Input bounds"): every input, every query answer and whatever a run carries to the next stays
 # far below Temporal's 2 MB payload limit, however long a conversation runs.
@@ -97,6 +99,12 @@ class AgentMessage(Contract):
     redacted: list[str] = Field(default_factory=list, max_length=20)
 
 
+def _either(names) -> str:
+    """'a', 'b' or 'c'."""
+    quoted = [f"'{n}'" for n in names]
+    return quoted[0] if len(quoted) == 1 else f"{', '.join(quoted[:-1])} or {quoted[-1]}"
+
+
 class HandoffTarget(Contract):
     """One rung of a handoff: a live queue, a named live agent, an external agent (platform protocol), a
     third-party desk (webhook), or, at the end of an escalation ladder, back to the AI / a leave-a-message notice."""
@@ -112,45 +120,36 @@ class HandoffTarget(Contract):
 
     @model_validator(mode="after")
     def _exactly_one(self) -> HandoffTarget:
-        named = [self.queue, self.live_agent, self.external_agent, self.desk]
-        chosen = sum(v is not None for v in named) + int(self.ai) + int(self.leave_message)
-        if chosen != 1:
-            raise ValueError(
-                "a target names exactly one of 'queue', 'live_agent', 'external_agent', 'desk', 'ai' or "
-                "'leave_message'"
-            )
-        if self.message is not None and not (self.ai or self.leave_message):
-            raise ValueError("'message' belongs to an 'ai' or 'leave_message' target")
+        chosen = [k.field for k in targets.KINDS if getattr(self, k.field) not in (None, False)]
+        if len(chosen) != 1:
+            raise ValueError(f"a target names exactly one of {_either(k.field for k in targets.KINDS)}")
+        if self.message is not None and not self.final:
+            raise ValueError(f"'message' belongs to an {_either(k.field for k in targets.KINDS if k.final)} target")
         return self
+
+    # What a target of this kind means is its row in models.targets; these read it.
+    @property
+    def kind(self) -> targets.TargetKind:
+        return targets.kind_of(self)
 
     @property
     def label(self) -> str:
-        if self.queue:
-            return f"queue:{self.queue}"
-        if self.live_agent:
-            return f"live_agent:{self.live_agent}"
-        if self.external_agent:
-            return f"external_agent:{self.external_agent}"
-        if self.desk:
-            return f"desk:{self.desk}"
-        return "ai" if self.ai else "leave_message"
+        return self.kind.label(self)
 
     @property
     def waits_for_person(self) -> bool:
-        """A live queue or a named live agent: the conversation waits on the desk's waiting list."""
-        return self.queue is not None or self.live_agent is not None
+        """It waits in a waiting list of our desk (a queue, or a named live agent's personal queue)."""
+        return self.kind.waits_for_person
 
     @property
     def desk_queue(self) -> str | None:
-        """The `BatonQueue` value the desk lists this target under (a named agent's personal queue)."""
-        if self.queue:
-            return self.queue
-        return f"agent:{self.live_agent}" if self.live_agent else None
+        """The queue of our desk it waits in (`BatonQueue`; a named live agent's is `agent:<id>`), else None."""
+        return self.kind.waiting_list(self)
 
     @property
     def final(self) -> bool:
         """The ladder ends here: back to the AI (with a message or a leave-a-message notice)."""
-        return self.ai or self.leave_message
+        return self.kind.final
 
 
 class HandoffRequest(Contract):
@@ -343,10 +342,9 @@ class RunSegment(BaseModel):
 class Work(BaseModel):
     """One unit of deferred work for the main loop, in arrival order."""
 
-    kind: Literal[
-        "ai_turn", "ai_resume", "ai_welcome", "deliver_handoff", "forward", "route", "share", "forward_desk"
-    ]
+    kind: Literal["ai_turn", "ai_resume", "ai_welcome", "deliver_handoff", "forward", "route", "share"]
     seq: int = 0
+    # The handoff the work belongs to (`forward`: the one whose owner the message goes to).
     handoff_id: str | None = None
 
 

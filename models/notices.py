@@ -46,14 +46,19 @@ CLOSED = "This conversation has been closed."
 HANDED_BACK_TO_REFERRER = "Handed back to the referring assistant."
 
 
-def waiting_notice(target: HandoffTarget, position: int | None = None) -> str:
-    if target.waits_for_person:
-        text = "I'm connecting you with a person. Please stay here; someone will be with you shortly."
-        if position is not None:
-            text += f" You are number {position} in the queue."
-        return text
-    if target.desk:
-        return "I'm connecting you with our support team. Please stay here; someone will be with you shortly."
+# While a handoff's target is reached (models.targets: each kind's `notice`).
+def waiting_for_a_person(target: HandoffTarget, position: int | None = None) -> str:
+    text = "I'm connecting you with a person. Please stay here; someone will be with you shortly."
+    if position is not None:
+        text += f" You are number {position} in the queue."
+    return text
+
+
+def waiting_for_a_team(target: HandoffTarget, position: int | None = None) -> str:
+    return "I'm connecting you with our support team. Please stay here; someone will be with you shortly."
+
+
+def waiting_for_an_assistant(target: HandoffTarget, position: int | None = None) -> str:
     return "I'm connecting you with a specialist assistant. One moment, please."
 
 

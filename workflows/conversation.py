@@ -59,6 +59,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from models import notices
     from workflows import views
+    from models.targets import BY_FIELD, Reach
     from workflows.transitions import Event, apply, may_speak, refusal
 
 DEFAULT_QUEUE = "general"
@@ -106,6 +107,10 @@ CARRY_TO_AGENT = 50  # transcript entries an envelope carries
 # (bench/worker_crash.py), so short runs are what lets a new worker catch up in seconds. About 20 messages to the
 # AI; what a run carries on is bounded in bytes (views.carry).
 RUN_EVENTS = 300
+
+
+# The event that makes a target's kind the owner (its row's owner_state).
+ACCEPTED = {State.LIVE_AGENT.value: Event.ACCEPT_LIVE, State.EXTERNAL_AGENT.value: Event.ACCEPT_EXTERNAL}
 
 
 class Reject(ApplicationError):
@@ -212,15 +217,13 @@ class Conversation:
         if work.kind in ("ai_turn", "ai_resume", "ai_welcome"):
             await self._ai_turn(work)
         elif work.kind == "deliver_handoff":
-            await self._hand_over(work.handoff_id or "")
+            await self._deliver_handoff(work.handoff_id or "")
         elif work.kind == "forward":
-            await self._forward(work.seq)
+            await self._pass_on(work)
         elif work.kind == "route":
             await self._route(work.handoff_id or "")
         elif work.kind == "share":
             await self._share(work.handoff_id or "")
-        elif work.kind == "forward_desk":
-            await self._forward_to_desk(work.seq)
 
     async def _ai_turn(self, work: Work) -> None:
         if self.s.state is not State.AI:
@@ -440,21 +443,17 @@ class Conversation:
         pending = self.s.pending
         assert pending is not None and pending.target is not None
         target = pending.target
-        live = target.queue is not None or target.live_agent is not None or target.desk is not None
-        event = Event.ACCEPT_LIVE if live else Event.ACCEPT_EXTERNAL
-        self._transition(event, owner=accept.owner, queue=target.desk_queue if live else target.queue)
+        kind = target.kind
+        self._transition(ACCEPTED[kind.owner_state], owner=accept.owner, queue=target.desk_queue)
         self.s.pending = None
         self.s.waiting_since = None
         self._audit("handoff_accepted", handoff_id=pending.handoff_id, target=target.label, owner=accept.owner)
-        if target.desk:
-            self.s.desk = DeskLink(desk=target.desk, handoff_id=pending.handoff_id)
+        if kind.reach is Reach.DESK_WEBHOOK:
+            self.s.desk = DeskLink(desk=kind.name(target) or "", handoff_id=pending.handoff_id)
             # What the user wrote after the desk's envelope was cut goes on to the desk, in order.
-            for entry in self.s.transcript:
-                if entry.role is Role.USER and entry.seq > (pending.carried_until or pending.from_seq - 1):
-                    self.s.inbox.append(Work(kind="forward_desk", seq=entry.seq))
-            self._say(Role.SYSTEM, "system", notices.DESK_JOINED)
-        else:
-            self._say(Role.SYSTEM, "system", notices.joined(accept.owner))
+            self._forward_since(pending.carried_until or pending.from_seq - 1, pending.handoff_id)
+        if kind.joined is not None:
+            self._say(Role.SYSTEM, "system", kind.joined(accept.owner))
         self._publish()
         return self._result(handoff_id=pending.handoff_id)
 
@@ -467,13 +466,14 @@ class Conversation:
         target = pending.target
         if not pending.routed or target is None:
             raise Reject(f"handoff {pending.handoff_id} is still being routed; try again in a moment")
-        if target.external_agent:
-            raise Reject(f"external agent {target.external_agent} accepts through the platform protocol (its 202)")
-        if target.live_agent and accept.owner != target.live_agent:
-            raise Reject(f"handoff {pending.handoff_id} was transferred to {target.live_agent}, not {accept.owner}")
-        if target.desk and accept.owner != f"desk:{target.desk}":
-            raise Reject(f"handoff {pending.handoff_id} went to desk {target.desk}; only it can accept")
-        if not target.desk and accept.owner.startswith("desk:"):
+        kind, name = target.kind, target.kind.name(target)
+        if kind.accepts == "its_202":
+            raise Reject(f"external agent {name} accepts through the platform protocol (its 202)")
+        if kind.accepts == "named" and accept.owner != name:
+            raise Reject(f"handoff {pending.handoff_id} was transferred to {name}, not {accept.owner}")
+        if kind.accepts == "desk_event" and accept.owner != f"desk:{name}":
+            raise Reject(f"handoff {pending.handoff_id} went to desk {name}; only it can accept")
+        if kind.accepts != "desk_event" and accept.owner.startswith("desk:"):
             # A third-party desk takes only the handoffs routed to it, never one waiting in our own queues.
             raise Reject(f"handoff {pending.handoff_id} is for {target.label}, not for a third-party desk")
 
@@ -532,10 +532,9 @@ class Conversation:
             self._audit("redacted_at_ingress", seq=entry.seq, kinds=message.redacted)
         if self.s.state is State.AI:
             self.s.inbox.append(Work(kind="ai_turn", seq=entry.seq))
-        elif self.s.state is State.EXTERNAL_AGENT and self.s.external is not None:
-            self.s.inbox.append(Work(kind="forward", seq=entry.seq))
-        elif self.s.state is State.LIVE_AGENT and self.s.desk is not None:
-            self.s.inbox.append(Work(kind="forward_desk", seq=entry.seq))
+        elif (link := self._link()) is not None:
+            # Owned by a target its kind's row says the user's messages are passed on to.
+            self.s.inbox.append(Work(kind="forward", seq=entry.seq, handoff_id=link.handoff_id))
         elif (
             self.s.state is State.HANDOFF_PENDING
             and self.s.pending is not None
@@ -747,17 +746,18 @@ class Conversation:
         closes = self._window_end(pending, target, now)
         if closes is not None:
             deadline = min(deadline, closes)
+        kind = target.kind
         pending.target = target
         pending.deadline = deadline
-        pending.position = position if target.waits_for_person else None
+        pending.position = position if kind.waits_for_person else None
         self.s.queue = target.desk_queue
-        self._say(Role.SYSTEM, "system", notices.waiting_notice(target, pending.position))
-        if target.waits_for_person:
+        self._say(Role.SYSTEM, "system", kind.notice(target, pending.position))
+        if kind.reach is Reach.WAITING_LIST:
+            # It waits for a claim; what the live agent who claims may see is filtered meanwhile.
             self.s.inbox.append(Work(kind="share", handoff_id=pending.handoff_id))
             self._announce_positions(pending)
-        elif target.external_agent:
-            self._reach(pending)
-        elif target.desk:
+        else:
+            # An envelope to another platform or a third-party desk.
             self.s.inbox.append(Work(kind="deliver_handoff", handoff_id=pending.handoff_id))
 
     def _give_up(self, pending: PendingHandoff, target: HandoffTarget) -> None:
@@ -766,9 +766,7 @@ class Conversation:
         self._back_to_ai(pending)
         if target.leave_message:
             self._audit("leave_message_offered", handoff_id=pending.handoff_id)
-            self._say(Role.SYSTEM, "system", target.message or notices.LEAVE_MESSAGE)
-        else:
-            self._say(Role.SYSTEM, "system", target.message or notices.GIVE_UP)
+        self._say(Role.SYSTEM, "system", target.kind.notice(target, None))
 
     def _is_open(self, pending: PendingHandoff, target: HandoffTarget, at: datetime) -> bool:
         return is_open(pending.hours.get(target.label), at)
@@ -872,164 +870,130 @@ class Conversation:
         finally:
             self._announcing.discard(handoff_id)
 
-    def _reach(self, pending: PendingHandoff) -> None:
-        """An external agent is reached through the platform protocol: a filtered, signed envelope."""
-        if pending.target is not None and pending.target.external_agent:
-            self.s.inbox.append(Work(kind="deliver_handoff", handoff_id=pending.handoff_id))
-
-    async def _hand_over(self, handoff_id: str) -> None:
-        """Filter the context for the external agent, deliver the signed envelope; its 202 is the acceptance."""
+    async def _deliver_handoff(self, handoff_id: str) -> None:
+        """Filter the context for the target and send it the signed envelope. An external agent's 202 is the
+        acceptance; a third-party desk's answer is only delivery (its `accepted` event, accept_handoff, accepts)."""
         pending = self.s.pending
         if pending is None or pending.handoff_id != handoff_id or pending.target is None:
             return  # closed, cancelled or fallen back meanwhile
-        if pending.target.desk:
-            await self._hand_to_desk(pending)
-            return
-        if not pending.target.external_agent:
-            return
-        agent, label = pending.target.external_agent, pending.target.label
-        carried = views.tail(self.s.transcript, CARRY_TO_AGENT)
-        self._handing_over = handoff_id
-        try:
-            filtered = await self._filter(pending, carried)
-            if self.s.pending is None or self.s.pending.handoff_id != handoff_id:
-                return  # closed while filtering: nothing is sent
-            left = pending.deadline - workflow.now()
-            outcome = await workflow.execute_activity(
-                Activities.DELIVER_HANDOFF,
-                HandoffDelivery(
-                    agent_id=agent, handoff_id=handoff_id, conversation_id=self.s.conversation_id,
-                    reason=pending.reason, context=filtered.context, transcript=filtered.transcript,
-                ),
-                result_type=HandoffOutcome,
-                start_to_close_timeout=CHANNEL_START_TO_CLOSE,
-                heartbeat_timeout=HEARTBEAT_TIMEOUT,
-                schedule_to_close_timeout=max(timedelta(seconds=1), min(EXTERNAL_ACCEPT_TIMEOUT, left)),
-                retry_policy=HANDOFF_RETRY,
-                summary=f"hand the conversation to {agent}",
-            )
-        except ActivityError as err:
-            outcome = HandoffOutcome(accepted=False, detail=f"unreachable: {err.cause or err}")
-        finally:
-            self._handing_over = None
-        if self.s.pending is None or self.s.pending.handoff_id != handoff_id:
-            # Closed while the envelope was on its way: the other side times its conversation out.
-            self._audit("handoff_outcome_ignored", handoff_id=handoff_id, accepted=outcome.accepted)
-            return
-        if not outcome.accepted or not outcome.remote_conversation_id:
-            self._fall_back(f"{label} did not accept: {outcome.detail}")
-            return
-        self._transition(Event.ACCEPT_EXTERNAL, owner=agent, queue=None)
-        self.s.external = ExternalLink(
-            agent_id=agent, remote_conversation_id=outcome.remote_conversation_id, handoff_id=handoff_id
-        )
-        self.s.pending = None
-        self.s.waiting_since = None
-        self._audit(
-            "handoff_accepted", handoff_id=handoff_id, target=label, owner=agent,
-            remote_conversation_id=outcome.remote_conversation_id,
-        )
-        # What the user wrote after the envelope was cut goes on to the agent, in order.
-        last_carried = carried[-1].seq if carried else 0
-        for entry in self.s.transcript:
-            if entry.seq > last_carried and entry.role is Role.USER:
-                self.s.inbox.append(Work(kind="forward", seq=entry.seq))
-        self._publish()
-
-    async def _hand_to_desk(self, pending: PendingHandoff) -> None:
-        """Filter, then send the signed handoff to a third-party desk; its `accepted` callback is the acceptance."""
-        handoff_id = pending.handoff_id
-        desk = pending.target.desk if pending.target else None
-        assert desk is not None
+        target = pending.target
+        kind, name, label = target.kind, target.kind.name(target) or "", target.label
         carried = views.tail(self.s.transcript, CARRY_TO_AGENT)
         self._handing_over = handoff_id
         try:
             filtered = await self._filter(pending, carried)
             if not self._still_waiting(handoff_id):
-                return  # cancelled or closed while filtering: nothing is sent
+                return  # closed or cancelled while filtering: nothing is sent
             pending.carried_until = carried[-1].seq if carried else 0
-            self.s.shared_context = filtered.context.model_dump()
-            left = pending.deadline - workflow.now()
-            result = await self._send(
-                Activities.DELIVER_TO_DESK,
-                DeskHandoff(
-                    desk=desk, handoff_id=handoff_id, conversation_id=self.s.conversation_id, reason=pending.reason,
-                    context=filtered.context, transcript=filtered.transcript,
-                ),
-                max(timedelta(seconds=1), min(EXTERNAL_ACCEPT_TIMEOUT, left)),
-                f"hand the conversation to desk {desk}",
-                give_up="gone",
-            )
+            within = max(timedelta(seconds=1), min(EXTERNAL_ACCEPT_TIMEOUT, pending.deadline - workflow.now()))
+            if kind.reach is Reach.PLATFORM_PROTOCOL:
+                outcome = await workflow.execute_activity(
+                    Activities.DELIVER_HANDOFF,
+                    HandoffDelivery(
+                        agent_id=name, handoff_id=handoff_id, conversation_id=self.s.conversation_id,
+                        reason=pending.reason, context=filtered.context, transcript=filtered.transcript,
+                    ),
+                    result_type=HandoffOutcome,
+                    start_to_close_timeout=CHANNEL_START_TO_CLOSE,
+                    heartbeat_timeout=HEARTBEAT_TIMEOUT,
+                    schedule_to_close_timeout=within,
+                    retry_policy=HANDOFF_RETRY,
+                    summary=f"hand the conversation to {name}",
+                )
+                sent = DeliveryResult(outcome="delivered" if outcome.accepted else "rejected", detail=outcome.detail)
+            else:
+                self.s.shared_context = filtered.context.model_dump()  # what the desk's people were given
+                outcome = None
+                sent = await self._send(
+                    Activities.DELIVER_TO_DESK,
+                    DeskHandoff(
+                        desk=name, handoff_id=handoff_id, conversation_id=self.s.conversation_id,
+                        reason=pending.reason, context=filtered.context, transcript=filtered.transcript,
+                    ),
+                    within, f"hand the conversation to desk {name}", give_up="gone",
+                )
         except ActivityError as err:
-            result = DeliveryResult(outcome="rejected", detail=f"could not filter: {err.cause or err}")
+            outcome = None
+            unreachable = kind.reach is Reach.PLATFORM_PROTOCOL
+            detail = f"unreachable: {err.cause or err}" if unreachable else f"could not filter: {err.cause or err}"
+            sent = DeliveryResult(outcome="rejected", detail=detail)
         finally:
             self._handing_over = None
         if not self._still_waiting(handoff_id):
-            return  # accepted already (a fast desk), cancelled or closed
-        if result.outcome != "delivered":
-            self._fall_back(f"desk {desk} did not take the handoff: {result.outcome} {result.detail or ''}".strip())
+            # Accepted already (a fast desk), cancelled or closed while the envelope was on its way.
+            if kind.reach is Reach.PLATFORM_PROTOCOL:
+                self._audit("handoff_outcome_ignored", handoff_id=handoff_id, accepted=bool(outcome and outcome.accepted))
             return
-        self._audit("handoff_delivered", handoff_id=handoff_id, target=f"desk:{desk}", status=result.status)
-
-    async def _forward_to_desk(self, seq: int) -> None:
-        """A user's message to the third-party desk that owns the conversation."""
-        link = self.s.desk
-        if not await self._ready_to_pass_on(seq, State.LIVE_AGENT, link is not None):
+        if kind.reach is Reach.DESK_WEBHOOK:
+            if sent.outcome != "delivered":
+                self._fall_back(f"desk {name} did not take the handoff: {sent.outcome} {sent.detail or ''}".strip())
+            else:
+                self._audit("handoff_delivered", handoff_id=handoff_id, target=label, status=sent.status)
             return
-        assert link is not None
-        entry = self._entry(seq)
-        result = await self._send(
-            Activities.FORWARD_TO_DESK,
-            DeskForward(
-                desk=link.desk, handoff_id=link.handoff_id, conversation_id=self.s.conversation_id,
-                message_id=entry.message_id, text=entry.text,
-            ),
-            FORWARD_TIMEOUT,
-            f"forward seq {seq} to desk {link.desk}",
-            give_up="gone",
-        )
-        if self.s.desk is None or self.s.desk.handoff_id != link.handoff_id:
-            return  # handed back or closed meanwhile
-        self._passed_on(
-            seq, result, {"desk": link.desk}, "desk_lost",
-            notices.DESK_LOST,
-        )
-
-    async def _forward(self, seq: int) -> None:
-        """A user's message to the external agent that owns the conversation, through the platform protocol."""
-        link = self.s.external
-        if not await self._ready_to_pass_on(seq, State.EXTERNAL_AGENT, link is not None):
+        if outcome is None or not outcome.accepted or not outcome.remote_conversation_id:
+            self._fall_back(f"{label} did not accept: {sent.detail}")
             return
-        assert link is not None
-        entry = self._entry(seq)
-        result = await self._send(
-            Activities.FORWARD_TO_AGENT,
-            ForwardMessage(
-                agent_id=link.agent_id, remote_conversation_id=link.remote_conversation_id,
-                conversation_id=self.s.conversation_id, message_id=entry.message_id, text=entry.text,
-            ),
-            FORWARD_TIMEOUT,
-            f"forward seq {seq} to {link.agent_id}",
-            # Out of reach for two minutes counts as gone: the user is not left talking to nobody.
-            give_up="gone",
+        self._transition(ACCEPTED[kind.owner_state], owner=name, queue=None)
+        self.s.external = ExternalLink(
+            agent_id=name, remote_conversation_id=outcome.remote_conversation_id, handoff_id=handoff_id
         )
-        if self.s.external is None or self.s.external.handoff_id != link.handoff_id:
-            return  # handed back or closed meanwhile
-        self._passed_on(
-            seq, result, {"agent": link.agent_id}, "external_agent_lost",
-            notices.EXTERNAL_AGENT_LOST,
+        self.s.pending = None
+        self.s.waiting_since = None
+        self._audit(
+            "handoff_accepted", handoff_id=handoff_id, target=label, owner=name,
+            remote_conversation_id=outcome.remote_conversation_id,
         )
+        # What the user wrote after the envelope was cut goes on to the agent, in order.
+        self._forward_since(pending.carried_until or 0, handoff_id)
+        self._publish()
 
-    async def _ready_to_pass_on(self, seq: int, owning: State, linked: bool) -> bool:
-        """Whether a user's message still goes to the agent that owns the conversation; if the AI has it back
-        meanwhile, the AI answers the message instead."""
+    def _link(self) -> ExternalLink | DeskLink | None:
+        """Who owns the conversation, when its kind is passed the user's messages (an external agent, a third-party
+        desk); None when the owner reads them from the transcript (our live agents) or the AI has it."""
+        return self.s.external or self.s.desk
+
+    def _forward_since(self, after: int, handoff_id: str) -> None:
+        for entry in self.s.transcript:
+            if entry.seq > after and entry.role is Role.USER:
+                self.s.inbox.append(Work(kind="forward", seq=entry.seq, handoff_id=handoff_id))
+
+    async def _pass_on(self, work: Work) -> None:
+        """A user's message to the agent or desk that owns the conversation, as its kind's row says (the platform
+        protocol, the desk webhook). If the AI has the conversation back meanwhile, the AI answers it instead."""
+        seq = work.seq
         if self.s.state is State.AI:
             await self._ai_turn(Work(kind="ai_turn", seq=seq))
-            return False
-        if self.s.state is not owning or not linked:
+            return
+        link = self._link()
+        if link is None or link.handoff_id != work.handoff_id:
             self._audit("not_forwarded", seq=seq, state=self.s.state.value)
-            return False
-        return True
+            return
+        entry = self._entry(seq)
+        if isinstance(link, ExternalLink):
+            who, lost, notice = {"agent": link.agent_id}, "external_agent_lost", BY_FIELD["external_agent"].lost
+            result = await self._send(
+                Activities.FORWARD_TO_AGENT,
+                ForwardMessage(
+                    agent_id=link.agent_id, remote_conversation_id=link.remote_conversation_id,
+                    conversation_id=self.s.conversation_id, message_id=entry.message_id, text=entry.text,
+                ),
+                # Out of reach for two minutes counts as gone: the user is not left talking to nobody.
+                FORWARD_TIMEOUT, f"forward seq {seq} to {link.agent_id}", give_up="gone",
+            )
+        else:
+            who, lost, notice = {"desk": link.desk}, "desk_lost", BY_FIELD["desk"].lost
+            result = await self._send(
+                Activities.FORWARD_TO_DESK,
+                DeskForward(
+                    desk=link.desk, handoff_id=link.handoff_id, conversation_id=self.s.conversation_id,
+                    message_id=entry.message_id, text=entry.text,
+                ),
+                FORWARD_TIMEOUT, f"forward seq {seq} to desk {link.desk}", give_up="gone",
+            )
+        now = self._link()
+        if now is None or now.handoff_id != link.handoff_id:
+            return  # handed back or closed meanwhile
+        self._passed_on(seq, result, who, lost, notice or "")
 
     def _passed_on(self, seq: int, result: DeliveryResult, who: dict[str, str], lost: str, notice: str) -> None:
         """After forwarding: nothing to do when delivered; a refused message is the user's to rephrase; an agent
