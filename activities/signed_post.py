@@ -1,5 +1,5 @@
 """The signed-webhook plumbing shared by the outbound activities that POST to a remote (activities/platform.py,
-activities/desk_adapter.py): resolve the outbound policy, POST a body signed per Standard Webhooks afresh on every
+activities/third_party_desk.py): resolve the outbound policy, POST a body signed per Standard Webhooks afresh on every
 attempt, and sort the answer into delivered / gone / rejected, or a retryable error of the caller's type."""
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ from models.config import BatonConfig
 from api.agents import agent_router
 from api.auth import bearer
 from api.desk import desk_router
-from api.desk_events import desk_events_router
+from api.third_party_desk import third_party_desk_router
 from api.limits import RequestLimits
 from api.messages import Accepted, MessageIn, send_user_message
 from api.pages import pages_router
@@ -134,7 +134,7 @@ def create_app(
         return streams[0]
 
     app.include_router(desk_router(agents, settings, config, stream_store))
-    app.include_router(desk_events_router(routing_config.desk_lookup(config), agents))
+    app.include_router(third_party_desk_router(routing_config.desk_lookup(config), agents))
 
     app.state.hub = Hub(stream_store, **(stream_options or {}))
     app.include_router(pages_router(settings))

@@ -324,7 +324,7 @@ class ExternalLink(BaseModel):
     handoff_id: str
 
 
-class DeskLink(BaseModel):
+class ThirdPartyDeskLink(BaseModel):
     """Sending side: the third-party desk that accepted this conversation."""
 
     desk: str
@@ -378,9 +378,9 @@ class ConversationState(BaseModel):
     human_stretch_ended: bool = False
     peer: PeerLink | None = None
     external: ExternalLink | None = None
-    # A third-party desk owns the conversation (the user's messages are forwarded to it).
-    desk: DeskLink | None = None
-    # The filtered context the live agent (or desk) was given for the current handoff; never the raw context.
+    # A third-party desk owns the conversation (the user's messages are forwarded to it). The snapshot calls it `desk`.
+    third_party_desk: ThirdPartyDeskLink | None = None
+    # The filtered context the live agent (or third-party desk) was given for the current handoff; never the raw context.
     shared_context: dict[str, Any] | None = None
 
 
@@ -421,7 +421,8 @@ class Snapshot(BaseModel):
     # Sending side: the external agent and its conversation id. Receiving side: who handed it to us.
     external: ExternalLink | None = None
     peer: dict[str, Any] | None = None
-    desk: DeskLink | None = None
+    # The third-party desk that owns the conversation (not our own desk: its live agents are `owner`).
+    desk: ThirdPartyDeskLink | None = None
     # What the live agent may see of the context (filtered for the current handoff's route).
     shared_context: dict[str, Any] | None = None
 

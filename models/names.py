@@ -82,8 +82,8 @@ class Activities:
     DELIVER_TO_PEER = "deliver_to_peer"
     ROUTE_HANDOFF = "route_handoff"
     QUEUE_POSITION = "queue_position"
-    DELIVER_TO_DESK = "deliver_to_desk"
-    FORWARD_TO_DESK = "forward_to_desk"
+    DELIVER_TO_THIRD_PARTY_DESK = "deliver_to_desk"
+    FORWARD_TO_THIRD_PARTY_DESK = "forward_to_desk"
     RING_BELL = "ring_bell"  # the event stream's doorbell (docs/event-stream.md)
 
 

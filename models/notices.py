@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 AI_FAILURE = "Sorry, I can't answer right now. Please try again in a moment."
 
 # Someone took over.
-DESK_JOINED = "Our support team has joined the conversation."
+THIRD_PARTY_DESK_JOINED = "Our support team has joined the conversation."
 
 
 def joined(owner: str) -> str:
@@ -23,7 +23,7 @@ def joined(owner: str) -> str:
 
 # A user's message could not reach whoever owns the conversation.
 NOT_PASSED_ON = "Sorry, that message could not be passed on. Please try rephrasing it."
-DESK_LOST = "Our support team can't be reached right now, so the assistant is back with you."
+THIRD_PARTY_DESK_LOST = "Our support team can't be reached right now, so the assistant is back with you."
 EXTERNAL_AGENT_LOST = "The specialist assistant can't be reached right now, so I'm back with you."
 
 # The end of a handoff's ladder, or a cancelled wait.

@@ -116,7 +116,7 @@ KINDS: tuple[TargetKind, ...] = (
     TargetKind(
         field="desk", reach=Reach.DESK_WEBHOOK, accepts="desk_event", owner_state="live_agent",
         user_messages="forward", registry=Registry.CONFIG_DESKS,
-        notice=notices.waiting_for_a_team, joined=lambda owner: notices.DESK_JOINED, lost=notices.DESK_LOST,
+        notice=notices.waiting_for_a_team, joined=lambda owner: notices.THIRD_PARTY_DESK_JOINED, lost=notices.THIRD_PARTY_DESK_LOST,
     ),
     TargetKind(
         field="ai", reach=Reach.ENDS, accepts="", owner_state="ai", user_messages="transcript",

@@ -21,13 +21,13 @@ from pydantic import BaseModel
 from temporalio.testing import ActivityEnvironment
 
 from activities import webhooks
-from activities.desk_adapter import DeskEndpoint, ThirdPartyDesks
+from activities.third_party_desk import ThirdPartyDeskEndpoint, ThirdPartyDesks
 from activities.outbound import OutboundPolicy, Target
 from activities.platform import PlatformActivities
 from activities.registry import AgentInfo
 from docs.schemas import generate
 from models.conversation import Role, TranscriptEntry
-from models.desk import DeskForward, DeskHandoff, DeskHandoffEnvelope, DeskUserMessage
+from models.third_party_desk import ThirdPartyDeskForward, ThirdPartyDeskHandoff, ThirdPartyDeskEnvelope, ThirdPartyDeskUserMessage
 from models.filtering import SharedContext
 from models.protocol import (
     ForwardMessage,
@@ -148,22 +148,22 @@ async def test_the_platform_bodies_sent_are_the_documented_ones():
 
 async def test_the_desk_bodies_sent_are_the_documented_ones():
     capture = _Capture({})
-    desks = ThirdPartyDesks({"acme": DeskEndpoint("acme", NOWHERE + "/desk", SECRET)}.get, "https://a.example", ALLOW)
+    desks = ThirdPartyDesks({"acme": ThirdPartyDeskEndpoint("acme", NOWHERE + "/desk", SECRET)}.get, "https://a.example", ALLOW)
     desks._post = capture  # type: ignore[method-assign]
     run = ActivityEnvironment().run
 
-    await run(desks.deliver_to_desk, DeskHandoff(
+    await run(desks.deliver_to_desk, ThirdPartyDeskHandoff(
         desk="acme", handoff_id="h-1", conversation_id="c-1", reason="wants a person", context=CONTEXT,
         transcript=_transcript(),
     ))
-    await run(desks.forward_to_desk, DeskForward(
+    await run(desks.forward_to_desk, ThirdPartyDeskForward(
         desk="acme", handoff_id="h-1", conversation_id="c-1", message_id="m-3", text="are you there?",
     ))
 
     assert [path for path, _ in capture.sent] == ["/handoffs", "/messages"]
     (_, envelope), (_, message) = capture.sent
-    _documented(DeskHandoffEnvelope, envelope)
-    _documented(DeskUserMessage, message)
+    _documented(ThirdPartyDeskEnvelope, envelope)
+    _documented(ThirdPartyDeskUserMessage, message)
 
 
 # ---- links ----------------------------------------------------------------------------------------------------

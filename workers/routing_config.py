@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from activities.desk_adapter import DeskEndpoint
+from activities.third_party_desk import ThirdPartyDeskEndpoint
 from models.config import BatonConfig, ConfigError, default_config, load_config
 from workers.settings import Settings
 
@@ -32,9 +32,9 @@ def desk_lookup(config: BatonConfig):
     """A configured third-party desk by name, its secret read from the environment (never from the file);
     None when the desk is unknown or its secret is not set."""
 
-    def lookup(name: str) -> DeskEndpoint | None:
+    def lookup(name: str) -> ThirdPartyDeskEndpoint | None:
         desk = config.desks.get(name)
         secret = desk.secret() if desk is not None else None
-        return DeskEndpoint(name=name, url=str(desk.url), secret=secret) if desk and secret else None
+        return ThirdPartyDeskEndpoint(name=name, url=str(desk.url), secret=secret) if desk and secret else None
 
     return lookup

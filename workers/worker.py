@@ -24,7 +24,7 @@ from temporalio.worker import (
 
 from activities.agents import DemoAgent, WebhookAgent
 from activities.channel import ChannelDeliverer
-from activities.desk_adapter import ThirdPartyDesks
+from activities.third_party_desk import ThirdPartyDesks
 from activities.filtering import filter_context
 from activities.platform import PlatformActivities
 from activities.registry import AgentRegistry, SqliteRegistry

@@ -25,7 +25,7 @@ with workflow.unsafe.imports_passed_through():
         ConversationInput,
         ConversationState,
         DeliveryResult,
-        DeskLink,
+        ThirdPartyDeskLink,
         ExternalLink,
         HandBack,
         HandoffRequest,
@@ -45,7 +45,7 @@ with workflow.unsafe.imports_passed_through():
         is_open,
         window_at,
     )
-    from models.desk import DeskForward, DeskHandoff
+    from models.third_party_desk import ThirdPartyDeskForward, ThirdPartyDeskHandoff
     from models.filtering import FilterRequest, FilterResult
     from models.names import WORKFLOW_TYPE, Activities, Errors, Queries, SearchAttributes, Signals, Updates
     from models.protocol import ForwardMessage, HandoffDelivery, HandoffOutcome, PeerDelivery, PeerEvent
@@ -449,7 +449,7 @@ class Conversation:
         self.s.waiting_since = None
         self._audit("handoff_accepted", handoff_id=pending.handoff_id, target=target.label, owner=accept.owner)
         if kind.reach is Reach.DESK_WEBHOOK:
-            self.s.desk = DeskLink(desk=kind.name(target) or "", handoff_id=pending.handoff_id)
+            self.s.third_party_desk = ThirdPartyDeskLink(desk=kind.name(target) or "", handoff_id=pending.handoff_id)
             # What the user wrote after the desk's envelope was cut goes on to the desk, in order.
             self._forward_since(pending.carried_until or pending.from_seq - 1, pending.handoff_id)
         if kind.joined is not None:
@@ -905,8 +905,8 @@ class Conversation:
                 self.s.shared_context = filtered.context.model_dump()  # what the desk's people were given
                 outcome = None
                 sent = await self._send(
-                    Activities.DELIVER_TO_DESK,
-                    DeskHandoff(
+                    Activities.DELIVER_TO_THIRD_PARTY_DESK,
+                    ThirdPartyDeskHandoff(
                         desk=name, handoff_id=handoff_id, conversation_id=self.s.conversation_id,
                         reason=pending.reason, context=filtered.context, transcript=filtered.transcript,
                     ),
@@ -947,10 +947,10 @@ class Conversation:
         self._forward_since(pending.carried_until or 0, handoff_id)
         self._publish()
 
-    def _link(self) -> ExternalLink | DeskLink | None:
+    def _link(self) -> ExternalLink | ThirdPartyDeskLink | None:
         """Who owns the conversation, when its kind is passed the user's messages (an external agent, a third-party
         desk); None when the owner reads them from the transcript (our live agents) or the AI has it."""
-        return self.s.external or self.s.desk
+        return self.s.external or self.s.third_party_desk
 
     def _forward_since(self, after: int, handoff_id: str) -> None:
         for entry in self.s.transcript:
@@ -983,8 +983,8 @@ class Conversation:
         else:
             who, lost, notice = {"desk": link.desk}, "desk_lost", BY_FIELD["desk"].lost
             result = await self._send(
-                Activities.FORWARD_TO_DESK,
-                DeskForward(
+                Activities.FORWARD_TO_THIRD_PARTY_DESK,
+                ThirdPartyDeskForward(
                     desk=link.desk, handoff_id=link.handoff_id, conversation_id=self.s.conversation_id,
                     message_id=entry.message_id, text=entry.text,
                 ),
@@ -1297,7 +1297,7 @@ class Conversation:
         if self.s.state is not State.EXTERNAL_AGENT:
             self.s.external = None
         if self.s.state is not State.LIVE_AGENT:
-            self.s.desk = None
+            self.s.third_party_desk = None
         if self.s.state in (State.AI, State.CLOSED):
             self.s.shared_context = None
         if not self._closed:

@@ -128,7 +128,7 @@ def snapshot(s: ConversationState) -> Snapshot:
         },
         external=s.external,
         peer=s.peer.model_dump(exclude={"transcript"}) if s.peer else None,
-        desk=s.desk,
+        desk=s.third_party_desk,
         shared_context=s.shared_context,
     )
 

@@ -19,9 +19,9 @@ if __package__ in (None, ""):  # run as a script: python docs/schemas/generate.p
 from pydantic import BaseModel  # noqa: E402
 
 from api.agents import VerifyIn, VerifyOut  # noqa: E402
-from api.desk_events import DeskEventAnswer  # noqa: E402
+from api.third_party_desk import ThirdPartyDeskEventAnswer  # noqa: E402
 from api.protocol import Ack  # noqa: E402
-from models.desk import DeskEvent, DeskHandoffEnvelope, DeskUserMessage  # noqa: E402
+from models.third_party_desk import ThirdPartyDeskEvent, ThirdPartyDeskEnvelope, ThirdPartyDeskUserMessage  # noqa: E402
 from models.protocol import HandoffAccepted, HandoffEnvelope, PeerEvent, PeerMessage  # noqa: E402
 
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
@@ -37,10 +37,10 @@ SCHEMAS: dict[str, type[BaseModel]] = {
     "platform/ack.json": Ack,
     "platform/callback-event.json": PeerEvent,
     # docs/desk-protocol.md
-    "desk/handoff-envelope.json": DeskHandoffEnvelope,
-    "desk/user-message.json": DeskUserMessage,
-    "desk/event.json": DeskEvent,
-    "desk/event-answer.json": DeskEventAnswer,
+    "desk/handoff-envelope.json": ThirdPartyDeskEnvelope,
+    "desk/user-message.json": ThirdPartyDeskUserMessage,
+    "desk/event.json": ThirdPartyDeskEvent,
+    "desk/event-answer.json": ThirdPartyDeskEventAnswer,
 }
 
 

@@ -1,10 +1,10 @@
 """A third-party desk reached by webhook, both halves over real loopback HTTP.
 
-Outbound (activities/desk_adapter.py): the handoff and forwarded messages, signed with the desk's secret (checked
+Outbound (activities/third_party_desk.py): the handoff and forwarded messages, signed with the desk's secret (checked
 with the reference library), stable webhook ids, answer classification, Retry-After, redaction, the address policy
 and errors that never carry the secret.
 
-Inbound (api/desk_events.py): the desk's status callbacks against a real dev server and worker: signatures, unknown
+Inbound (api/third_party_desk.py): the desk's status callbacks against a real dev server and worker: signatures, unknown
 desks, bad bodies, replay, and accepted / failed / message / completed mapped onto the conversation workflow."""
 
 from __future__ import annotations
@@ -28,15 +28,15 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
 from activities import webhooks
-from activities.desk_adapter import (
-    DeskEndpoint,
+from activities.third_party_desk import (
+    ThirdPartyDeskEndpoint,
     ThirdPartyDesks,
     forward_webhook_id,
     handoff_webhook_id,
 )
 from activities.outbound import ALLOW_PRIVATE_ENV, OutboundPolicy
 from models.names import Errors
-from api.desk_events import desk_events_router
+from api.third_party_desk import third_party_desk_router
 from api.serve import EmbeddedServer
 from models.conversation import (
     AuditPage,
@@ -48,7 +48,7 @@ from models.conversation import (
     Snapshot,
     TranscriptEntry,
 )
-from models.desk import DeskForward, DeskHandoff
+from models.third_party_desk import ThirdPartyDeskForward, ThirdPartyDeskHandoff
 from models.filtering import SharedContext
 from models.names import Queries, Updates
 from tests.conftest import free_port
@@ -78,13 +78,13 @@ async def unavailable(fn: Any, arg: Any) -> ApplicationError:
     return err
 
 
-def desks(*endpoints: DeskEndpoint, policy: OutboundPolicy | None = ALLOW) -> ThirdPartyDesks:
+def desks(*endpoints: ThirdPartyDeskEndpoint, policy: OutboundPolicy | None = ALLOW) -> ThirdPartyDesks:
     known = {e.name: e for e in endpoints}
     return ThirdPartyDesks(known.get, PUBLIC_URL, policy)
 
 
-def handoff(desk: str = "acme", handoff_id: str = "h-1", conversation_id: str = "c-1") -> DeskHandoff:
-    return DeskHandoff(
+def handoff(desk: str = "acme", handoff_id: str = "h-1", conversation_id: str = "c-1") -> ThirdPartyDeskHandoff:
+    return ThirdPartyDeskHandoff(
         desk=desk,
         handoff_id=handoff_id,
         conversation_id=conversation_id,
@@ -98,8 +98,8 @@ def handoff(desk: str = "acme", handoff_id: str = "h-1", conversation_id: str = 
     )
 
 
-def forward(text: str = "hello", desk: str = "acme", message_id: str = "m-3") -> DeskForward:
-    return DeskForward(desk=desk, handoff_id="h-1", conversation_id="c-1", message_id=message_id, text=text)
+def forward(text: str = "hello", desk: str = "acme", message_id: str = "m-3") -> ThirdPartyDeskForward:
+    return ThirdPartyDeskForward(desk=desk, handoff_id="h-1", conversation_id="c-1", message_id=message_id, text=text)
 
 
 def no_secret(text: str, secret: str) -> None:
@@ -112,7 +112,7 @@ def no_secret(text: str, secret: str) -> None:
 
 async def test_handoff_is_the_documented_envelope_signed_with_the_desk_secret():
     async with Receiver() as desk:
-        acme = DeskEndpoint("acme", desk.base_url, desk.secret)
+        acme = ThirdPartyDeskEndpoint("acme", desk.base_url, desk.secret)
         result = await run(desks(acme).deliver_to_desk, handoff())
 
         assert result == DeliveryResult(outcome="delivered", status=202)
@@ -139,7 +139,7 @@ async def test_handoff_is_the_documented_envelope_signed_with_the_desk_secret():
 
 async def test_a_desk_url_with_a_path_keeps_it():
     async with Receiver() as desk:
-        acme = DeskEndpoint("acme", desk.base_url + "/api/v2/", desk.secret)
+        acme = ThirdPartyDeskEndpoint("acme", desk.base_url + "/api/v2/", desk.secret)
         assert (await run(desks(acme).deliver_to_desk, handoff())).outcome == "delivered"
         assert (await run(desks(acme).forward_to_desk, forward())).outcome == "delivered"
         assert [r.path for r in desk.requests] == ["/api/v2/handoffs", "/api/v2/messages"]
@@ -147,7 +147,7 @@ async def test_a_desk_url_with_a_path_keeps_it():
 
 async def test_retries_keep_the_webhook_id_sign_afresh_and_honour_retry_after():
     async with Receiver() as desk:
-        acts = desks(DeskEndpoint("acme", desk.base_url, desk.secret))
+        acts = desks(ThirdPartyDeskEndpoint("acme", desk.base_url, desk.secret))
         desk.script((503, {"Retry-After": "7"}), (429, {"Retry-After": "30"}), 408, 202)
 
         assert (await unavailable(acts.deliver_to_desk, handoff())).next_retry_delay == timedelta(seconds=7)
@@ -167,7 +167,7 @@ async def test_retries_keep_the_webhook_id_sign_afresh_and_honour_retry_after():
 async def test_any_2xx_means_received(status):
     async with Receiver() as desk:
         desk.script(status)
-        result = await run(desks(DeskEndpoint("acme", desk.base_url, desk.secret)).deliver_to_desk, handoff())
+        result = await run(desks(ThirdPartyDeskEndpoint("acme", desk.base_url, desk.secret)).deliver_to_desk, handoff())
     assert result == DeliveryResult(outcome="delivered", status=status)
 
 
@@ -185,7 +185,7 @@ async def test_any_2xx_means_received(status):
 async def test_handoff_refusals_are_returned_not_raised(status, answer, reason):
     async with Receiver() as desk:
         desk.script((status, {"Location": "http://elsewhere.example/"}, answer))
-        result = await run(desks(DeskEndpoint("acme", desk.base_url, desk.secret)).deliver_to_desk, handoff())
+        result = await run(desks(ThirdPartyDeskEndpoint("acme", desk.base_url, desk.secret)).deliver_to_desk, handoff())
 
     assert result == DeliveryResult(outcome="rejected", status=status, detail=f"desk 'acme' answered {status}: {reason}")
     assert len(desk.requests) == 1
@@ -195,7 +195,7 @@ async def test_handoff_refusals_are_returned_not_raised(status, answer, reason):
 async def test_handoff_transient_answers_raise_retryable(status):
     async with Receiver() as desk:
         desk.script(status)
-        err = await unavailable(desks(DeskEndpoint("acme", desk.base_url, desk.secret)).deliver_to_desk, handoff())
+        err = await unavailable(desks(ThirdPartyDeskEndpoint("acme", desk.base_url, desk.secret)).deliver_to_desk, handoff())
     assert f"answered {status}" in str(err)
 
 
@@ -209,7 +209,7 @@ async def test_unknown_desk_fails_for_good_naming_it():
 @pytest.mark.parametrize("secret", ["", "whsec_", "whsec_!!not-base64!!", "not-a-whsec-secret-at-all"])
 async def test_a_missing_or_malformed_secret_fails_for_good_without_showing_it(secret):
     async with Receiver() as desk:
-        acts = desks(DeskEndpoint("acme", desk.base_url, secret))
+        acts = desks(ThirdPartyDeskEndpoint("acme", desk.base_url, secret))
         for fn, arg in ((acts.deliver_to_desk, handoff()), (acts.forward_to_desk, forward())):
             err = await fails(fn, arg)
             assert err.non_retryable and err.type == Errors.BAD_CONFIGURATION and "'acme'" in str(err)
@@ -219,7 +219,7 @@ async def test_a_missing_or_malformed_secret_fails_for_good_without_showing_it(s
 
 
 async def test_a_lookup_that_breaks_fails_for_good():
-    def broken(name: str) -> DeskEndpoint | None:
+    def broken(name: str) -> ThirdPartyDeskEndpoint | None:
         raise RuntimeError("postgres://user:pw@db/desks is down")
 
     err = await fails(ThirdPartyDesks(broken, PUBLIC_URL, ALLOW).deliver_to_desk, handoff())
@@ -228,7 +228,7 @@ async def test_a_lookup_that_breaks_fails_for_good():
 
 async def test_the_secret_never_appears_in_errors_or_details():
     async with Receiver() as desk:
-        acts = desks(DeskEndpoint("acme", desk.base_url, desk.secret))
+        acts = desks(ThirdPartyDeskEndpoint("acme", desk.base_url, desk.secret))
         bare = desk.secret.removeprefix("whsec_")
         desk.script((422, {}, {"detail": f"bad secret {desk.secret}\nor {bare}"}), (409, {}, {"reason": bare}),
                     (500, {}, {"detail": desk.secret}))
@@ -239,10 +239,10 @@ async def test_the_secret_never_appears_in_errors_or_details():
         err = await unavailable(acts.deliver_to_desk, handoff())
         for text in (refused.detail, gone.detail, str(err), repr(err), repr(err.details)):
             no_secret(text, desk.secret)
-        assert desk.secret not in repr(DeskEndpoint("acme", desk.base_url, desk.secret))
+        assert desk.secret not in repr(ThirdPartyDeskEndpoint("acme", desk.base_url, desk.secret))
 
     # Nobody listening: a network error, retryable, and still without the secret.
-    closed = DeskEndpoint("acme", f"http://127.0.0.1:{free_port()}", desk.secret)
+    closed = ThirdPartyDeskEndpoint("acme", f"http://127.0.0.1:{free_port()}", desk.secret)
     for fn, arg in ((desks(closed).deliver_to_desk, handoff()), (desks(closed).forward_to_desk, forward())):
         err = await unavailable(fn, arg)
         assert "unreachable" in str(err)
@@ -252,14 +252,14 @@ async def test_the_secret_never_appears_in_errors_or_details():
 async def test_private_networks_are_refused_unless_allowed(monkeypatch):
     monkeypatch.delenv(ALLOW_PRIVATE_ENV, raising=False)
     async with Receiver() as desk:
-        acme = DeskEndpoint("acme", desk.base_url, desk.secret)
+        acme = ThirdPartyDeskEndpoint("acme", desk.base_url, desk.secret)
         for acts in (desks(acme, policy=OutboundPolicy(allow_private=False)), desks(acme, policy=None)):
             refused = await run(acts.deliver_to_desk, handoff())
             assert refused.outcome == "rejected" and refused.status is None and "loopback" in refused.detail
             gone = await run(acts.forward_to_desk, forward())
             assert gone.outcome == "gone" and "loopback" in gone.detail
         # Plain http to a public name is refused before anything is looked up or sent.
-        public = desks(DeskEndpoint("acme", "http://desk.example.com", desk.secret), policy=OutboundPolicy())
+        public = desks(ThirdPartyDeskEndpoint("acme", "http://desk.example.com", desk.secret), policy=OutboundPolicy())
         assert "plain http" in (await run(public.deliver_to_desk, handoff())).detail
         assert desk.requests == []
 
@@ -277,7 +277,7 @@ async def test_private_networks_are_refused_unless_allowed(monkeypatch):
 
 async def test_forward_is_redacted_signed_and_stable():
     async with Receiver() as desk:
-        result = await run(desks(DeskEndpoint("acme", desk.base_url, desk.secret)).forward_to_desk,
+        result = await run(desks(ThirdPartyDeskEndpoint("acme", desk.base_url, desk.secret)).forward_to_desk,
                            forward(f"my card is {CARD} ok?"))
 
         assert result == DeliveryResult(outcome="delivered", status=202)
@@ -297,7 +297,7 @@ async def test_forward_is_redacted_signed_and_stable():
 async def test_forward_final_answers(status, outcome):
     async with Receiver() as desk:
         desk.script((status, {}, {"detail": "conversation closed"}))
-        result = await run(desks(DeskEndpoint("acme", desk.base_url, desk.secret)).forward_to_desk, forward())
+        result = await run(desks(ThirdPartyDeskEndpoint("acme", desk.base_url, desk.secret)).forward_to_desk, forward())
 
     assert result.outcome == outcome and result.status == status and "conversation closed" in result.detail
 
@@ -305,7 +305,7 @@ async def test_forward_final_answers(status, outcome):
 @pytest.mark.parametrize("status", [408, 429, 500, 502])
 async def test_forward_transient_answers_are_retried_with_the_same_id(status):
     async with Receiver() as desk:
-        acts = desks(DeskEndpoint("acme", desk.base_url, desk.secret))
+        acts = desks(ThirdPartyDeskEndpoint("acme", desk.base_url, desk.secret))
         desk.script((status, {"Retry-After": "5"}))
         err = await unavailable(acts.forward_to_desk, forward())
         assert err.next_retry_delay == timedelta(seconds=5)
@@ -381,11 +381,11 @@ async def desk_api(dev_env, task_queue, registry, tmp_path, monkeypatch):
         config_file = tmp_path / "desks.yaml"
         config_file.write_text(f'desks:\n  acme: {{url: "{fake_desk.url}", secret_env: ACME_DESK_SECRET}}\n'
                                "routes:\n  - {name: default, to: {queue: general}}\n")
-        known = {"acme": DeskEndpoint("acme", fake_desk.url, DESK_SECRET),
-                 "mute": DeskEndpoint("mute", "https://mute.example", "")}
+        known = {"acme": ThirdPartyDeskEndpoint("acme", fake_desk.url, DESK_SECRET),
+                 "mute": ThirdPartyDeskEndpoint("mute", "https://mute.example", "")}
         app = FastAPI()
         app.state.client = dev_env.client
-        app.include_router(desk_events_router(known.get, lambda: registry))
+        app.include_router(third_party_desk_router(known.get, lambda: registry))
         async with baton_worker(dev_env.client, settings, registry, config=load_config(config_file)), serve(app) as http:
             yield DeskApi(http, dev_env.client, settings)
 

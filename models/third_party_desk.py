@@ -17,7 +17,7 @@ from models.filtering import SharedContext
 from models.protocol import CarriedEntry, Incoming, Url
 
 
-class DeskHandoff(BaseModel):
+class ThirdPartyDeskHandoff(BaseModel):
     """The deliver_to_desk activity's input (built by the workflow; context and transcript already filtered)."""
 
     desk: str
@@ -28,7 +28,7 @@ class DeskHandoff(BaseModel):
     transcript: list[TranscriptEntry] = Field(default_factory=list)
 
 
-class DeskForward(BaseModel):
+class ThirdPartyDeskForward(BaseModel):
     """The forward_to_desk activity's input: a user's message while the desk owns the conversation."""
 
     desk: str
@@ -38,10 +38,10 @@ class DeskForward(BaseModel):
     text: str
 
 
-# ---- the wire bodies Baton sends (built by activities/desk_adapter.py; tests/test_docs.py holds them to these) ---
+# ---- the wire bodies Baton sends (built by activities/third_party_desk.py; tests/test_docs.py holds them to these) ---
 
 
-class DeskHandoffEnvelope(BaseModel):
+class ThirdPartyDeskEnvelope(BaseModel):
     """POST {url}/handoffs: a conversation handed to the desk. Context and transcript are already filtered (the
     route's allowlist applied); a 2xx means received, the desk accepts or fails later on `callback_url`."""
 
@@ -53,7 +53,7 @@ class DeskHandoffEnvelope(BaseModel):
     callback_url: Url
 
 
-class DeskUserMessage(BaseModel):
+class ThirdPartyDeskUserMessage(BaseModel):
     """POST {url}/messages: the user's next message while the desk owns the conversation."""
 
     conversation_id: ConversationId
@@ -65,7 +65,7 @@ class DeskUserMessage(BaseModel):
 # ---- what the desk sends back -------------------------------------------------------------------------------
 
 
-class DeskEvent(Incoming):
+class ThirdPartyDeskEvent(Incoming):
     """POST /v1/desks/{desk}/events, signed with the desk's secret."""
 
     # The model validator below, said in the JSON Schema too (docs/schemas/desk/event.json).
@@ -89,7 +89,7 @@ class DeskEvent(Incoming):
     text: Text | None = None
 
     @model_validator(mode="after")
-    def _message_has_text(self) -> DeskEvent:
+    def _message_has_text(self) -> ThirdPartyDeskEvent:
         if self.type == "message" and (self.message_id is None or self.text is None):
             raise ValueError("a 'message' event needs 'message_id' and 'text'")
         return self

@@ -1,7 +1,7 @@
 """A third-party desk reached by webhook (Microsoft-handoff-style): hand it a conversation, forward the user's
-messages to it. Its status callbacks (accepted / failed / message / completed) arrive at api/desk_events.py.
-The protocol is specified in docs/desk-protocol.md; the bodies sent are models.desk.DeskHandoffEnvelope and
-DeskUserMessage.
+messages to it. Its status callbacks (accepted / failed / message / completed) arrive at api/third_party_desk.py.
+The protocol is specified in docs/desk-protocol.md; the bodies sent are models.third_party_desk.ThirdPartyDeskEnvelope and
+ThirdPartyDeskUserMessage.
 
 Every request is signed per Standard Webhooks with the desk's secret, with a `webhook-id` that stays the same on
 every retry of the same delivery. The desk's URL is operator-configured: it goes through the outbound policy
@@ -23,7 +23,7 @@ from activities.outbound import OutboundError, OutboundPolicy, Target, resolve_p
 from activities.signed_post import MAX_REASON as MAX_REASON  # re-exported
 from activities.signed_post import SignedPoster
 from models.conversation import DeliveryResult
-from models.desk import DeskForward, DeskHandoff
+from models.third_party_desk import ThirdPartyDeskForward, ThirdPartyDeskHandoff
 from models.names import Activities, Errors, Routes
 from models.protocol import MAX_CARRIED
 
@@ -35,7 +35,7 @@ CARRIED_FIELDS = {"seq", "message_id", "role", "author", "text", "at"}
 
 
 @dataclass(frozen=True)
-class DeskEndpoint:
+class ThirdPartyDeskEndpoint:
     """A configured desk: its base URL (we POST to `{url}/handoffs` and `{url}/messages`) and its
     Standard Webhooks secret (`whsec_<base64>`), which signs both directions."""
 
@@ -45,11 +45,11 @@ class DeskEndpoint:
     secret: str = field(repr=False)
 
 
-def handoff_webhook_id(h: DeskHandoff) -> str:
+def handoff_webhook_id(h: ThirdPartyDeskHandoff) -> str:
     return webhooks.webhook_id("dsk", h.conversation_id, h.handoff_id)
 
 
-def forward_webhook_id(m: DeskForward) -> str:
+def forward_webhook_id(m: ThirdPartyDeskForward) -> str:
     return webhooks.webhook_id("dskm", m.conversation_id, m.message_id)
 
 
@@ -73,14 +73,14 @@ class ThirdPartyDesks(SignedPoster):
 
     def __init__(
         self,
-        lookup: Callable[[str], DeskEndpoint | None],
+        lookup: Callable[[str], ThirdPartyDeskEndpoint | None],
         public_url: str,
         policy: OutboundPolicy | None = None,
     ) -> None:
         super().__init__(public_url, policy)
         self._lookup = lookup
 
-    def _endpoint(self, desk: str) -> DeskEndpoint:
+    def _endpoint(self, desk: str) -> ThirdPartyDeskEndpoint:
         """The desk's endpoint with a usable secret, or a final error naming the desk (never the secret)."""
         try:
             endpoint = self._lookup(desk)
@@ -101,7 +101,7 @@ class ThirdPartyDesks(SignedPoster):
             raise ApplicationError(f"desk {desk!r}: {e}", type=Errors.BAD_CONFIGURATION, non_retryable=True) from None
         return endpoint
 
-    async def _target(self, endpoint: DeskEndpoint, what: str) -> Target | str:
+    async def _target(self, endpoint: ThirdPartyDeskEndpoint, what: str) -> Target | str:
         """The checked target, or why the desk's URL is refused for good. A name that does not resolve may heal."""
         try:
             return await resolve_public(endpoint.url, self._resolved_policy())
@@ -111,8 +111,8 @@ class ThirdPartyDesks(SignedPoster):
             activity.logger.warning("%s not contacted: %s", what, e.reason)
             return f"{what} cannot be reached: {e.reason}"
 
-    @activity.defn(name=Activities.DELIVER_TO_DESK)
-    async def deliver_to_desk(self, h: DeskHandoff) -> DeliveryResult:
+    @activity.defn(name=Activities.DELIVER_TO_THIRD_PARTY_DESK)
+    async def deliver_to_desk(self, h: ThirdPartyDeskHandoff) -> DeliveryResult:
         """POST the handoff to `{url}/handoffs`. "delivered" means received: the desk accepts (or fails) later
         through its callback. 4xx other than 408/429 is "rejected"; 408/429/5xx and network errors are retried."""
         endpoint = self._endpoint(h.desk)
@@ -138,8 +138,8 @@ class ThirdPartyDesks(SignedPoster):
         response = await self._post(target, "/handoffs", body, endpoint.secret, handoff_webhook_id(h), what)
         return self._classify(response, what, endpoint.secret)
 
-    @activity.defn(name=Activities.FORWARD_TO_DESK)
-    async def forward_to_desk(self, m: DeskForward) -> DeliveryResult:
+    @activity.defn(name=Activities.FORWARD_TO_THIRD_PARTY_DESK)
+    async def forward_to_desk(self, m: ThirdPartyDeskForward) -> DeliveryResult:
         """POST the user's message to `{url}/messages`. 404/409/410 mean the desk no longer has the conversation
         ("gone"); other 4xx except 408/429 "rejected"; 408/429/5xx and network errors are retried."""
         endpoint = self._endpoint(m.desk)

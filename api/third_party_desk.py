@@ -26,7 +26,7 @@ from pydantic import BaseModel, ValidationError
 from temporalio.client import Client
 
 from activities import webhooks
-from activities.desk_adapter import DeskEndpoint
+from activities.third_party_desk import ThirdPartyDeskEndpoint
 from activities.filtering import redact_text
 from activities.registry import AgentRegistry
 from api.temporal import update
@@ -41,7 +41,7 @@ from models.conversation import (
     Role,
     State,
 )
-from models.desk import DeskEvent
+from models.third_party_desk import ThirdPartyDeskEvent
 from models.names import Routes, Updates
 
 _DESK_NAME = re.compile(NAME_PATTERN)
@@ -50,7 +50,7 @@ MAX_DESK_NAME = 128 - len("desk:")
 MAX_REDACTED_KINDS = 20
 
 
-class DeskEventAnswer(BaseModel):
+class ThirdPartyDeskEventAnswer(BaseModel):
     """The 200 answer to a desk event: the conversation's state and owner after it."""
 
     ok: bool = True
@@ -73,16 +73,16 @@ def replay_key(desk: str) -> str:
     return f"desk/{desk}"
 
 
-def _parse_event(body: bytes) -> DeskEvent:
+def _parse_event(body: bytes) -> ThirdPartyDeskEvent:
     try:
-        return DeskEvent.model_validate_json(body)
+        return ThirdPartyDeskEvent.model_validate_json(body)
     except ValidationError as err:
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in err.errors()[:10])
         raise HTTPException(422, f"desk event: {problems}") from None
 
 
-def desk_events_router(
-    lookup: Callable[[str], DeskEndpoint | None], registry: Callable[[], AgentRegistry]
+def third_party_desk_router(
+    lookup: Callable[[str], ThirdPartyDeskEndpoint | None], registry: Callable[[], AgentRegistry]
 ) -> APIRouter:
     """`lookup` finds a configured desk by name; `registry` holds the replay store (seen webhook ids)."""
     router = APIRouter(tags=["third-party desks"])
@@ -90,13 +90,13 @@ def desk_events_router(
     def client_of(request: Request) -> Client:
         return request.app.state.client
 
-    def endpoint_of(desk: str) -> DeskEndpoint:
+    def endpoint_of(desk: str) -> ThirdPartyDeskEndpoint:
         found = lookup(desk) if len(desk) <= MAX_DESK_NAME and _DESK_NAME.match(desk) else None
         if found is None:
             raise HTTPException(404, f"unknown desk '{desk[:MAX_DESK_NAME + 1]}'")
         return found
 
-    async def apply(client: Client, desk: str, event: DeskEvent) -> CommandResult:
+    async def apply(client: Client, desk: str, event: ThirdPartyDeskEvent) -> CommandResult:
         owner = owner_of(desk)
         conversation = event.conversation_id
         if event.type == "accepted":
@@ -107,7 +107,7 @@ def desk_events_router(
             reject = RejectHandoff(handoff_id=event.handoff_id, reason=event.reason or "the desk could not take it")
             return await update(client, conversation, Updates.REJECT_HANDOFF, reject)
         if event.type == "message":
-            assert event.message_id is not None and event.text is not None  # DeskEvent checks this
+            assert event.message_id is not None and event.text is not None  # ThirdPartyDeskEvent checks this
             # Whatever the desk's agent typed is redacted at our door, as every inbound text is.
             text, found = redact_text(event.text)
             said = AgentMessage(
@@ -123,7 +123,7 @@ def desk_events_router(
 
     @router.post(
         Routes.DESK_EVENTS,
-        response_model=DeskEventAnswer,
+        response_model=ThirdPartyDeskEventAnswer,
         responses={
             401: {"description": "missing, bad or stale signature"},
             404: {"description": "unknown desk or conversation"},
@@ -142,11 +142,11 @@ def desk_events_router(
         webhook_id = request.headers[webhooks.ID_HEADER]
         done = registry().recall(replay_key(desk), webhook_id)
         if done is not None:
-            stored = DeskEventAnswer.model_validate_json(done)
+            stored = ThirdPartyDeskEventAnswer.model_validate_json(done)
             return JSONResponse(status_code=200, content=stored.model_dump(mode="json"))
         event = _parse_event(body)
         result = await apply(client_of(request), desk, event)
-        answer = DeskEventAnswer(state=result.state, owner=result.owner)
+        answer = ThirdPartyDeskEventAnswer(state=result.state, owner=result.owner)
         registry().remember(replay_key(desk), webhook_id, answer.model_dump_json())
         return JSONResponse(status_code=200, content=answer.model_dump(mode="json"))
 
