@@ -186,7 +186,7 @@ async def ladder_with_business_hours(client, settings, cid, http, **_):
 async def continue_as_new_while_waiting(client, settings, cid, http, **_):
     """A user waits in a queue and writes on until the run continues as new; the next run carries the pending
     handoff (its position announcer restarts), an agent claims there and closes. Both runs are recorded."""
-    from workflows.conversation import RUN_EVENTS
+    from workflows.options import RUN_EVENTS
 
     agent = await live_agent(http, f"carol-{cid}", ["general"])
     await http.post(f"/v1/conversations/{cid}/messages", json={"message_id": "u0", "text": "I want a human"})
@@ -317,7 +317,7 @@ async def bounds_and_run_length(client, settings, cid, **_):
     """A context signal past the context's bound is refused and audited; a long chat continues as new at RUN_EVENTS
     (the recorded run ends with ContinuedAsNew)."""
     from models.conversation import MAX_CONTEXT_BYTES
-    from workflows.conversation import RUN_EVENTS
+    from workflows.options import RUN_EVENTS
 
     h = await start_conversation(client, settings, cid, text="Hello")
     await h.signal(Signals.SET_CONTEXT, ContextUpdate(profile={"name": "Ada"}))

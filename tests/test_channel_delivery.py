@@ -22,7 +22,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.channel import ChannelDeliverer, channel_webhook_id, retry_after
     from models.conversation import ChannelMessage, DeliveryResult, Role
     from models.names import Errors
-    from workflows.conversation import CHANNEL_RETRY, CHANNEL_SCHEDULE_TO_CLOSE, CHANNEL_START_TO_CLOSE
+    from workflows.options import CHANNEL_RETRY, CHANNEL_SCHEDULE_TO_CLOSE, CHANNEL_START_TO_CLOSE
     from tests.conftest import free_port
     from tests.receiver import Receiver
 

@@ -1,0 +1,126 @@
+"""The commands a signal or an update carries (a user's or an agent's message, hand back, close, context), and
+the refusals their handlers and validators share: an illegal command is refused, never applied."""
+
+from __future__ import annotations
+
+from temporalio import workflow
+
+with workflow.unsafe.imports_passed_through():
+    from models.conversation import (
+        AgentMessage,
+        CloseRequest,
+        CommandResult,
+        ContextUpdate,
+        HandBack,
+        HandoffRequest,
+        Role,
+        State,
+        UserMessage,
+        Work,
+    )
+    from models import notices
+    from workflows import views
+    from workflows.transitions import Event, may_speak, refusal
+    from workflows.base import Story
+
+
+class Commands(Story):
+    def _user_message(self, message: UserMessage) -> CommandResult:
+        if message.message_id in self._seen:
+            return self._result(duplicate=True)
+        # Accepted even while closing: a message is never dropped, it is at least recorded.
+        entry = self._append(Role.USER, message.author, message.text, message.message_id)
+        if message.redacted:
+            self._audit("redacted_at_ingress", seq=entry.seq, kinds=message.redacted)
+        if self.s.state is State.AI:
+            self.s.inbox.append(Work(kind="ai_turn", seq=entry.seq))
+        elif (link := self._link()) is not None:
+            # Owned by a target its kind's row says the user's messages are passed on to.
+            self.s.inbox.append(Work(kind="forward", seq=entry.seq, handoff_id=link.handoff_id))
+        elif (
+            self.s.state is State.HANDOFF_PENDING
+            and self.s.pending is not None
+            and self.s.pending.cancel_phrases
+            and views.is_cancel(message.text, self.s.pending.cancel_phrases)
+        ):
+            self._cancel("the user stopped waiting", by="user")
+        return self._result(seq=entry.seq)
+
+    def _via_refusal(self, message: UserMessage) -> str | None:
+        if message.via_agent is None:
+            return None
+        if self.s.peer is None or self.s.peer.agent_id != message.via_agent:
+            return f"this conversation was not handed to agent {message.via_agent}"
+        return None
+
+    def _agent_message_refusal(self, message: AgentMessage) -> str | None:
+        if not may_speak(self.s.state, message.role):
+            return f"a {message.role.value} cannot write in state '{self.s.state.value}'"
+        if message.author != self.s.owner:
+            return f"only the owner ({self.s.owner}) can write; {message.author} does not own the conversation"
+        return None
+
+    def _agent_message(self, message: AgentMessage) -> CommandResult:
+        if message.message_id in self._seen:
+            return self._result(duplicate=True)
+        entry = self._append(message.role, message.author, message.text, message.message_id)
+        if message.redacted:
+            self._audit("redacted_at_ingress", seq=entry.seq, kinds=message.redacted)
+        return self._result(seq=entry.seq)
+
+    def _handoff_refusal(self, request: HandoffRequest) -> str | None:
+        if (why := refusal(self.s.state, Event.REQUEST_HANDOFF)) is not None:
+            return why
+        if request.by is not None and request.by != self.s.owner:
+            return f"only the owner ({self.s.owner}) can transfer; {request.by} does not own the conversation"
+        return None
+
+    def _hand_back_refusal(self, request: HandBack) -> str | None:
+        if (why := refusal(self.s.state, Event.HAND_BACK)) is not None:
+            return why
+        if request.by is not None and request.by != self.s.owner:
+            return f"only the owner ({self.s.owner}) can hand back; {request.by} does not own the conversation"
+        return None
+
+    def _hand_back(self, request: HandBack) -> None:
+        previous_owner = self.s.owner
+        self._transition(Event.HAND_BACK, owner="ai", queue=None)
+        # The marker tells the AI that a human (or another agent) stretch ended, so it speaks up again.
+        self.s.human_stretch_ended = True
+        self._audit("handed_back", by=previous_owner, reason=request.reason)
+        self.s.inbox.append(Work(kind="ai_resume", seq=self.s.seq))
+        self._publish()
+
+    def _close_refusal(self, request: CloseRequest) -> str | None:
+        if (why := refusal(self.s.state, Event.CLOSE)) is not None:
+            return why
+        if request.by is not None and request.by != self.s.owner:
+            return (
+                f"only the owner ({self.s.owner}) can close; {request.by} does not own the conversation "
+                f"(state '{self.s.state.value}')"
+            )
+        return None
+
+    def _close(self, reason: str, peer_event: str | None = "close") -> None:
+        """On a conversation handed to us, the closing entry goes back to the sender as `peer_event`
+        (`close`, or `hand_back` when our side merely ended), or not at all (None: the sender ended it)."""
+        self._transition(Event.CLOSE, owner=None, queue=None)
+        self.s.pending = None
+        self.s.waiting_since = None
+        self.s.closed_reason = reason
+        self._audit("closed", reason=reason)
+        if self.s.peer is None:
+            self._say(Role.SYSTEM, "system", notices.CLOSED)
+        else:
+            text = notices.HANDED_BACK_TO_REFERRER if peer_event == "hand_back" else notices.CLOSED
+            self._append(Role.SYSTEM, "system", text, event=peer_event, deliver=peer_event is not None)
+        self._publish()
+
+    def _merge_context(self, update: ContextUpdate) -> None:
+        self.s.context = views.merged_context(self.s.context, update)
+        self._audit(
+            "context_updated",
+            keys={s: sorted(getattr(update, s) or {}) for s in ("profile", "slots", "metadata")},
+            sealed=sorted(update.sealed),
+            **({"withheld": [w.model_dump() for w in update.withheld]} if update.withheld else {}),
+        )
