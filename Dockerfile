@@ -18,6 +18,7 @@ COPY pyproject.toml README.md ./
 COPY models/ models/
 COPY workflows/ workflows/
 COPY activities/ activities/
+COPY runtime/ runtime/
 COPY workers/ workers/
 COPY api/ api/
 RUN pip wheel --wheel-dir /wheels .

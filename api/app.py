@@ -37,7 +37,6 @@ from api.protocol import protocol_router
 from api.readiness import Readiness
 from api.targets import check_targets
 from api.temporal import (
-    WORKFLOW_TASK_TIMEOUT,
     conflict,
     initial_attributes,
     start_input,
@@ -61,9 +60,10 @@ from models.conversation import (
     json_size,
 )
 from models.names import WORKFLOW_TYPE, Queries, Routes, Updates, workflow_id
-from workers import routing_config
+from runtime import routing_config
+from runtime.temporal import WORKFLOW_TASK_TIMEOUT
 from workflows import views
-from workers.settings import Settings
+from runtime.settings import Settings
 
 ConversationPath = Annotated[
     str, Path(min_length=1, max_length=128, pattern=ID_PATTERN, alias="conversation_id")
@@ -100,7 +100,7 @@ def create_app(
 
     async def lifespan(app: FastAPI):
         if app.state.client is None:
-            from workers.worker import connect
+            from runtime.temporal import connect
 
             app.state.client = await connect()
         yield

@@ -45,7 +45,7 @@ from models.conversation import (
     TranscriptQuery,
 )
 from models.names import Queries, Updates
-from workers.settings import Settings
+from runtime.settings import Settings
 
 ConversationPath = Annotated[
     str, Path(min_length=1, max_length=128, pattern=ID_PATTERN, alias="conversation_id")

@@ -6,10 +6,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from temporalio.client import Client
 
 from activities.filtering import redact_text
-from api.temporal import WORKFLOW_TASK_TIMEOUT, initial_attributes, start_input
+from api.temporal import initial_attributes, start_input
 from models.conversation import MAX_TEXT, MessageId, Name, UserMessage
 from models.names import WORKFLOW_TYPE, Signals, workflow_id
-from workers.settings import Settings
+from runtime.settings import Settings
+from runtime.temporal import WORKFLOW_TASK_TIMEOUT
 
 
 class MessageIn(BaseModel):

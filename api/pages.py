@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from api.messages import Accepted, MessageIn, send_user_message
 from api.stream import conversation_events, resume_point
 from models.conversation import MAX_TEXT, MessageId
-from workers.settings import Settings
+from runtime.settings import Settings
 
 STATIC = Path(__file__).parent / "static"
 

@@ -24,7 +24,7 @@ from activities.filtering import apply_filter, redact_text
 from activities.outbound import OutboundError, OutboundPolicy, resolve_public
 from activities.registry import AgentRegistry
 from api.agents import AgentPath, signed_by
-from api.temporal import WORKFLOW_TASK_TIMEOUT, initial_attributes, start_input, update
+from api.temporal import initial_attributes, start_input, update
 from models.conversation import (
     ID_PATTERN,
     MAX_TEXT,
@@ -40,7 +40,8 @@ from models.conversation import (
 from models.filtering import FilterContext, FilterRequest
 from models.names import WORKFLOW_TYPE, Routes, Updates, workflow_id
 from models.protocol import HandoffAccepted, HandoffEnvelope, PeerEvent, PeerMessage
-from workers.settings import Settings
+from runtime.settings import Settings
+from runtime.temporal import WORKFLOW_TASK_TIMEOUT
 
 RemotePath = Annotated[str, Path(min_length=1, max_length=128, pattern=ID_PATTERN)]
 PLATFORM_CHANNEL = "platform"

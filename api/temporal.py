@@ -19,7 +19,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from models.conversation import CommandResult, ConversationInput
 from models.names import Errors, SearchAttributes, workflow_id
-from workers.settings import Settings
+from runtime.settings import Settings
 
 T = TypeVar("T")
 
@@ -143,12 +143,6 @@ async def update(client: Client, conversation_id: str, name: str, arg: Any) -> C
         raise
 
 
-# A workflow task that a worker took and never finished (the worker crashed) is handed to another worker only after
-# this long; Temporal's default is 10 s, which held a crashed worker's conversations back for 8 s after a restart
-# (bench/worker_crash.py). Every task must finish well within it: a run holds at most a few hundred history events
-# (workflows.conversation.SHORT_RUN_EVENTS), so a cold replay takes well under a second here. A run continued as new
-# keeps its run's value.
-WORKFLOW_TASK_TIMEOUT = timedelta(seconds=3)
 
 
 def start_input(settings: Settings, conversation_id: str, channel: str, **more: Any) -> ConversationInput:

@@ -39,7 +39,7 @@ from temporalio.worker import WorkflowInstance, WorkflowRunner
 
 from bench import baseline
 from models.conversation import ConversationInput, UserMessage
-from api.temporal import WORKFLOW_TASK_TIMEOUT
+from runtime.temporal import WORKFLOW_TASK_TIMEOUT
 from models.names import WORKFLOW_TYPE, SearchAttributes, Signals, workflow_id
 
 DEV_SERVER = Path(sys.executable).parent / "temporal"
@@ -595,7 +595,7 @@ def build_bench_worker(kind: str, client: Client, http: httpx.AsyncClient, task_
     options = options or {}
     if kind == "baton":
         from activities import webhooks
-        from workers.settings import Settings
+        from runtime.settings import Settings
         from workers.worker import build_worker
 
         settings = Settings(task_queue=task_queue, channel_url=channel_url, channel_secret=webhooks.generate_secret())

@@ -5,11 +5,6 @@ replays, since texts are data, not commands (though a longer text fills a run's 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from models.conversation import HandoffTarget
-
 # The AI agent failed and no rule hands the conversation on.
 AI_FAILURE = "Sorry, I can't answer right now. Please try again in a moment."
 
@@ -47,18 +42,18 @@ HANDED_BACK_TO_REFERRER = "Handed back to the referring assistant."
 
 
 # While a handoff's target is reached (models.targets: each kind's `notice`).
-def waiting_for_a_person(target: HandoffTarget, position: int | None = None) -> str:
+def waiting_for_a_person(target: object, position: int | None = None) -> str:
     text = "I'm connecting you with a person. Please stay here; someone will be with you shortly."
     if position is not None:
         text += f" You are number {position} in the queue."
     return text
 
 
-def waiting_for_a_team(target: HandoffTarget, position: int | None = None) -> str:
+def waiting_for_a_team(target: object, position: int | None = None) -> str:
     return "I'm connecting you with our support team. Please stay here; someone will be with you shortly."
 
 
-def waiting_for_an_assistant(target: HandoffTarget, position: int | None = None) -> str:
+def waiting_for_an_assistant(target: object, position: int | None = None) -> str:
     return "I'm connecting you with a specialist assistant. One moment, please."
 
 

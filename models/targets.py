@@ -18,12 +18,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from models import notices
 
-if TYPE_CHECKING:
-    from models.conversation import HandoffTarget
+
+class HandoffTarget(Protocol):
+    """What this module reads of models.conversation.HandoffTarget (which imports this module): its fields by name
+    (`getattr`), and the ends' message."""
+
+    message: str | None
+    leave_message: bool
 
 
 class Reach(StrEnum):

@@ -22,7 +22,7 @@ from api.serve import EmbeddedServer
 from models.conversation import ConversationInput, Snapshot, TranscriptPage, UserMessage
 from models.names import WORKFLOW_TYPE, Queries, Signals, workflow_id
 from tests.conftest import free_port
-from workers.settings import Settings
+from runtime.settings import Settings
 from workers.worker import build_worker, http_client
 
 T = TypeVar("T")

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from tests.conftest import DEV_SERVER, free_port
-from workers.settings import KEYS_FILE, read_keys_file
+from runtime.settings import KEYS_FILE, read_keys_file
 
 BATON = Path(sys.executable).parent / "baton"
 CRASH = "The app crashes with an error"

@@ -18,7 +18,7 @@ from models.names import Signals, workflow_id
 from tests.browser import ChatTab, ConsoleTab, Tab, tab
 from tests.harness import baton_api, baton_worker, settings_for
 from tests.test_embedded import CRASH, Embedded
-from workers.settings import Settings
+from runtime.settings import Settings
 
 ADMIN = {"Authorization": "Bearer ba_test_admin"}
 SECRET = "s3cret-session-value-for-auth"

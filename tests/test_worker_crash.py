@@ -136,7 +136,7 @@ async def test_workflows_run_unsandboxed_unless_BATON_WORKFLOW_SANDBOX_and_the_s
     from temporalio.worker import UnsandboxedWorkflowRunner
     from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
-    from workers.settings import Settings
+    from runtime.settings import Settings
     from workers.worker import build_id, build_worker, http_client
 
     assert Settings.from_env({}).workflow_sandbox is False

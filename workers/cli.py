@@ -19,8 +19,8 @@ from activities import sealing, webhooks
 from api.readiness import Readiness
 from api.serve import EmbeddedServer
 from models.names import Routes
-from workers import routing_config
-from workers.settings import KEYS_FILE, Settings, ensure_dev_keys, read_keys_file
+from runtime import routing_config
+from runtime.settings import KEYS_FILE, Settings, ensure_dev_keys, read_keys_file
 
 log = logging.getLogger("baton")
 
@@ -96,7 +96,7 @@ async def _run_parts(
 
 async def _dev(args: argparse.Namespace) -> None:
     from workers.devserver import DevServer
-    from workers.worker import connect
+    from runtime.temporal import connect
 
     settings = Settings.from_env()
     if args.home:
@@ -253,7 +253,7 @@ Try:
 
 
 async def _component(parts: list[str]) -> None:
-    from workers.worker import connect
+    from runtime.temporal import connect
 
     settings = Settings.from_env()
     settings.check(api="api" in parts)

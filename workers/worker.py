@@ -12,8 +12,6 @@ from typing import Any
 import httpx
 from temporalio import activity
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.envconfig import ClientConfig
 from temporalio.worker import (
     ActivityInboundInterceptor,
     ExecuteActivityInput,
@@ -31,8 +29,8 @@ from activities.registry import AgentRegistry, SqliteRegistry
 from activities.stream import StreamBell, StreamStore, stream_path
 from activities.routing import IntentFirst, Router
 from models.config import BatonConfig
-from workers import routing_config
-from workers.settings import Settings
+from runtime import routing_config
+from runtime.settings import Settings
 from workflows.conversation import Conversation
 
 
@@ -70,17 +68,6 @@ class HeartbeatWhileSlow(Interceptor):
 
     def intercept_activity(self, next: ActivityInboundInterceptor) -> ActivityInboundInterceptor:
         return _Heartbeats(next)
-
-
-async def connect(target: str | None = None, namespace: str | None = None) -> Client:
-    """TEMPORAL_ADDRESS, TEMPORAL_NAMESPACE, TEMPORAL_API_KEY, TLS... via the SDK's envconfig."""
-    config = ClientConfig.load_client_connect_config()
-    if target:
-        config["target_host"] = target
-    if namespace:
-        config["namespace"] = namespace
-    config.setdefault("target_host", "localhost:7233")
-    return await Client.connect(**config, data_converter=pydantic_data_converter)
 
 
 def http_client() -> httpx.AsyncClient:

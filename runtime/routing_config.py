@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from activities.third_party_desk import ThirdPartyDeskEndpoint
 from models.config import BatonConfig, ConfigError, default_config, load_config
-from workers.settings import Settings
+from runtime.settings import Settings
 
 
 def load(settings: Settings) -> BatonConfig:
