@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench clean chromium
+.PHONY: run test bench clean browsers
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Baton needs Python >= 3.11")'
@@ -17,17 +17,20 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/baton dev
 
-test: $(STAMP) chromium
+test: $(STAMP) browsers
 	$(BIN)/python -m pytest
 
-# The page tests drive Debian's chromium with Playwright (no browser download): installed from Debian's packages
-# when missing (as root, or with password-less sudo).
+# The page tests drive Debian's chromium and firefox-esr with Playwright (no browser download): both installed from
+# Debian's packages when missing (as root, or with password-less sudo), in one apt-get.
 CHROMIUM := /usr/bin/chromium
-chromium:
-	@test -x $(CHROMIUM) || { \
+FIREFOX := /usr/bin/firefox-esr
+browsers:
+	@missing=; test -x $(CHROMIUM) || missing=chromium; \
+	test -x $(FIREFOX) || missing="$${missing:+$$missing }firefox-esr"; \
+	[ -z "$$missing" ] || { \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; elif sudo -n true 2>/dev/null; then SUDO="sudo -n"; \
-	  else echo "make test: the page tests need Debian's chromium: run 'sudo apt-get install -y chromium'" >&2; exit 1; fi; \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium; }
+	  else echo "make test: the page tests need Debian's $$missing: run 'sudo apt-get install -y $$missing'" >&2; exit 1; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; }
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.throughput

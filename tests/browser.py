@@ -6,10 +6,16 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
+import pytest
 from playwright.async_api import Browser, Locator, Page, expect
 
 # Temporal on two shared cores: a reply can take a few seconds to come round.
 expect.set_options(timeout=30_000)
+
+# The browsers a page test can run in (fixtures of tests/conftest.py): the `browser` of a test marked with this is
+# each in turn (test ids `[chromium]`, `[firefox]`); without it, Chromium.
+BROWSERS = ("chromium", "firefox")
+in_each_browser = pytest.mark.parametrize("browser", BROWSERS, indirect=True)
 
 
 class Tab:

@@ -1,6 +1,7 @@
 """The faces in a real headless Chromium (Debian's package, driven by Playwright), against real Temporal and the real
 API on loopback: the chat page (`/chat`) and the agent console (`/console`), found by role and accessible name as a
-screen reader finds them. Also the demo session's and the pages' security at the HTTP level."""
+screen reader finds them; the tests marked `@in_each_browser` run in Debian's Firefox ESR as well. Also the demo
+session's and the pages' security at the HTTP level."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from playwright.async_api import expect
 
 from models.conversation import UserMessage
 from models.names import Signals, workflow_id
-from tests.browser import ChatTab, ConsoleTab, Tab, tab
+from tests.browser import ChatTab, ConsoleTab, Tab, in_each_browser, tab
 from tests.harness import baton_api, baton_worker, settings_for
 from tests.test_embedded import CRASH, Embedded
 from runtime.settings import Settings
@@ -127,6 +128,7 @@ async def chat_and_console(demo: Demo, browser, agent_id: str):
 # ---- the walk-throughs -----------------------------------------------------------------------------------------
 
 
+@in_each_browser
 async def test_a_user_asks_for_a_person_two_agents_race_the_winner_talks_then_releases_to_the_ai(demo, browser):
     tokens = {"alice": await demo.live_agent("alice"), "bob": await demo.live_agent("bob")}
     async with (
@@ -317,6 +319,7 @@ async def test_an_agent_works_two_conversations_transfers_one_to_a_named_agent_a
 # ---- what users and agents type is text ------------------------------------------------------------------------
 
 
+@in_each_browser
 async def test_html_in_messages_is_shown_as_text_on_both_pages(demo, browser):
     async with chat_and_console(demo, browser, "carol") as (chat, carol, conversation):
         await chat.say("I want to talk to a human")
@@ -340,6 +343,7 @@ async def test_html_in_messages_is_shown_as_text_on_both_pages(demo, browser):
 # ---- signing in, sessions and what the pages expose ------------------------------------------------------------
 
 
+@in_each_browser
 async def test_a_wrong_token_cannot_sign_in_and_the_right_one_is_kept_for_the_tab_only(demo, browser):
     token = await demo.live_agent("dana")
     async with tab(browser, demo.base, "/console", ConsoleTab) as console:
