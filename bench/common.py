@@ -12,7 +12,6 @@ import platform
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -22,7 +21,7 @@ import traceback
 import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -39,10 +38,10 @@ from temporalio.worker import WorkflowInstance, WorkflowRunner
 
 from bench import baseline
 from models.conversation import ConversationInput, UserMessage
+from devkit.temporal import DEV_SERVER, free_port, start_dev_server
 from runtime.temporal import WORKFLOW_TASK_TIMEOUT
 from models.names import WORKFLOW_TYPE, SearchAttributes, Signals, workflow_id
 
-DEV_SERVER = Path(sys.executable).parent / "temporal"
 
 # The dev server's defaults (temporal server 1.32 dynamic config), to compare measured histories against.
 HISTORY_SUGGEST_CAN_EVENTS = 4 * 1024
@@ -83,12 +82,6 @@ def run_main(main: Callable[[], Awaitable[dict[str, Any]]]) -> None:
         progress("interrupted; everything started was stopped")
         raise SystemExit(130) from None
     emit(result)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def machine_info() -> dict[str, Any]:
@@ -204,11 +197,6 @@ async def dev_server(
     (the CLI would otherwise write its banner to our stdout, where only the JSON belongs)."""
     workdir = Path(tempfile.mkdtemp(prefix="baton-bench-"))
     log_path = workdir / "temporal.log"
-    extra = ["--http-port", str(free_port()), "--metrics-port", str(free_port())]
-    db = None
-    if sqlite:
-        db = str(workdir / "temporal.db")
-        extra += ["--sqlite-pragma", "journal_mode=wal", "--sqlite-pragma", "synchronous=normal"]
     before = {p.pid for p in psutil.Process().children(recursive=True)}
     log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     saved = os.dup(1), os.dup(2)
@@ -217,17 +205,7 @@ async def dev_server(
     os.dup2(log_fd, 1)
     os.dup2(log_fd, 2)
     try:
-        env = await WorkflowEnvironment.start_local(
-            dev_server_existing_path=str(DEV_SERVER),
-            search_attributes=SearchAttributes.ALL,
-            data_converter=pydantic_data_converter,
-            dev_server_database_filename=db,
-            dev_server_log_level="warn",
-            dev_server_log_format="json",
-            dev_server_extra_args=extra,
-            dev_server_startup_timeout=timedelta(seconds=60),
-            runtime=runtime,
-        )
+        env = await start_dev_server(database=workdir / "temporal.db" if sqlite else None, runtime=runtime, quiet=True)
     except BaseException:
         os.dup2(saved[0], 1)
         os.dup2(saved[1], 2)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import sys
 import uuid
 from pathlib import Path
@@ -14,27 +13,8 @@ from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
+from devkit.temporal import TEST_SERVER, start_dev_server
 from models.names import SearchAttributes
-
-BIN = Path(sys.executable).parent
-DEV_SERVER = BIN / "temporal"
-TEST_SERVER = BIN / "temporal-test-server"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-async def start_dev_server(*extra_args: str) -> WorkflowEnvironment:
-    """A dev server on free ports with Baton's search attributes registered."""
-    return await WorkflowEnvironment.start_local(
-        dev_server_existing_path=str(DEV_SERVER),
-        search_attributes=SearchAttributes.ALL,
-        data_converter=pydantic_data_converter,
-        dev_server_extra_args=["--http-port", str(free_port()), "--metrics-port", str(free_port()), *extra_args],
-    )
 
 
 @pytest_asyncio.fixture(scope="session")

@@ -21,7 +21,7 @@ from api.app import create_app
 from api.serve import EmbeddedServer
 from models.conversation import ConversationInput, Snapshot, TranscriptPage, UserMessage
 from models.names import WORKFLOW_TYPE, Queries, Signals, workflow_id
-from tests.conftest import free_port
+from devkit.temporal import free_port
 from runtime.settings import Settings
 from workers.worker import build_worker, http_client
 

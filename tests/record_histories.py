@@ -32,7 +32,7 @@ from models.conversation import (
 from activities.registry import SqliteRegistry
 from models.config import load_config
 from models.names import Signals, Updates, workflow_id
-from tests.conftest import free_port, start_dev_server
+from devkit.temporal import free_port, start_dev_server
 from tests.harness import baton_api, baton_worker, settings_for, snapshot, start_conversation
 from tests.receiver import Receiver
 

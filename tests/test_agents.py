@@ -200,7 +200,7 @@ async def test_verify_and_save_refuses_wrong_credentials_and_saves_nothing(http,
 
 
 async def test_verify_and_save_reports_a_dead_domain(http, private_networks):
-    from tests.conftest import free_port
+    from devkit.temporal import free_port
 
     r = await connect(http, agent_id="agt_x", secret=webhooks.generate_secret(), domain=f"http://127.0.0.1:{free_port()}")
     assert r.status_code == 422 and r.json()["detail"].startswith("domain: could not reach")

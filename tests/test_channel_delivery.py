@@ -23,7 +23,7 @@ with workflow.unsafe.imports_passed_through():
     from models.conversation import ChannelMessage, DeliveryResult, Role
     from models.names import Errors
     from workflows.options import CHANNEL_RETRY, CHANNEL_SCHEDULE_TO_CLOSE, CHANNEL_START_TO_CLOSE
-    from tests.conftest import free_port
+    from devkit.temporal import free_port
     from tests.receiver import Receiver
 
 

@@ -10,7 +10,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 
 from models.conversation import ConversationInput, UserMessage
 from models.names import Signals
-from tests.conftest import start_dev_server
+from devkit.temporal import start_dev_server
 from tests.harness import baton_api, baton_worker, eventually, settings_for, start_conversation
 from tests.receiver import Receiver
 

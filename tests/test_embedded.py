@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import DEV_SERVER, free_port
+from devkit.temporal import DEV_SERVER, free_port
 from runtime.settings import KEYS_FILE, read_keys_file
 
 BATON = Path(sys.executable).parent / "baton"

@@ -21,7 +21,7 @@ from activities.registry import SqliteRegistry
 from models.conversation import DeliveryResult, Role, TranscriptEntry
 from models.filtering import SharedContext
 from models.protocol import ForwardMessage, HandoffDelivery, HandoffEnvelope, HandoffOutcome, PeerDelivery, PeerEvent
-from tests.conftest import free_port
+from devkit.temporal import free_port
 from tests.receiver import Receiver
 
 PUBLIC_URL = "https://baton.example/"

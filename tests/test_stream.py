@@ -313,7 +313,7 @@ async def _ready(url: str, proc, within: float = 30) -> None:
 async def test_two_api_processes_one_stream_resumes_on_the_other(dev_env, task_queue, channel):
     import httpx
 
-    from tests.conftest import free_port
+    from devkit.temporal import free_port
 
     settings = settings_for(task_queue, channel_url=channel.url, channel_secret=channel.secret)
     address = dev_env.client.service_client.config.target_host

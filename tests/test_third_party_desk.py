@@ -51,7 +51,7 @@ from models.conversation import (
 from models.third_party_desk import ThirdPartyDeskForward, ThirdPartyDeskHandoff
 from models.filtering import SharedContext
 from models.names import Queries, Updates
-from tests.conftest import free_port
+from devkit.temporal import free_port
 from models.config import load_config
 from tests.harness import baton_worker, settings_for, snapshot, start_conversation, transcript
 from tests.receiver import Receiver

@@ -18,7 +18,7 @@ from activities import webhooks
 from activities.registry import SqliteRegistry
 from models.conversation import State
 from models.names import workflow_id
-from tests.conftest import free_port
+from devkit.temporal import free_port
 from tests.harness import baton_api, baton_worker, eventually, history_text, settings_for
 from tests.receiver import Receiver
 
