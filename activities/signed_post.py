@@ -1,11 +1,12 @@
-"""The signed-webhook plumbing shared by the outbound activities that POST to a remote (activities/platform.py,
-activities/third_party_desk.py): resolve the outbound policy, POST a body signed per Standard Webhooks afresh on every
+"""The signed-webhook plumbing shared by every outbound activity that POSTs (activities/platform.py,
+activities/third_party_desk.py, activities/channel.py): resolve the outbound policy, POST a body signed per Standard Webhooks afresh on every
 attempt, and sort the answer into delivered / gone / rejected, or a retryable error of the caller's type."""
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar
 
 import httpx
@@ -13,7 +14,6 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities import webhooks
-from activities.channel import retry_after
 from activities.outbound import OutboundError, OutboundPolicy, Target, post_json
 from models.conversation import DeliveryResult
 from models.names import Errors
@@ -25,7 +25,7 @@ def unavailable(
     error_type: str, reason: str, status: int | None = None, response: httpx.Response | None = None
 ) -> ApplicationError:
     """A retryable error of `error_type`, waiting as long as the answer's Retry-After asks (if it does)."""
-    delay = retry_after(response.headers.get("retry-after")) if response is not None else None
+    delay = webhooks.retry_after(response.headers.get("retry-after")) if response is not None else None
     return ApplicationError(reason, {"status": status}, type=error_type, next_retry_delay=delay)
 
 
@@ -81,10 +81,18 @@ class SignedPoster:
     async def _post(
         self, target: Target, path: str, body: bytes, secret: str, msg_id: str, what: str
     ) -> httpx.Response:
-        # Signed afresh per attempt, so a retry after a long outage is not refused as stale.
+        """POST to a remote platform's address, resolved and pinned by the outbound policy."""
+        return await self._signed(lambda headers: post_json(target, path, body, headers), body, secret, msg_id, what)
+
+    async def _signed(
+        self, send: Callable[[dict[str, str]], Awaitable[httpx.Response]], body: bytes, secret: str, msg_id: str,
+        what: str,
+    ) -> httpx.Response:
+        """`send` the body with its Standard Webhooks headers, signed afresh per attempt (so a retry after a long
+        outage is not refused as stale); a timeout or a transport failure is a retryable error of our type."""
         headers = {**webhooks.headers(secret, msg_id, body, int(time.time())), "user-agent": self.user_agent}
         try:
-            return await post_json(target, path, body, headers)
+            return await send(headers)
         except httpx.TimeoutException as e:
             raise self._unavailable(f"{what} did not answer in time ({type(e).__name__})") from None
         except httpx.HTTPError as e:
@@ -93,15 +101,16 @@ class SignedPoster:
             raise self._unavailable(f"{what} unreachable ({e.reason})") from None
 
     def _classify(
-        self, response: httpx.Response, what: str, secret: str, gone: tuple[int, ...] = ()
+        self, response: httpx.Response, what: str, secret: str, gone: tuple[int, ...] = (),
+        reason: Callable[[httpx.Response], str] | None = None,
     ) -> DeliveryResult:
         """2xx delivered; 408/429/5xx retried; a status in `gone` means the remote no longer has the conversation;
-        any other answer is rejected."""
+        any other answer is rejected, with the remote's own reason (or what `reason` says of it)."""
         status = response.status_code
         if 200 <= status < 300:
             return DeliveryResult(outcome="delivered", status=status)
         if webhooks.retryable(status):
             raise self._unavailable(f"{what} answered {status}", status, response)
-        detail = f"{what} answered {status}: {remote_reason(response, secret)}"
+        detail = f"{what} answered {status}: {(reason or (lambda r: remote_reason(r, secret)))(response)}"
         activity.logger.warning("%s", detail)
         return DeliveryResult(outcome="gone" if status in gone else "rejected", status=status, detail=detail)

@@ -10,8 +10,12 @@ import re
 import secrets as _random
 import time
 from collections.abc import Iterable, Mapping
+from datetime import datetime, timedelta, timezone
+from email.utils import parsedate_to_datetime
 
 SECRET_PREFIX = "whsec_"
+# The longest Retry-After a remote may ask for; a longer one is capped.
+MAX_RETRY_AFTER = timedelta(hours=1)
 SIGNATURE_VERSION = "v1"
 DEFAULT_TOLERANCE_S = 300
 
@@ -44,6 +48,28 @@ def webhook_id(kind: str, *parts: object) -> str:
 def retryable(status: int) -> bool:
     """Every outbound call's rule: 408, 429 and 5xx are tried again later; any other non-2xx answer is final."""
     return status in (408, 429) or status >= 500
+
+
+def retry_after(value: str | None, now: datetime | None = None) -> timedelta | None:
+    """A Retry-After header (delta-seconds or HTTP-date) as a delay, capped at an hour; None if absent or unusable."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isascii() and value.isdigit():
+        # Capped before conversion: an absurd number of seconds would overflow timedelta.
+        delay = timedelta(seconds=min(int(value), int(MAX_RETRY_AFTER.total_seconds())))
+    else:
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=timezone.utc)
+        delay = when - (now or datetime.now(timezone.utc))
+    # A zero or past delay means "now": leave the pacing to the retry policy rather than hammering the backend.
+    if delay <= timedelta(0):
+        return None
+    return min(delay, MAX_RETRY_AFTER)
 
 
 def generate_secret(num_bytes: int = 32) -> str:

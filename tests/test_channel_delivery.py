@@ -19,7 +19,8 @@ with workflow.unsafe.imports_passed_through():
     from temporalio.testing import ActivityEnvironment
     from temporalio.worker import Worker
 
-    from activities.channel import ChannelDeliverer, channel_webhook_id, retry_after
+    from activities.channel import ChannelDeliverer, channel_webhook_id
+    from activities.webhooks import retry_after
     from models.conversation import ChannelMessage, DeliveryResult, Role
     from models.names import Errors
     from workflows.options import CHANNEL_RETRY, CHANNEL_SCHEDULE_TO_CLOSE, CHANNEL_START_TO_CLOSE
