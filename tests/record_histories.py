@@ -217,6 +217,32 @@ async def continue_as_new_while_waiting(client, settings, cid, http, **_):
 continue_as_new_while_waiting.suffixes = ("", "_next_run")  # type: ignore[attr-defined]
 
 
+async def ai_failure_is_routed(client, settings, cid, config, registry, **_):
+    """The AI agent fails for good (a customer's bot that answers 400): the config's `ai_failure` rule hands the
+    conversation to a queue, where a live agent accepts; they close it. Its own worker and task queue, with the
+    webhook agent pointed at a receiver that refuses every turn."""
+    async with Receiver(verify_signatures=False, path="/bot") as bot:
+        bot.script(*[400] * 5)
+        failing = settings.model_copy(update={"task_queue": f"{settings.task_queue}-ai-failure", "ai_agent": bot.url})
+        async with baton_worker(client, failing, registry, config=config):
+            h = await start_conversation(client, failing, cid, text="Hello")
+            while not ((snap := await snapshot(h)).pending_handoff and snap.pending_handoff.routed):
+                await asyncio.sleep(0.05)
+            await h.execute_update(
+                Updates.ACCEPT_HANDOFF, AcceptHandoff(handoff_id=snap.pending_handoff.handoff_id, owner="alice"),
+                result_type=CommandResult,
+            )
+            await h.execute_update(
+                Updates.SUBMIT_AGENT_MESSAGE,
+                AgentMessage(message_id="a1", text="Alice here, the assistant is down.", author="alice",
+                             role=Role.LIVE_AGENT),
+                result_type=CommandResult,
+            )
+            await h.execute_update(Updates.SUBMIT_CLOSE, CloseRequest(by="alice"), result_type=CommandResult)
+            await h.result()
+    return h
+
+
 RECORDING_CONFIG = """
 intents:
   human: {keywords: ["human"], reply: "Of course, I'll bring in a person."}
@@ -239,6 +265,7 @@ routes:
   - {name: after_hours, when: {reason: after hours}, to: {queue: night},
      fallback: [{queue: general}, {leave_message: true, message: "Leave us a message."}]}
   - {name: default, to: {queue: general}}
+ai_failure: {to: {queue: general}, fallback: [{leave_message: true}]}
 """
 
 
@@ -347,6 +374,7 @@ SCENARIOS = {
     "transfer_to_a_named_agent": transfer_to_a_named_agent,
     "ladder_with_business_hours": ladder_with_business_hours,
     "continue_as_new_while_waiting": continue_as_new_while_waiting,
+    "ai_failure_is_routed": ai_failure_is_routed,
 }
 
 
@@ -376,7 +404,8 @@ async def main(prefix: str, names: list[str]) -> None:
                 ) as http:
                     for name in names or SCENARIOS:
                         cid = f"{prefix}-{name}".replace("_", "-")
-                        handles = await SCENARIOS[name](env.client, settings, cid, http=http, desk=desk)
+                        handles = await SCENARIOS[name](
+                            env.client, settings, cid, http=http, desk=desk, config=config, registry=registry)
                         suffixes = getattr(SCENARIOS[name], "suffixes", ("", "_receiving_side"))
                         for suffix, handle in zip(suffixes, handles if isinstance(handles, tuple) else (handles,)):
                             history = await handle.fetch_history()
