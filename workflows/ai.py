@@ -7,27 +7,13 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
-    from models.conversation import (
-        Bell,
-        HandoffRequest,
-        Role,
-        State,
-        TranscriptEntry,
-        Work,
-    )
+    from models.conversation import Bell, HandoffRequest, Role, State, TranscriptEntry, Work
     from models.names import Activities
-    from models.routing import (
-        RoutedReply,
-        RoutedTurn,
-        RouteRequest,
-    )
+    from models.routing import RouteRequest, RoutedReply, RoutedTurn
     from models import notices
     from workflows import views
     from workflows.base import Story
-    from workflows.options import (
-        OPTIONS,
-        AI_HISTORY,
-    )
+    from workflows.options import AI_HISTORY, OPTIONS
 
 
 class AiTurns(Story):

@@ -21,27 +21,23 @@ with workflow.unsafe.imports_passed_through():
         CommandResult,
         ConversationState,
         DeliveryResult,
-        ThirdPartyDeskLink,
         ExternalLink,
         HandoffRequest,
         HandoffTarget,
         PendingHandoff,
         Role,
         State,
+        ThirdPartyDeskLink,
         TranscriptEntry,
         Work,
         is_open,
         window_at,
     )
     from models.names import SearchAttributes
-    from models.routing import (
-        RouteDecision,
-    )
+    from models.routing import RouteDecision
     from workflows import views
     from workflows.transitions import Event, apply
-    from workflows.options import (
-        OPTIONS,
-    )
+    from workflows.options import OPTIONS
 
 
 class Story:

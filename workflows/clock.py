@@ -10,21 +10,13 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
-    from models.conversation import (
-        PendingHandoff,
-        Role,
-    )
+    from models.conversation import PendingHandoff, Role
     from models.names import Activities
-    from models.routing import (
-        PositionRequest,
-        PositionResult,
-    )
+    from models.routing import PositionRequest, PositionResult
     from models import notices
     from workflows import views
     from workflows.base import Story
-    from workflows.options import (
-        OPTIONS,
-    )
+    from workflows.options import OPTIONS
 
 
 class Clock(Story):

@@ -15,13 +15,13 @@ with workflow.unsafe.imports_passed_through():
         AcceptHandoff,
         CommandResult,
         DeliveryResult,
-        ThirdPartyDeskLink,
         ExternalLink,
         HandoffRequest,
         HandoffTarget,
         PendingHandoff,
         Role,
         State,
+        ThirdPartyDeskLink,
         TranscriptEntry,
         Work,
     )
@@ -29,21 +29,13 @@ with workflow.unsafe.imports_passed_through():
     from models.filtering import FilterRequest, FilterResult
     from models.names import Activities
     from models.protocol import HandoffDelivery, HandoffOutcome
-    from models.routing import (
-        RouteDecision,
-        RouteRequest,
-    )
+    from models.routing import RouteDecision, RouteRequest
     from models import notices
     from workflows import views
     from models.targets import Reach
     from workflows.transitions import Event
     from workflows.base import Story
-    from workflows.options import (
-        OPTIONS,
-        DEFAULT_QUEUE,
-        EXTERNAL_ACCEPT_TIMEOUT,
-        CARRY_TO_AGENT,
-    )
+    from workflows.options import CARRY_TO_AGENT, DEFAULT_QUEUE, EXTERNAL_ACCEPT_TIMEOUT, OPTIONS
 
 
 # The event that makes a target's kind the owner (its row's owner_state).
@@ -268,6 +260,8 @@ class Handoffs(Story):
             return  # closed, cancelled or fallen back meanwhile
         target = pending.target
         kind, name, label = target.kind, target.kind.name(target) or "", target.label
+        if kind.reach not in (Reach.PLATFORM_PROTOCOL, Reach.DESK_WEBHOOK):
+            return  # a waiting list is claimed from, an end is no place: nothing to send
         carried = views.tail(self.s.transcript, CARRY_TO_AGENT)
         self._handing_over = handoff_id
         try:

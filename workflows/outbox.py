@@ -9,22 +9,12 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
-    from models.conversation import (
-        BELL_ENTRIES_BYTES,
-        Bell,
-        ChannelMessage,
-        State,
-        TranscriptEntry,
-    )
+    from models.conversation import BELL_ENTRIES_BYTES, Bell, ChannelMessage, State, TranscriptEntry
     from models.names import Activities
     from models.protocol import PeerDelivery, PeerEvent
     from workflows import views
     from workflows.base import Story
-    from workflows.options import (
-        OPTIONS,
-        CHANNEL_SCHEDULE_TO_CLOSE,
-        RINGS_IN_FLIGHT,
-    )
+    from workflows.options import CHANNEL_SCHEDULE_TO_CLOSE, OPTIONS, RINGS_IN_FLIGHT
 
 
 class Outbox(Story):

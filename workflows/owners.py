@@ -6,14 +6,7 @@ from __future__ import annotations
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
-    from models.conversation import (
-        DeliveryResult,
-        ThirdPartyDeskLink,
-        ExternalLink,
-        Role,
-        State,
-        Work,
-    )
+    from models.conversation import DeliveryResult, ExternalLink, Role, State, ThirdPartyDeskLink, Work
     from models.third_party_desk import ThirdPartyDeskForward
     from models.names import Activities
     from models.protocol import ForwardMessage
@@ -21,9 +14,7 @@ with workflow.unsafe.imports_passed_through():
     from models.targets import BY_FIELD
     from workflows.transitions import Event
     from workflows.base import Story
-    from workflows.options import (
-        FORWARD_TIMEOUT,
-    )
+    from workflows.options import FORWARD_TIMEOUT
 
 
 class Owners(Story):
