@@ -87,7 +87,10 @@ class ChannelDeliverer(SignedPoster):
             )
         # Other 4xx say this message will never be accepted; a redirect is refused because it could forward
         # signed user messages somewhere the operator never configured.
-        return self._classify(response, "channel", self._secret, reason=_what_the_status_says)
+        return self._classify(
+            response, "channel", self._secret, reason=_what_the_status_says,
+            logged=f"channel rejected message seq={message.seq} with {response.status_code}",
+        )
 
 
 def _what_the_status_says(response: httpx.Response) -> str:

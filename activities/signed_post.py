@@ -102,15 +102,16 @@ class SignedPoster:
 
     def _classify(
         self, response: httpx.Response, what: str, secret: str, gone: tuple[int, ...] = (),
-        reason: Callable[[httpx.Response], str] | None = None,
+        reason: Callable[[httpx.Response], str] | None = None, logged: str | None = None,
     ) -> DeliveryResult:
         """2xx delivered; 408/429/5xx retried; a status in `gone` means the remote no longer has the conversation;
-        any other answer is rejected, with the remote's own reason (or what `reason` says of it)."""
+        any other answer is rejected, with the remote's own reason (or what `reason` says of it), and logged (as
+        `logged`, when given)."""
         status = response.status_code
         if 200 <= status < 300:
             return DeliveryResult(outcome="delivered", status=status)
         if webhooks.retryable(status):
             raise self._unavailable(f"{what} answered {status}", status, response)
         detail = f"{what} answered {status}: {(reason or (lambda r: remote_reason(r, secret)))(response)}"
-        activity.logger.warning("%s", detail)
+        activity.logger.warning("%s", logged or detail)
         return DeliveryResult(outcome="gone" if status in gone else "rejected", status=status, detail=detail)

@@ -1,4 +1,5 @@
-"""The workflow code the replay corpus was last checked against: a hash of `workflows/*.py` as code (comments,
+"""The workflow code the replay corpus was last checked against: a hash of `workflows/*.py` and the target table
+`models/targets.py` (its rows decide what the workflow does for each kind of target) as code (comments,
 docstrings and layout left out), kept in tests/histories/STAMP. A change to the workflow's code fails
 `test_replay.test_the_corpus_was_recorded_against_todays_workflow_code` until whoever made it decides, as the
 README's "Changing the workflow" says: guard it with `workflow.patched` and record the next corpus, or (a change
@@ -29,7 +30,7 @@ def _code(source: str) -> str:
 
 def fingerprint() -> str:
     digest = hashlib.sha256()
-    for path in sorted((ROOT / "workflows").glob("*.py")):
+    for path in [*sorted((ROOT / "workflows").glob("*.py")), ROOT / "models" / "targets.py"]:
         digest.update(path.name.encode() + b"\0" + _code(path.read_text()).encode() + b"\0")
     return digest.hexdigest()
 

@@ -300,3 +300,23 @@ async def test_the_410_rule_holds_per_conversation_across_two_conversations_and_
         assert [e.kind for e in audit.entries].count("channel_gone") == 1
     assert sent_for(gone) == [2]  # the one attempt that met the 410; its later reply (seq 4) was not sent
     assert sent_for(other) == [2, 4] and sent_for(third) == [2]
+
+
+def test_a_handoff_still_being_routed_cannot_be_rejected_yet():
+    """The reject validator refuses while routing decides (as the accept validator does): a fallback ladder walked
+    on a handoff with no target would leave the user waiting on nothing. Validators read only the state."""
+    from datetime import datetime, timezone
+
+    from models.conversation import ConversationState, PendingHandoff, RejectHandoff, State
+    from workflows.conversation import Conversation, Reject
+
+    now = datetime(2026, 11, 30, tzinfo=timezone.utc)
+    pending = PendingHandoff(handoff_id="h1", reason="help", target=None, requested_at=now, deadline=now, from_seq=1,
+                             routed=False)
+    conversation = Conversation.__new__(Conversation)
+    conversation.s = ConversationState(conversation_id="c1", channel="web", created_at=now, last_activity_at=now,
+                                       state=State.HANDOFF_PENDING, owner=None, pending=pending)
+    with pytest.raises(Reject, match="still being routed"):
+        conversation._check_reject(RejectHandoff(handoff_id="h1"))
+    conversation.s.pending = pending.model_copy(update={"routed": True})
+    conversation._check_reject(RejectHandoff(handoff_id="h1"))  # routed: the reject is taken

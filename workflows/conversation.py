@@ -31,14 +31,17 @@ with workflow.unsafe.imports_passed_through():
     )
     from models.names import WORKFLOW_TYPE, Errors, Queries, Signals, Updates
     from workflows import views
-    from workflows.ai import AiTurns
-    from workflows.clock import Clock
-    from workflows.commands import Commands
-    from workflows.handoffs import Handoffs
     from workflows.options import RUN_EVENTS
-    from workflows.outbox import Outbox
-    from workflows.owners import Owners
     from workflows.transitions import Event, refusal
+
+# The chapters are imported inside the sandbox (not passed through), so the SDK's sandbox checks their code for
+# non-deterministic calls as it checks this module's; what they import of models is passed through.
+from workflows.ai import AiTurns  # noqa: E402
+from workflows.clock import Clock  # noqa: E402
+from workflows.commands import Commands  # noqa: E402
+from workflows.handoffs import Handoffs  # noqa: E402
+from workflows.outbox import Outbox  # noqa: E402
+from workflows.owners import Owners  # noqa: E402
 
 # Versioning (README, "Changing the workflow"): Baton 1.0 is the baseline, with no patch of its own; every change
 # to the workflow after it is guarded by `workflow.patched(ID)` with the ID listed here, and adds a history to
@@ -317,6 +320,9 @@ class Conversation(AiTurns, Commands, Handoffs, Owners, Clock, Outbox):
     def _check_reject(self, reject: RejectHandoff) -> None:
         if (why := self._pending_refusal(reject.handoff_id)) is not None:
             raise Reject(why)
+        pending = self.s.pending
+        if pending is not None and not pending.routed:
+            raise Reject(f"handoff {pending.handoff_id} is still being routed; try again in a moment")
 
     # ---- queries --------------------------------------------------------------------------------
 
@@ -368,5 +374,5 @@ class Conversation(AiTurns, Commands, Handoffs, Owners, Clock, Outbox):
                 handoff_sla_seconds=s.handoff_sla_seconds,
                 carried=s,
             ),
-            task_timeout=workflow.info().task_timeout,  # the next run keeps this run's (api.temporal)
+            task_timeout=workflow.info().task_timeout,  # the next run keeps this run's (runtime.temporal)
         )

@@ -34,8 +34,9 @@ with workflow.unsafe.imports_passed_through():
     from workflows import views
     from models.targets import Reach
     from workflows.transitions import Event
-    from workflows.base import Story
     from workflows.options import CARRY_TO_AGENT, DEFAULT_QUEUE, EXTERNAL_ACCEPT_TIMEOUT, OPTIONS
+
+from workflows.base import Story  # noqa: E402 - imported in the sandbox, like every chapter
 
 
 # The event that makes a target's kind the owner (its row's owner_state).
@@ -268,7 +269,6 @@ class Handoffs(Story):
             filtered = await self._filter(pending, carried)
             if not self._still_waiting(handoff_id):
                 return  # closed or cancelled while filtering: nothing is sent
-            pending.carried_until = carried[-1].seq if carried else 0
             within = max(timedelta(seconds=1), min(EXTERNAL_ACCEPT_TIMEOUT, pending.deadline - workflow.now()))
             if kind.reach is Reach.PLATFORM_PROTOCOL:
                 outcome = await workflow.execute_activity(
@@ -284,7 +284,10 @@ class Handoffs(Story):
                 )
                 sent = DeliveryResult(outcome="delivered" if outcome.accepted else "rejected", detail=outcome.detail)
             else:
-                self.s.shared_context = filtered.context.model_dump()  # what the desk's people were given
+                # What the desk's people were given, and the last entry its envelope carried (later ones are
+                # forwarded once it accepts).
+                self.s.shared_context = filtered.context.model_dump()
+                pending.carried_until = carried[-1].seq if carried else 0
                 outcome = None
                 sent = await self._send(
                     Activities.DELIVER_TO_THIRD_PARTY_DESK,
@@ -326,7 +329,7 @@ class Handoffs(Story):
             remote_conversation_id=outcome.remote_conversation_id,
         )
         # What the user wrote after the envelope was cut goes on to the agent, in order.
-        self._forward_since(pending.carried_until or 0, handoff_id)
+        self._forward_since(carried[-1].seq if carried else 0, handoff_id)
         self._publish()
 
     def _fall_back(self, why: str) -> None:
