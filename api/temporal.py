@@ -67,6 +67,12 @@ def _timed_out(err: RPCError) -> bool:
     )
 
 
+def _not_ready(err: RPCError) -> bool:
+    """The server will not query the workflow until its current workflow task completes ("Workflow Task in failed
+    state", WorkflowNotReadyFailure): a task a frozen, dying or replaying worker took and did not finish in time."""
+    return err.status == RPCStatusCode.FAILED_PRECONDITION and "Workflow Task in failed state" in err.message
+
+
 async def waiting_for_a_worker(call: Callable[[], Awaitable[T]]) -> T:
     """`call()`, retried while the server says no worker polls; 503 when none comes within WORKER_WAIT_SECONDS."""
     loop = asyncio.get_running_loop()
@@ -104,7 +110,7 @@ async def query(
         try:
             return await h.query(name, *args, result_type=result_type, rpc_timeout=QUERY_TIMEOUT)
         except RPCError as err:
-            if not (_timed_out(err) or _no_worker(err)):
+            if not (_timed_out(err) or _no_worker(err) or _not_ready(err)):
                 raise
             # Asked again by waiting_for_a_worker, whose one deadline ends in the 503 below.
             with contextlib.suppress(RPCError):
