@@ -328,8 +328,9 @@ class Handoffs(Story):
             "handoff_accepted", handoff_id=handoff_id, target=label, owner=name,
             remote_conversation_id=outcome.remote_conversation_id,
         )
-        # What the user wrote after the envelope was cut goes on to the agent, in order.
-        self._forward_since(carried[-1].seq if carried else 0, handoff_id)
+        if kind.user_messages == "forward":
+            # What the user wrote after the envelope was cut goes on to the agent, in order.
+            self._forward_since(carried[-1].seq if carried else 0, handoff_id)
         self._publish()
 
     def _fall_back(self, why: str) -> None:
@@ -384,6 +385,7 @@ class Handoffs(Story):
         self._audit("handoff_accepted", handoff_id=pending.handoff_id, target=target.label, owner=accept.owner)
         if kind.reach is Reach.DESK_WEBHOOK:
             self.s.third_party_desk = ThirdPartyDeskLink(desk=kind.name(target) or "", handoff_id=pending.handoff_id)
+        if kind.user_messages == "forward":
             # What the user wrote after the desk's envelope was cut goes on to the desk, in order.
             self._forward_since(pending.carried_until or pending.from_seq - 1, pending.handoff_id)
         if kind.joined is not None:
