@@ -97,6 +97,7 @@ class PlatformActivities(SignedPoster):
             "handoff_id": d.handoff_id,
             "source": {"platform": self.public_url, "conversation_id": d.conversation_id},
             "reason": d.reason,
+            **({"summary": d.summary} if d.summary else {}),
             "context": d.context.model_dump(mode="json"),
             # The receiver refuses more than MAX_CARRIED entries; the latest matter most.
             "transcript": [e.model_dump(mode="json", include=CARRIED_FIELDS) for e in d.transcript[-MAX_CARRIED:]],

@@ -296,6 +296,17 @@ async def carry_bell(stream: Callable[[], StreamStore], bell: Bell, entry: Trans
         activity.logger.warning("stream store: bell %s not written: %s", bell.number, type(err).__name__)
 
 
+async def read_window(client: Client | None, conversation_id: str, upto: int | None) -> list[TranscriptEntry]:
+    """The AI's window of the transcript up to `upto`, read from the workflow (the `ai_history` query): what an
+    activity needs of the transcript without the workflow carrying it in the activity's input (written to history)."""
+    if client is None:
+        return []
+    handle = client.get_workflow_handle(workflow_id(conversation_id))
+    window = await handle.query(Queries.AI_HISTORY, HistoryQuery(upto=upto), result_type=HistoryWindow,
+                                rpc_timeout=timedelta(seconds=5))
+    return window.entries
+
+
 class IntentFirst:
     """In front of the AI agent: a user message that matches a config intent with `handoff: true` is answered
     with the intent's reply and a handoff, without asking the agent. Conversations another platform handed to
@@ -355,15 +366,8 @@ class IntentFirst:
         return out
 
     async def history(self, turn: AgentTurn) -> list[TranscriptEntry]:
-        client = self.client() if self.client else None
-        if client is None:
-            return []
-        handle = client.get_workflow_handle(workflow_id(turn.conversation_id))
-        window = await handle.query(
-            Queries.AI_HISTORY, HistoryQuery(upto=turn.message.seq if turn.message else None),
-            result_type=HistoryWindow, rpc_timeout=timedelta(seconds=5),
-        )
-        return window.entries
+        return await read_window(self.client() if self.client else None, turn.conversation_id,
+                                 turn.message.seq if turn.message else None)
 
     def intercept(self, turn: AgentTurn) -> AgentReply | None:
         """The handoff reply when the turn's message triggers an intent; None to ask the agent. The first matching

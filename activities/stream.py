@@ -47,7 +47,8 @@ _SCHEMA = (
         reason TEXT,
         at TEXT NOT NULL,
         bell INTEGER NOT NULL DEFAULT 0,
-        created TEXT
+        created TEXT,
+        summary TEXT
     )""",
     "CREATE INDEX IF NOT EXISTS conversations_waiting ON conversations (queue, waiting_since, conversation_id) "
     "WHERE waiting_since IS NOT NULL",
@@ -99,6 +100,8 @@ class StreamStore:
                 self._db.execute("ALTER TABLE conversations ADD COLUMN bell INTEGER NOT NULL DEFAULT 0")
             if "created" not in columns:
                 self._db.execute("ALTER TABLE conversations ADD COLUMN created TEXT")
+            if "summary" not in columns:
+                self._db.execute("ALTER TABLE conversations ADD COLUMN summary TEXT")
 
     def close(self) -> None:
         with self._lock:
@@ -132,12 +135,12 @@ class StreamStore:
                     return
                 db.execute(
                     "INSERT INTO conversations (conversation_id, seq, state, owner, queue, waiting_since, reason, at, bell,"
-                    " created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (conversation_id) DO UPDATE SET"
-                    " seq = excluded.seq, state = excluded.state, owner = excluded.owner, queue = excluded.queue,"
+                    " created, summary) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (conversation_id) DO UPDATE"
+                    " SET seq = excluded.seq, state = excluded.state, owner = excluded.owner, queue = excluded.queue,"
                     " waiting_since = excluded.waiting_since, reason = excluded.reason, at = excluded.at,"
-                    " bell = excluded.bell, created = excluded.created",
+                    " bell = excluded.bell, created = excluded.created, summary = excluded.summary",
                     (bell.conversation_id, bell.seq, bell.state.value, bell.owner, bell.queue, waiting,
-                     bell.reason, _iso(bell.at), bell.number, created),
+                     bell.reason, _iso(bell.at), bell.number, created, bell.summary),
                 )
                 # The entries first, then the bell: a reader that sees the bell has its entries already.
                 self._log_entries(db, bell)
@@ -196,13 +199,14 @@ class StreamStore:
 
     def _waiting_rows(self, queue: str, limit: int) -> list[WaitingRow]:
         rows = self._db.execute(
-            f"SELECT conversation_id, waiting_since, reason FROM conversations WHERE queue = ? AND {_WAITS}"
+            f"SELECT conversation_id, waiting_since, reason, summary FROM conversations WHERE queue = ? AND {_WAITS}"
             " ORDER BY waiting_since, conversation_id LIMIT ?",
             (queue, limit),
         ).fetchall()
         return [
-            WaitingRow(conversation_id=cid, position=i, waiting_since=datetime.fromisoformat(since), reason=reason)
-            for i, (cid, since, reason) in enumerate(rows, start=1)
+            WaitingRow(conversation_id=cid, position=i, waiting_since=datetime.fromisoformat(since), reason=reason,
+                       summary=summary)
+            for i, (cid, since, reason, summary) in enumerate(rows, start=1)
         ]
 
     def waiting(self, queue: str, limit: int = 500) -> list[WaitingRow]:

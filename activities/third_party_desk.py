@@ -127,6 +127,7 @@ class ThirdPartyDesks(SignedPoster):
             "handoff_id": h.handoff_id,
             "conversation_id": h.conversation_id,
             "reason": _redacted(h.reason, "the handoff reason"),
+            **({"summary": _redacted(h.summary, "the handoff summary")} if h.summary else {}),
             "context": h.context.model_dump(mode="json"),
             "transcript": transcript,
             "callback_url": self.public_url + events_path(h.desk),

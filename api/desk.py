@@ -89,6 +89,7 @@ class Waiting(BaseModel):
     position: int
     waiting_since: datetime | None
     reason: str
+    summary: str | None = Field(default=None, description="the handoff's summary for whoever takes over, once written")
 
 
 class WaitingList(BaseModel):
@@ -125,6 +126,8 @@ class DeskConversation(BaseModel):
     owner: str | None
     queue: str | None
     reason: str | None
+    summary: str | None = Field(default=None, description="the handoff's summary for whoever takes over (written "
+                                "from the filtered transcript), once written")
     waiting_since: datetime | None
     context: dict | None = Field(description="the context filtered for this handoff (route allowlist applied)")
     withheld: list[ReceiptEntry] = Field(
@@ -305,7 +308,7 @@ def desk_router(
         return WaitingList(
             queue=queue, total=total,
             waiting=[Waiting(conversation_id=r.conversation_id, position=r.position, waiting_since=r.waiting_since,
-                             reason=r.reason) for r in rows],
+                             reason=r.reason, summary=r.summary) for r in rows],
         )
 
     @router.post("/v1/desk/conversations/{conversation_id}/claim", response_model=CommandResult, tags=["desk"])
@@ -395,7 +398,7 @@ def desk_router(
         )
         return DeskConversation(
             conversation_id=conversation_id, state=snap.state, owner=snap.owner, queue=snap.queue,
-            reason=pending.reason if pending else None, waiting_since=snap.waiting_since,
+            reason=pending.reason if pending else None, summary=snap.summary, waiting_since=snap.waiting_since,
             context=snap.shared_context, withheld=withheld_for(audit, pending.handoff_id if pending else None),
             entries=page.entries, next_after=page.entries[-1].seq if page.entries else after,
         )

@@ -337,29 +337,21 @@ class _Conversation:
         self.waiting_for = 0
 
 
-class LoopbackReceiver:
-    """A minimal HTTP/1.1 server (keep-alive, Content-Length bodies) on 127.0.0.1 standing in for the chat
-    backend: answers 202 at once, records the arrival time (perf_counter) of every message per
-    (conversation_id, seq), counts duplicates, and wakes whoever waits for a conversation's n-th AI reply.
-    Signatures are not verified: the baseline does not sign, and the receiver must cost both the same."""
+class LoopbackServer:
+    """A minimal server on 127.0.0.1, on a free port, for `async with`: `protocol()` makes each connection's
+    asyncio.Protocol; open connections are closed when the block ends."""
 
     def __init__(self) -> None:
         self.port: int | None = None
         self._server: asyncio.AbstractServer | None = None
-        self._convs: dict[str, _Conversation] = {}
-        self._seen: set[tuple[str, int]] = set()
-        self.duplicates: list[tuple[str, int]] = []
-        self.requests = 0
-        self.bad_requests = 0
         self._transports: set[asyncio.Transport] = set()
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/hook"
+    def protocol(self) -> asyncio.Protocol:
+        raise NotImplementedError
 
-    async def __aenter__(self) -> LoopbackReceiver:
+    async def __aenter__(self) -> Any:
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: _HttpProtocol(self), "127.0.0.1", 0, backlog=1024)
+        self._server = await loop.create_server(self.protocol, "127.0.0.1", 0, backlog=1024)
         self.port = self._server.sockets[0].getsockname()[1]
         return self
 
@@ -370,6 +362,28 @@ class LoopbackReceiver:
                 t.close()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 5)
+
+
+class LoopbackReceiver(LoopbackServer):
+    """A minimal HTTP/1.1 server (keep-alive, Content-Length bodies) on 127.0.0.1 standing in for the chat
+    backend: answers 202 at once, records the arrival time (perf_counter) of every message per
+    (conversation_id, seq), counts duplicates, and wakes whoever waits for a conversation's n-th AI reply.
+    Signatures are not verified: the baseline does not sign, and the receiver must cost both the same."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._convs: dict[str, _Conversation] = {}
+        self._seen: set[tuple[str, int]] = set()
+        self.duplicates: list[tuple[str, int]] = []
+        self.requests = 0
+        self.bad_requests = 0
+
+    def protocol(self) -> asyncio.Protocol:
+        return _HttpProtocol(self)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hook"
 
     def _conv(self, cid: str) -> _Conversation:
         conv = self._convs.get(cid)
@@ -568,15 +582,18 @@ def shared_http_client() -> httpx.AsyncClient:
 
 
 def build_bench_worker(kind: str, client: Client, http: httpx.AsyncClient, task_queue: str, channel_url: str,
-                       options: dict[str, Any] | None = None):
-    """The real Baton worker (demo AI agent, channel = the receiver) or the baseline worker, same options."""
+                       options: dict[str, Any] | None = None, ai_url: str | None = None):
+    """The real Baton worker (demo AI agent, or with `baton_openai` the OpenAI-compatible adapter against the
+    model at `ai_url`; channel = the receiver) or the baseline worker, same options."""
     options = options or {}
-    if kind == "baton":
+    if kind in ("baton", "baton_openai"):
         from activities import webhooks
         from runtime.settings import Settings
         from workers.worker import build_worker
 
-        settings = Settings(task_queue=task_queue, channel_url=channel_url, channel_secret=webhooks.generate_secret())
+        ai = {} if kind == "baton" else {"ai_agent": "openai", "openai_base_url": ai_url, "ai_model": "bench-model"}
+        settings = Settings(task_queue=task_queue, channel_url=channel_url, channel_secret=webhooks.generate_secret(),
+                            **ai)
         return build_worker(client, settings, http, **options)
     if kind == "baseline":
         from temporalio.worker import Worker
@@ -592,7 +609,7 @@ def build_bench_worker(kind: str, client: Client, http: httpx.AsyncClient, task_
 
 
 def http_client_for(kind: str) -> httpx.AsyncClient:
-    if kind == "baton":
+    if kind in ("baton", "baton_openai"):
         from workers.worker import http_client
 
         return http_client()
@@ -604,7 +621,7 @@ def http_client_for(kind: str) -> httpx.AsyncClient:
 
 @dataclass
 class WorkerSpec:
-    kind: str  # "baton" | "baseline" | "baseline_handoff"
+    kind: str  # "baton" | "baton_openai" | "baseline" | "baseline_handoff"
     target: str
     namespace: str
     task_queue: str
@@ -616,6 +633,8 @@ class WorkerSpec:
     # The workflow runner: None = each system's own default (Baton as deployed: no sandbox unless
     # BATON_WORKFLOW_SANDBOX; a bare Temporal worker: the SDK's sandbox); True / False = sandboxed / not, for both.
     sandbox: bool | None = None
+    # kind "baton_openai": the OpenAI-compatible endpoint its AI agent calls (bench/fake_model.py).
+    ai_url: str | None = None
 
 
 class ProfilingRunner(WorkflowRunner):
@@ -814,7 +833,8 @@ async def _serve_worker(spec: WorkerSpec, ready: Any, stop: Any, runner: Profili
 
         options["workflow_runner"] = SandboxedWorkflowRunner() if spec.sandbox else UnsandboxedWorkflowRunner()
     async with http_client_for(spec.kind) as http:
-        async with build_bench_worker(spec.kind, client, http, spec.task_queue, spec.channel_url, options):
+        async with build_bench_worker(spec.kind, client, http, spec.task_queue, spec.channel_url, options,
+                                      ai_url=spec.ai_url):
             ready.set()
             while not stop.is_set() and os.getppid() == parent:
                 await asyncio.sleep(0.1)

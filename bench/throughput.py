@@ -113,7 +113,9 @@ def worker_metrics(before: dict[str, float], after: dict[str, float], replies: i
 
 
 # The systems compared: name -> (worker kind, baseline's respond step as a local activity).
-SYSTEMS = {"baton": ("baton", False), "baseline": ("baseline", False), "baseline_local": ("baseline", True)}
+SYSTEMS = {"baton": ("baton", False), "baseline": ("baseline", False), "baseline_local": ("baseline", True),
+           # bench/llm.py: Baton with the OpenAI-compatible adapter against bench/fake_model.py (args.ai_url)
+           "baton_openai": ("baton_openai", False)}
 
 
 async def run_system(server: Any, receiver: LoopbackReceiver, system: str, load: Load, run_no: int,
@@ -124,8 +126,9 @@ async def run_system(server: Any, receiver: LoopbackReceiver, system: str, load:
     spec = WorkerSpec(kind=kind, target=server.target, namespace=server.namespace, task_queue=task_queue,
                       channel_url=receiver.url, metrics_port=free_port(),
                       profile=profile[0] if profile else None, profile_path=profile[1] if profile else None,
-                      sandbox={"default": None, "on": True, "off": False}[args.sandbox])
-    if kind == "baton":
+                      sandbox={"default": None, "on": True, "off": False}[args.sandbox],
+                      ai_url=getattr(args, "ai_url", None))
+    if kind in ("baton", "baton_openai"):
         driver: Any = BatonDriver(server.client, task_queue)
     else:
         driver = BaselineDriver(server.client, task_queue, local_respond=local_respond)

@@ -363,6 +363,91 @@ class AiFailure(Strict):
     fallback: list[HandoffTarget] = Field(default_factory=list, max_length=MAX_FALLBACK)
 
 
+# ---- the AI agent (BATON_AI_AGENT=openai) ------------------------------------------------------------
+
+DEFAULT_SYSTEM_PROMPT = (
+    "You are a customer-service assistant. Answer briefly and politely. When the user asks for a person, or when "
+    "you cannot help with the request, call the `handoff` tool."
+)
+DEFAULT_HANDOFF_DESCRIPTION = (
+    "Hand the conversation to a person when the user asks for one or when you cannot help with the request."
+)
+# Added to the tool when the config does not declare it: the handoff's reason (routes match `when.reason` on it).
+REASON_PARAMETER = "reason"
+MAX_TOOL_PARAMETERS = 20
+JSON_TYPES: dict[str, tuple[type, ...]] = {
+    "string": (str,), "number": (int, float), "integer": (int,), "boolean": (bool,),
+}
+
+
+class ToolParameter(Strict):
+    """One parameter of the `handoff` tool: a JSON Schema property of a scalar type (a route matches it as a
+    param: `when: {params: {topic: billing}}`)."""
+
+    type: Literal["string", "number", "integer", "boolean"]
+    description: Annotated[str, StringConstraints(min_length=1, max_length=1000)] | None = None
+    enum: Annotated[list[Scalar], Field(min_length=1, max_length=100)] | None = None
+
+    @model_validator(mode="after")
+    def _enum_fits_the_type(self) -> ToolParameter:
+        for value in self.enum or ():
+            if self.problem(value) is not None:
+                raise ValueError(f"enum value {value!r} is not of type {self.type}")
+        return self
+
+    def schema(self) -> dict[str, Any]:
+        """The JSON Schema property as the model is shown it."""
+        return self.model_dump(exclude_none=True)
+
+    def problem(self, value: Any) -> str | None:
+        """Why `value` (from a model's tool call) does not fit, without quoting it; None when it does."""
+        kinds = JSON_TYPES[self.type]
+        if isinstance(value, bool) and self.type != "boolean" or not isinstance(value, kinds):
+            return f"not of type {self.type}"
+        if self.enum is not None and value not in self.enum:
+            return f"not one of the {len(self.enum)} allowed values"
+        return None
+
+
+class HandoffTool(Strict):
+    """The Agent Handoff Event as the model's `handoff` function tool: when to call it, and what to send."""
+
+    description: Annotated[str, StringConstraints(min_length=1, max_length=2000)] = DEFAULT_HANDOFF_DESCRIPTION
+    parameters: dict[Name, ToolParameter] = Field(default_factory=dict, max_length=MAX_TOOL_PARAMETERS)
+    # Parameters the model must send (a call without one is refused and audited, not routed).
+    required: list[Name] = Field(default_factory=list, max_length=MAX_TOOL_PARAMETERS)
+
+    @field_validator("required")
+    @classmethod
+    def _unique(cls, names: list[str]) -> list[str]:
+        if len(set(names)) != len(names):
+            raise ValueError("a parameter is listed twice")
+        return names
+
+    @model_validator(mode="after")
+    def _required_are_declared(self) -> HandoffTool:
+        for name in self.required:
+            if name not in self.parameters and name != REASON_PARAMETER:
+                declared = ", ".join(sorted(self.parameters)) or "none"
+                raise ValueError(f"required parameter {name!r} is not declared in parameters (declared: {declared})")
+        return self
+
+    def all_parameters(self) -> dict[str, ToolParameter]:
+        """The declared parameters, plus `reason` unless the config declares its own."""
+        reason = ToolParameter(type="string", description="Why you hand off, in a few words, for whoever takes over.")
+        return {**self.parameters} if REASON_PARAMETER in self.parameters else {**self.parameters, REASON_PARAMETER: reason}
+
+
+class AiAgentConfig(Strict):
+    """What an LLM agent (BATON_AI_AGENT=openai) is told: its instructions and its handoff tool."""
+
+    system_prompt: Annotated[str, StringConstraints(min_length=1, max_length=20_000)] = DEFAULT_SYSTEM_PROMPT
+    handoff_tool: HandoffTool = Field(default_factory=HandoffTool)
+    # Sampling, passed to the model as given (None: the provider's default).
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    max_tokens: int | None = Field(default=None, ge=1, le=100_000)
+
+
 # ---- the file ---------------------------------------------------------------------------------------
 
 
@@ -379,6 +464,8 @@ class BatonConfig(Strict):
     routes: list[Route] = Field(default_factory=list)
     # None: when the AI agent fails for good, the assistant apologises and the conversation stays with it.
     ai_failure: AiFailure | None = None
+    # Read when BATON_AI_AGENT=openai (the demo agent and a customer's webhook bot ignore it).
+    ai_agent: AiAgentConfig = Field(default_factory=AiAgentConfig)
 
     @model_validator(mode="after")
     def _cross_checks(self, info: ValidationInfo) -> BatonConfig:

@@ -289,6 +289,8 @@ class PendingHandoff(BaseModel):
     position: int | None = None
     # The last transcript seq carried in the envelope sent to an external desk (later ones are forwarded).
     carried_until: int | None = None
+    # Its summary was asked for (once per handoff, whatever rung it is on; the handoff-summary patch).
+    summary_asked: bool = False
 
 
 class Context(BaseModel):
@@ -342,7 +344,7 @@ class RunSegment(BaseModel):
 class Work(BaseModel):
     """One unit of deferred work for the main loop, in arrival order."""
 
-    kind: Literal["ai_turn", "ai_resume", "ai_welcome", "deliver_handoff", "forward", "route", "share"]
+    kind: Literal["ai_turn", "ai_resume", "ai_welcome", "deliver_handoff", "forward", "route", "share", "summarize"]
     seq: int = 0
     # The handoff the work belongs to (`forward`: the one whose owner the message goes to).
     handoff_id: str | None = None
@@ -382,6 +384,9 @@ class ConversationState(BaseModel):
     third_party_desk: ThirdPartyDeskLink | None = None
     # The filtered context the live agent (or third-party desk) was given for the current handoff; never the raw context.
     shared_context: dict[str, Any] | None = None
+    # The current handoff's summary for whoever takes over (written from the filtered transcript); kept, like
+    # shared_context, while its receiver owns the conversation.
+    summary: str | None = None
 
 
 ConversationInput.model_rebuild()
@@ -425,6 +430,8 @@ class Snapshot(BaseModel):
     desk: ThirdPartyDeskLink | None = None
     # What the live agent may see of the context (filtered for the current handoff's route).
     shared_context: dict[str, Any] | None = None
+    # The current handoff's summary for whoever takes over (from the filtered transcript), when one was written.
+    summary: str | None = None
 
 
 class AuditPage(BaseModel):
@@ -475,6 +482,8 @@ class Bell(BaseModel):
     # Set while it waits for a person: its place in the queue is decided by this instant, then its id.
     waiting_since: datetime | None = None
     reason: str | None = None
+    # The handoff's summary while it waits for a person (the desks' waiting lists show it).
+    summary: str | None = None
     at: datetime
     # The entries added since the previous bell (of this run), in seq order; empty when they would not fit.
     entries: list[TranscriptEntry] = []
@@ -515,12 +524,49 @@ class HistoryWindow(BaseModel):
     entries: list[TranscriptEntry]
 
 
+class TokenUsage(BaseModel):
+    """What a model spent on one turn, as its provider reported it."""
+
+    model: Annotated[str, StringConstraints(max_length=200)] = ""
+    prompt_tokens: int = Field(default=0, ge=0)
+    completion_tokens: int = Field(default=0, ge=0)
+    total_tokens: int = Field(default=0, ge=0)
+
+
 class AgentReply(BaseModel):
     text: str | None = None
     handoff: HandoffEvent | None = None
     slots: dict[str, Any] = Field(default_factory=dict)
     # On a conversation another platform handed to us: give it back (`hand_back`) or end it (`close`).
     end: Literal["hand_back", "close"] | None = None
+    # An LLM agent's token usage for the turn (audited as `ai_usage`); None for agents that report none.
+    usage: TokenUsage | None = None
+    # What the agent's answer asked for that was not done (a malformed or unknown tool call), said without the
+    # values: audited as `ai_reply_refused`, never shown to the user.
+    problems: list[Annotated[str, StringConstraints(max_length=300)]] = Field(default_factory=list, max_length=10)
+
+
+MAX_SUMMARY = 1000
+
+
+class SummaryRequest(BaseModel):
+    """Write the handoff's summary for its receiver. The activity reads the transcript window (the `ai_history`
+    query, up to `upto`) and filters it before anyone, a model included, sees it."""
+
+    conversation_id: str
+    handoff_id: str
+    reason: str = ""
+    params: dict[str, ParamValue] = Field(default_factory=dict)
+    upto: int
+
+
+class SummaryResult(BaseModel):
+    summary: Annotated[str, StringConstraints(max_length=MAX_SUMMARY)] | None = None
+    # "model": the LLM wrote it; "extract": the user's own words, cut short (the demo agent, or the model failed).
+    by: Literal["model", "extract"] = "extract"
+    usage: TokenUsage | None = None
+    # Why the model's summary was not used, when it was asked and failed (never the model's text).
+    model_failed: str | None = None
 
 
 class ChannelMessage(BaseModel):

@@ -85,6 +85,7 @@ class Activities:
     DELIVER_TO_THIRD_PARTY_DESK = "deliver_to_desk"
     FORWARD_TO_THIRD_PARTY_DESK = "forward_to_desk"
     RING_BELL = "ring_bell"  # the event stream's doorbell (docs/event-stream.md)
+    SUMMARIZE_HANDOFF = "summarize_handoff"  # the handoff's summary for its receiver
 
 
 class Errors:

@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from models.conversation import MAX_TEXT, ID_PATTERN, MessageId, Reason, Role, Text, TranscriptEntry
+from models.conversation import MAX_SUMMARY, MAX_TEXT, ID_PATTERN, MessageId, Reason, Role, Text, TranscriptEntry
 from models.filtering import SharedContext
 
 MAX_CARRIED = 200  # transcript entries an envelope may carry
@@ -44,6 +44,9 @@ class HandoffEnvelope(Incoming):
     handoff_id: MessageId
     source: Source
     reason: Reason = ""
+    # Optional: what the conversation is about, for whoever takes over (written by the sender's AI from the filtered
+    # transcript). Absent from senders that do not write one.
+    summary: str | None = Field(default=None, max_length=MAX_SUMMARY)
     context: SharedContext = Field(default_factory=SharedContext)
     transcript: list[CarriedEntry] = Field(default_factory=list, max_length=MAX_CARRIED)
     callback_url: Url
@@ -91,6 +94,7 @@ class HandoffDelivery(BaseModel):
     reason: str = ""
     context: SharedContext
     transcript: list[TranscriptEntry]
+    summary: str | None = None
 
 
 class HandoffOutcome(BaseModel):

@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from models.conversation import ID_PATTERN, ConversationId, MessageId, Name, Reason, Text, TranscriptEntry
+from models.conversation import ID_PATTERN, MAX_SUMMARY, ConversationId, MessageId, Name, Reason, Text, TranscriptEntry
 from models.filtering import SharedContext
 from models.protocol import CarriedEntry, Incoming, Url
 
@@ -26,6 +26,7 @@ class ThirdPartyDeskHandoff(BaseModel):
     reason: str = ""
     context: SharedContext = Field(default_factory=SharedContext)
     transcript: list[TranscriptEntry] = Field(default_factory=list)
+    summary: str | None = None
 
 
 class ThirdPartyDeskForward(BaseModel):
@@ -48,6 +49,9 @@ class ThirdPartyDeskEnvelope(BaseModel):
     handoff_id: str = Field(min_length=1, max_length=200)
     conversation_id: ConversationId
     reason: Reason = ""
+    # What the conversation is about, for the desk's person (written from the filtered transcript); absent when none
+    # was written.
+    summary: str | None = Field(default=None, max_length=MAX_SUMMARY)
     context: SharedContext = Field(default_factory=SharedContext)
     transcript: list[CarriedEntry] = Field(default_factory=list)
     callback_url: Url

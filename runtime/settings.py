@@ -7,7 +7,7 @@ import secrets
 from collections.abc import Mapping
 from pathlib import Path
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SecretStr
 
 from activities import sealing, webhooks
 from models.names import TASK_QUEUE
@@ -28,6 +28,11 @@ class Settings(BaseModel):
     secret_key: str | None = None
     ai_agent: str = "demo"
     ai_agent_secret: str | None = None
+    # BATON_AI_AGENT=openai: any OpenAI-compatible Chat Completions endpoint (OpenAI, Azure OpenAI, vLLM, Ollama,
+    # llama.cpp's server, LiteLLM). The key is optional (local servers need none) and never shown.
+    openai_base_url: str = "https://api.openai.com/v1"
+    openai_api_key: SecretStr | None = None
+    ai_model: str | None = None
     # The demo AI hands technical problems to this external agent (`baton dev` connects `tech-support`).
     demo_tech_agent: str | None = None
     # Serve the demo chat page (`/chat`) and its demo sessions (`/demo/...`); `baton dev` turns it on.
@@ -56,6 +61,9 @@ class Settings(BaseModel):
             "secret_key": "BATON_SECRET_KEY",
             "ai_agent": "BATON_AI_AGENT",
             "ai_agent_secret": "BATON_AI_AGENT_SECRET",
+            "openai_base_url": "OPENAI_BASE_URL",
+            "openai_api_key": "OPENAI_API_KEY",
+            "ai_model": "BATON_AI_MODEL",
             "demo_tech_agent": "BATON_DEMO_TECH_AGENT",
             "demo_pages": "BATON_DEMO_PAGES",
             "inactivity_timeout_seconds": "BATON_INACTIVITY_TIMEOUT",
@@ -74,6 +82,10 @@ class Settings(BaseModel):
             missing.append("BATON_SECRET_KEY")
         if self.channel_url and not self.channel_secret:
             missing.append("BATON_CHANNEL_SECRET (BATON_CHANNEL_URL is set)")
+        if self.ai_agent == "openai" and not self.ai_model:
+            raise SystemExit("baton: set BATON_AI_MODEL (BATON_AI_AGENT=openai): the model's name, as the provider spells it")
+        if self.ai_agent == "openai" and not self.openai_base_url.startswith(("http://", "https://")):
+            raise SystemExit("baton: OPENAI_BASE_URL must be an http(s) URL, e.g. https://api.openai.com/v1")
         if missing:
             raise SystemExit(f"baton: set {', '.join(missing)} (`baton dev` generates them into .baton/)")
         if self.secret_key:

@@ -182,7 +182,7 @@ def test_unknown_keys_are_errors_at_every_level(tmp_path: Path) -> None:
         """)
     assert problems(path) == [
         f"{path}:2: colour: unknown key (known: version, timeouts, waiting, filter, intents, queues, desks, "
-        "routes, ai_failure)",
+        "routes, ai_failure, ai_agent)",
         f"{path}:4: waiting.position_update_secs: unknown key",
         f"{path}:8: routes.0.sla: unknown key",
     ]
@@ -310,7 +310,7 @@ def test_toml_problems_find_their_line(tmp_path: Path) -> None:
         """)
     assert problems(path) == [
         f"{path}:2: colour: unknown key (known: version, timeouts, waiting, filter, intents, queues, desks, "
-        "routes, ai_failure)",
+        "routes, ai_failure, ai_agent)",
         f"{path}:9: queues.billing.business_hours.mon-fri: bad time range '25:00-26:00' (times run from 00:00 "
         "to 24:00)",
         f"{path}:17: routes.1.to.queue: unknown queue 'sales' (declared: billing, general)",

@@ -153,6 +153,16 @@ async def test_asking_for_a_human_waits_in_general_and_the_first_of_ten_claims_w
     (row,) = await eventually(listed)
     assert row["position"] == 1 and row["reason"] == "user asked for a person" and row["waiting_since"]
 
+    # The handoff's summary for whoever takes over joins the row once written (the demo AI's: the user's words).
+    async def summarized():
+        w = await waiting(http, "general", tokens[0])
+        return w[0]["summary"] if w and w[0]["summary"] else None
+
+    summary = await eventually(summarized)
+    assert summary == "Handed over: user asked for a person (intent: human). The user wrote \u201cI want to talk to a human\u201d."
+    r = await http.get(f"/v1/desk/conversations/{conversation}/transcript", headers=as_agent(tokens[0]))
+    assert r.status_code == 200 and r.json()["summary"] == summary, r.text
+
     results = await asyncio.gather(
         *(http.post(f"/v1/desk/conversations/{conversation}/claim", headers=as_agent(t)) for t in tokens)
     )

@@ -71,6 +71,7 @@ def handoff(agent_id: str = "ext-1", handoff_id: str = "h-1") -> HandoffDelivery
         handoff_id=handoff_id,
         conversation_id="c-1",
         reason="app crashes",
+        summary="The user's app crashes on start.",
         context=SharedContext(profile={"name": "Ada"}, slots={"order": 42}, metadata={"plan": "pro"}),
         transcript=[
             TranscriptEntry(seq=1, message_id="m-1", role=Role.USER, author="user", text="it crashes", at=AT),
@@ -119,6 +120,7 @@ async def test_accepted_handoff_sends_the_documented_envelope_and_links(registry
             "handoff_id": "h-1",
             "source": {"platform": "https://baton.example", "conversation_id": "c-1"},
             "reason": "app crashes",
+            "summary": "The user's app crashes on start.",
             "context": {"profile": {"name": "Ada"}, "slots": {"order": 42}, "metadata": {"plan": "pro"}},
             "transcript": [
                 {"seq": 1, "message_id": "m-1", "role": "user", "author": "user", "text": "it crashes",

@@ -89,6 +89,8 @@ def handoff(desk: str = "acme", handoff_id: str = "h-1", conversation_id: str = 
         handoff_id=handoff_id,
         conversation_id=conversation_id,
         reason="wants a person",
+        # Redacted again before it leaves, like the transcript.
+        summary=f"The user's card {CARD} failed.",
         context=SharedContext(profile={"name": "Ada"}, slots={"order": 42}, metadata={"plan": "pro"}),
         transcript=[
             TranscriptEntry(seq=1, message_id="m-1", role=Role.USER, author="user", text=f"card {CARD} failed", at=AT),
@@ -125,6 +127,7 @@ async def test_handoff_is_the_documented_envelope_signed_with_the_desk_secret():
             "handoff_id": "h-1",
             "conversation_id": "c-1",
             "reason": "wants a person",
+            "summary": "The user's card [redacted:card] failed.",
             "context": {"profile": {"name": "Ada"}, "slots": {"order": 42}, "metadata": {"plan": "pro"}},
             "transcript": [
                 {"seq": 1, "message_id": "m-1", "role": "user", "author": "user",

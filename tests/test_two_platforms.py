@@ -198,6 +198,9 @@ async def test_handoff_to_an_agent_on_another_platform_and_back(dev_env, pair, c
     canaries = [secret, secret.removeprefix("whsec_"), CANARY_AUTH, CANARY_NOTE, CANARY_PASSWORD, CARD, CARD_DIGITS]
     received_by_b = b"\n".join(b.received).decode("utf-8", "replace")
     assert "Ada" in received_by_b and "crashes with an error" in received_by_b  # positive control
+    # The envelope carries a summary for B's agent (the demo AI's: the user's own words, from the filtered transcript).
+    envelope = next(json.loads(body) for body in b.received if b'"callback_url"' in body)
+    assert "crashes with an error" in envelope["summary"], envelope.get("summary")
     histories = {
         "A": history_text(await dev_env.client.get_workflow_handle(workflow_id(conversation)).fetch_history()),
         "B": history_text(await dev_env.client.get_workflow_handle(workflow_id(rid)).fetch_history()),

@@ -11,6 +11,7 @@ import secrets
 import signal
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import uvicorn
@@ -221,6 +222,17 @@ async def _announce_when_ready(
     return last
 
 
+def ai_agent_label(settings: Settings) -> str:
+    """The AI agent as the banner shows it: never a key, never credentials in a URL."""
+    if settings.ai_agent == "openai":
+        parts = urlsplit(settings.openai_base_url)
+        return f"openai: model {settings.ai_model} at {parts.scheme}://{parts.hostname}{f':{parts.port}' if parts.port else ''}{parts.path}"
+    if settings.ai_agent == "demo":
+        return "demo"
+    parts = urlsplit(settings.ai_agent)
+    return f"webhook: {parts.scheme}://{parts.hostname}{f':{parts.port}' if parts.port else ''}{parts.path}"
+
+
 def _banner(settings: Settings, server, keys: dict[str, str]) -> None:
     api = f"http://{settings.api_host}:{settings.api_port}"
     ui = f"http://localhost:{server.ui_port}" if server.ui_port else "disabled (--no-ui)"
@@ -235,7 +247,7 @@ Baton is running (Ctrl-C stops everything).
   Data        {server.home / 'temporal.db'}
   Channel     {channel}
   Routing     {settings.config or "built-in default (every handoff to queue 'general')"}
-  AI agent    {settings.ai_agent}{f"   (technical problems go to {settings.demo_tech_agent!r} over the platform protocol)" if settings.demo_tech_agent else ""}
+  AI agent    {ai_agent_label(settings)}{f"   (technical problems go to {settings.demo_tech_agent!r} over the platform protocol)" if settings.demo_tech_agent else ""}
   Keys        {settings.home / 'keys.env'}
     BATON_API_KEY={keys['BATON_API_KEY']}
     BATON_ADMIN_KEY={keys['BATON_ADMIN_KEY']}

@@ -21,12 +21,14 @@ from temporalio.worker import (
 )
 
 from activities.agents import DemoAgent, WebhookAgent
+from activities.llm import OpenAIAgent
 from activities.channel import ChannelDeliverer
 from activities.third_party_desk import ThirdPartyDesks
 from activities.filtering import filter_context
 from activities.platform import PlatformActivities
 from activities.registry import AgentRegistry, SqliteRegistry
 from activities.stream import StreamBell, StreamStore, stream_path
+from activities.summaries import Summaries
 from activities.routing import IntentFirst, Router
 from models.config import BatonConfig
 from runtime import routing_config
@@ -125,8 +127,15 @@ def build_worker(
     """`config` is the routing config (BATON_CONFIG, else the built-in default) when not given."""
     if config is None:
         config = routing_config.load(settings)
+    bot: DemoAgent | OpenAIAgent | WebhookAgent
     if settings.ai_agent == "demo":
         bot = DemoAgent(tech_agent=settings.demo_tech_agent)
+    elif settings.ai_agent == "openai":
+        if not settings.ai_model:
+            raise ValueError("BATON_AI_MODEL is not set (BATON_AI_AGENT=openai)")
+        key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else None
+        bot = OpenAIAgent(settings.openai_base_url, key, settings.ai_model, config.ai_agent, http,
+                          allowlist=config.filter.allowlist)
     else:
         bot = WebhookAgent(settings.ai_agent, settings.ai_agent_secret, http)
     # The config's handoff intents ("I want to talk to a human") are matched before the bot is asked.
@@ -138,6 +147,8 @@ def build_worker(
     platform = PlatformActivities(registry_opener(settings, registry), settings.public_url)
     desks = ThirdPartyDesks(routing_config.desk_lookup(config), settings.public_url)
     bell = StreamBell(streams)
+    # Handoff summaries: the model writes them when the AI agent is an LLM, else the user's own words, cut short.
+    summaries = Summaries(lambda: client, bot.summarize if isinstance(bot, OpenAIAgent) else None)
     # Recovery after a crash or a stop (README, "Operating"). A workflow is sticky to the worker that last ran it;
     # after that worker dies its tasks wait this long before any worker takes them (the SDK's default is 10 s).
     options.setdefault("sticky_queue_schedule_to_start_timeout", STICKY_TIMEOUT)
@@ -172,6 +183,7 @@ def build_worker(
             desks.deliver_to_desk,
             desks.forward_to_desk,
             bell.ring_bell,
+            summaries.summarize_handoff,
         ],
         **options,
     )

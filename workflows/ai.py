@@ -63,6 +63,11 @@ class AiTurns(Story):
             self._say(Role.SYSTEM, "system", notices.AI_FAILURE)
             return
         self.s.human_stretch_ended = False
+        if reply.usage is not None:
+            self._audit("ai_usage", seq=work.seq, **reply.usage.model_dump())
+        if reply.problems:
+            # Not done, and never shown to the user: a malformed or unknown tool call, said without its values.
+            self._audit("ai_reply_refused", seq=work.seq, problems=list(reply.problems))
         if reply.relist:
             # A retried turn: an earlier attempt may have listed the conversation for a handoff this reply does not
             # make. The state as it is gets a bell numbered after that listing.

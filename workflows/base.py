@@ -52,6 +52,7 @@ class Story:
     _rung: tuple | None  # the last bell the stream store took
     _ringing: int  # bells in flight
     _doing: bool  # the main loop is working on an inbox item
+    _summaries: bool  # PATCH_HANDOFF_SUMMARY: handoffs get a summary for their receiver
 
     async def _send(
         self, activity: str, arg: object, within: timedelta, summary: str, give_up: str
@@ -83,6 +84,7 @@ class Story:
             self.s.third_party_desk = None
         if self.s.state in (State.AI, State.CLOSED):
             self.s.shared_context = None
+            self.s.summary = None
         if not self._closed:
             # A change of owner restarts the inactivity clock, so nobody is closed on the moment they arrive.
             self.s.last_activity_at = workflow.now()

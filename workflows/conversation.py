@@ -48,10 +48,18 @@ from workflows.owners import Owners  # noqa: E402
 # tests/histories/. The patches of the releases before 1.0 (waiting-is-not-inactivity, platform-protocol,
 # routing-rules, event-stream, short-runs, route-rings) were retired at 1.0: their behaviour is what 1.0 does.
 #
+# Patches since 1.0:
+# - PATCH_HANDOFF_SUMMARY ("handoff-summary", 1.1): every handoff to a person, a desk or an external agent gets a
+#   summary for its receiver (the `summarize_handoff` activity, once per handoff, after the context is shared with a
+#   waiting list or before an envelope is sent); the snapshot, the desks' waiting lists and both envelopes carry it.
+#
 # How a patch is asked matters: ask it once per run, in the run's first activation (at the start of `run`), and
 # keep the answer. Asked for the first time while reacting to an activity's result, a patch produced histories that
 # failed replay with TMPRL1100 now and then (the SDK's automatic `TemporalChangeVersion` upsert lands in another
 # workflow task on replay); a single marker in the first workflow task is the shape that always replayed.
+
+
+PATCH_HANDOFF_SUMMARY = "handoff-summary"
 
 
 class Reject(ApplicationError):
@@ -88,6 +96,7 @@ class Conversation(AiTurns, Commands, Handoffs, Owners, Clock, Outbox):
         self._rung: tuple | None = None  # the last bell the stream store took
         self._ringing = 0  # bells in flight
         self._doing = False  # the main loop is working on an inbox item
+        self._summaries = False  # PATCH_HANDOFF_SUMMARY, asked at the start of `run`
         if input.carried is None:
             if input.context is not None:
                 self.s.context = input.context.model_copy(deep=True)
@@ -105,6 +114,7 @@ class Conversation(AiTurns, Commands, Handoffs, Owners, Clock, Outbox):
 
     @workflow.run
     async def run(self, input: ConversationInput) -> Snapshot:
+        self._summaries = workflow.patched(PATCH_HANDOFF_SUMMARY)
         self._publish()
         loops = [
             asyncio.create_task(self._watch_deadlines()),
@@ -167,6 +177,8 @@ class Conversation(AiTurns, Commands, Handoffs, Owners, Clock, Outbox):
             await self._route(work.handoff_id or "")
         elif work.kind == "share":
             await self._share(work.handoff_id or "")
+        elif work.kind == "summarize":
+            await self._summarize(work.seq)
 
     # ---- signals: fire and forget; an illegal one is recorded in the audit, never applied ---------
 

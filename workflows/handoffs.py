@@ -21,6 +21,8 @@ with workflow.unsafe.imports_passed_through():
         PendingHandoff,
         Role,
         State,
+        SummaryRequest,
+        SummaryResult,
         ThirdPartyDeskLink,
         TranscriptEntry,
         Work,
@@ -73,6 +75,7 @@ class Handoffs(Story):
         self.s.handoffs += 1
         self.s.waiting_since = since or now
         self.s.shared_context = None
+        self.s.summary = None
         self._audit(
             "handoff_requested",
             handoff_id=pending.handoff_id,
@@ -195,12 +198,23 @@ class Handoffs(Story):
         pending.position = position if kind.waits_for_person else None
         self.s.queue = target.desk_queue
         self._say(Role.SYSTEM, "system", kind.notice(target, pending.position))
+        # Its summary for the receiver, once per handoff (a fallback's next rung gets the same one).
+        summarize = None
+        if self._summaries and not pending.summary_asked:
+            pending.summary_asked = True
+            summarize = Work(kind="summarize", seq=self.s.handoffs)
         if kind.reach is Reach.WAITING_LIST:
-            # It waits for a claim; what the live agent who claims may see is filtered meanwhile.
+            # It waits for a claim; what the live agent who claims may see is filtered meanwhile, then summarised
+            # (it is listed already: the summary joins its row when written).
             self.s.inbox.append(Work(kind="share", handoff_id=pending.handoff_id))
+            if summarize is not None:
+                self.s.inbox.append(summarize)
             self._announce_positions(pending)
         else:
-            # An envelope to another platform or a third-party desk.
+            # An envelope to another platform or a third-party desk, with the summary (which waits at most its own
+            # timeout).
+            if summarize is not None:
+                self.s.inbox.append(summarize)
             self.s.inbox.append(Work(kind="deliver_handoff", handoff_id=pending.handoff_id))
 
     def _give_up(self, pending: PendingHandoff, target: HandoffTarget) -> None:
@@ -219,6 +233,7 @@ class Handoffs(Story):
         self.s.pending = None
         self.s.waiting_since = None
         self.s.shared_context = None
+        self.s.summary = None
         self._say(Role.SYSTEM, "system", notices.CANCELLED)
         self._publish()
 
@@ -234,6 +249,32 @@ class Handoffs(Story):
             return
         if self.s.state in (State.HANDOFF_PENDING, State.LIVE_AGENT):
             self.s.shared_context = filtered.context.model_dump()
+
+    async def _summarize(self, serial: int) -> None:
+        """The handoff's summary for its receiver: the activity reads the transcript window and filters it before
+        anyone (a model included) sees it. A failure costs only the summary; the handoff goes on without one."""
+        pending = self.s.pending
+        if pending is None or self.s.handoffs != serial:
+            return  # accepted, cancelled or replaced by another handoff meanwhile
+        request = SummaryRequest(conversation_id=self.s.conversation_id, handoff_id=pending.handoff_id,
+                                 reason=pending.reason, params=pending.params, upto=self.s.seq)
+        try:
+            result = await workflow.execute_activity(
+                Activities.SUMMARIZE_HANDOFF, request, result_type=SummaryResult,
+                **OPTIONS[Activities.SUMMARIZE_HANDOFF], summary="summarize the conversation for whoever takes over",
+            )
+        except ActivityError as err:
+            self._audit("summary_failed", handoff_id=pending.handoff_id, error=str(err.cause or err))
+            return
+        if result.usage is not None:
+            self._audit("ai_usage", purpose="summary", **result.usage.model_dump())
+        if self.s.handoffs != serial or self.s.state is State.AI or self.s.state is State.CLOSED:
+            self._audit("summary_ignored", handoff_id=pending.handoff_id, reason="the handoff ended meanwhile")
+            return
+        # Also when a live agent claimed meanwhile: they own it now, and the summary is for them.
+        self.s.summary = result.summary
+        self._audit("handoff_summarized", handoff_id=pending.handoff_id, by=result.by,
+                    chars=len(result.summary or ""), model_failed=result.model_failed)
 
     async def _filter(self, pending: PendingHandoff, carried: list[TranscriptEntry]) -> FilterResult:
         label = pending.target.label if pending.target else "routing"
@@ -276,6 +317,7 @@ class Handoffs(Story):
                     HandoffDelivery(
                         agent_id=name, handoff_id=handoff_id, conversation_id=self.s.conversation_id,
                         reason=pending.reason, context=filtered.context, transcript=filtered.transcript,
+                        summary=self.s.summary,
                     ),
                     result_type=HandoffOutcome,
                     **OPTIONS[Activities.DELIVER_HANDOFF],
@@ -294,6 +336,7 @@ class Handoffs(Story):
                     ThirdPartyDeskHandoff(
                         desk=name, handoff_id=handoff_id, conversation_id=self.s.conversation_id,
                         reason=pending.reason, context=filtered.context, transcript=filtered.transcript,
+                        summary=self.s.summary,
                     ),
                     within, f"hand the conversation to desk {name}", give_up="gone",
                 )

@@ -59,6 +59,11 @@ OPTIONS: dict[str, dict] = {
                                     retry_policy=FILTER_RETRY),
     Activities.QUEUE_POSITION: dict(start_to_close_timeout=timedelta(seconds=10), heartbeat_timeout=HEARTBEAT_TIMEOUT,
                                     retry_policy=POSITION_RETRY),
+    # The summary is a courtesy: two tries within 10 s, then the handoff goes on without it (the LLM's own call is
+    # bounded at 6 s, and a failed model call falls back to an extractive summary within the same attempt).
+    Activities.SUMMARIZE_HANDOFF: dict(start_to_close_timeout=timedelta(seconds=8),
+                                       schedule_to_close_timeout=timedelta(seconds=10),
+                                       retry_policy=RetryPolicy(maximum_attempts=2)),
     Activities.RING_BELL: dict(start_to_close_timeout=timedelta(seconds=5), schedule_to_close_timeout=BELL_TIMEOUT,
                                retry_policy=BELL_RETRY),
     Activities.DELIVER_HANDOFF: dict(start_to_close_timeout=CHANNEL_START_TO_CLOSE, heartbeat_timeout=HEARTBEAT_TIMEOUT,

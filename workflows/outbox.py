@@ -57,7 +57,8 @@ class Outbox(Story):
         return Bell.model_construct(
             conversation_id=s.conversation_id, seq=s.seq, state=s.state, owner=s.owner, queue=s.queue,
             waiting_since=(s.waiting_since or s.pending.requested_at) if waiting else None,
-            reason=s.pending.reason if waiting else None, at=workflow.now(), number=s.bells,
+            reason=s.pending.reason if waiting else None, summary=s.summary if waiting else None,
+            at=workflow.now(), number=s.bells,
             entries=[e for e in entries if e.seq != omits] if omits is not None else entries, omits=omits,
             created=s.created_at,
         )
@@ -91,7 +92,7 @@ class Outbox(Story):
 
     def _bell_key(self) -> tuple:
         s = self.s
-        return (s.seq, s.state, s.owner, s.queue, s.waiting_since, s.pending.reason if s.pending else None)
+        return (s.seq, s.state, s.owner, s.queue, s.waiting_since, s.pending.reason if s.pending else None, s.summary)
 
     async def _ring_loop(self) -> None:
         """After each change the stream store hears of it: carried by the activity the change starts anyway (the AI

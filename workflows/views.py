@@ -130,6 +130,7 @@ def snapshot(s: ConversationState) -> Snapshot:
         peer=s.peer.model_dump(exclude={"transcript"}) if s.peer else None,
         desk=s.third_party_desk,
         shared_context=s.shared_context,
+        summary=s.summary,
     )
 
 

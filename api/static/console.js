@@ -535,8 +535,9 @@ class Conversation {
     }
     show(this.error, "");
     const body = await response.json();
-    if (body.reason && !this.about.reason) {
-      this.about.reason = body.reason;
+    if ((body.reason && !this.about.reason) || (body.summary && body.summary !== this.about.summary)) {
+      this.about.reason = this.about.reason || body.reason;
+      this.about.summary = body.summary || this.about.summary;
       this.renderAbout();
     }
     this.renderContext(body.context, body.withheld || []);
