@@ -18,6 +18,7 @@ from activities.stream import StreamStore
 
 from models.config import BatonConfig, BusinessHours, Route, When
 from models.conversation import (
+    AI_HISTORY,
     AgentReply,
     AgentTurn,
     Bell,
@@ -296,9 +297,21 @@ async def carry_bell(stream: Callable[[], StreamStore], bell: Bell, entry: Trans
         activity.logger.warning("stream store: bell %s not written: %s", bell.number, type(err).__name__)
 
 
-async def read_window(client: Client | None, conversation_id: str, upto: int | None) -> list[TranscriptEntry]:
-    """The AI's window of the transcript up to `upto`, read from the workflow (the `ai_history` query): what an
-    activity needs of the transcript without the workflow carrying it in the activity's input (written to history)."""
+async def read_window(
+    client: Client | None, conversation_id: str, upto: int | None, stream: Callable[[], StreamStore] | None = None,
+) -> list[TranscriptEntry]:
+    """The AI's window of the transcript up to `upto`: what an activity needs of the transcript without the workflow
+    carrying it in the activity's input (written to history). From the event stream's store when it holds every
+    entry of the window (no Temporal round trip: a query costs the worker and the server a workflow task's worth of
+    work), else from the workflow (the `ai_history` query)."""
+    if stream is not None and upto is not None:
+        try:
+            found = await asyncio.to_thread(stream().window, conversation_id, upto, AI_HISTORY)
+        except Exception as err:  # noqa: BLE001 - the workflow answers instead
+            activity.logger.warning("the AI window from the stream store failed: %s", type(err).__name__)
+            found = None
+        if found is not None:
+            return found
     if client is None:
         return []
     handle = client.get_workflow_handle(workflow_id(conversation_id))
@@ -366,8 +379,10 @@ class IntentFirst:
         return out
 
     async def history(self, turn: AgentTurn) -> list[TranscriptEntry]:
+        # A conversation handed to us also shows the other platform's transcript: only the workflow has it.
+        stream = self.stream if turn.agent is None else None
         return await read_window(self.client() if self.client else None, turn.conversation_id,
-                                 turn.message.seq if turn.message else None)
+                                 turn.message.seq if turn.message else None, stream)
 
     def intercept(self, turn: AgentTurn) -> AgentReply | None:
         """The handoff reply when the turn's message triggers an intent; None to ask the agent. The first matching

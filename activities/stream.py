@@ -52,6 +52,8 @@ _SCHEMA = (
     )""",
     "CREATE INDEX IF NOT EXISTS conversations_waiting ON conversations (queue, waiting_since, conversation_id) "
     "WHERE waiting_since IS NOT NULL",
+    # A conversation's logged entries by seq: the AI agent's window (StreamStore.window).
+    "CREATE INDEX IF NOT EXISTS bells_entries ON bells (conversation_id, seq) WHERE entry IS NOT NULL",
 )
 
 
@@ -238,6 +240,33 @@ class StreamStore:
                 " AND waiting_since < ? AND conversation_id != ?",
                 (queue, _iso(since), conversation_id),
             ).fetchone()[0]
+
+    def window(self, conversation_id: str, upto: int, size: int) -> list[TranscriptEntry] | None:
+        """The conversation's entries `upto - size + 1 .. upto` as the log holds them, or None unless it holds every
+        one of them (pruned after LOG_KEEP, left out of a bell too large to carry them, not written yet): the caller
+        then asks the workflow. Entries of an earlier conversation under the same id (older than this one's
+        creation) do not count."""
+        first = max(1, upto - size + 1)
+        with self._lock:
+            row = self._db.execute(
+                "SELECT created FROM conversations WHERE conversation_id = ?", (conversation_id,)
+            ).fetchone()
+            if row is None or row[0] is None:
+                return None
+            rows = self._db.execute(
+                "SELECT seq, entry FROM bells WHERE conversation_id = ? AND entry IS NOT NULL AND seq BETWEEN ? AND ?",
+                (conversation_id, first, upto),
+            ).fetchall()
+        created = datetime.fromisoformat(row[0])
+        found: dict[int, TranscriptEntry] = {}
+        for seq, raw in rows:
+            if seq not in found:
+                entry = TranscriptEntry.model_validate_json(raw)
+                if entry.at >= created:
+                    found[seq] = entry
+        if len(found) != upto - first + 1:
+            return None
+        return [found[seq] for seq in range(first, upto + 1)]
 
     def forget_old(self, now: datetime | None = None) -> int:
         cutoff = _iso((now or datetime.now(UTC)) - LOG_KEEP)

@@ -15,6 +15,7 @@ from temporalio.exceptions import ApplicationError
 
 from activities.filtering import apply_filter, redact_text
 from activities.routing import read_window
+from activities.stream import StreamStore
 from models.conversation import MAX_SUMMARY, Role, SummaryRequest, SummaryResult, TranscriptEntry
 from models.filtering import FilterRequest
 from models.names import Activities
@@ -47,13 +48,15 @@ def extractive(reason: str, params: dict[str, object], window: list[TranscriptEn
 class Summaries:
     """`model`: the LLM agent's `summarize(transcript, reason)`, or None for the extractive summary only."""
 
-    def __init__(self, client: Callable[[], Client | None], model: Callable | None = None) -> None:
+    def __init__(self, client: Callable[[], Client | None], model: Callable | None = None,
+                 stream: Callable[[], StreamStore] | None = None) -> None:
         self.client = client
         self.model = model
+        self.stream = stream
 
     @activity.defn(name=Activities.SUMMARIZE_HANDOFF)
     async def summarize_handoff(self, req: SummaryRequest) -> SummaryResult:
-        window = await read_window(self.client(), req.conversation_id, req.upto)
+        window = await read_window(self.client(), req.conversation_id, req.upto, self.stream)
         filtered = apply_filter(FilterRequest(transcript=window)).transcript
         reason, _ = redact_text(req.reason)
         failed = None

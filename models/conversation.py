@@ -514,6 +514,9 @@ class AgentTurn(BaseModel):
     bell: Bell | None = None
 
 
+AI_HISTORY = 20  # transcript entries the AI agent sees per turn (the `ai_history` window)
+
+
 class HistoryQuery(BaseModel):
     """The AI's window as of the turn's message (later messages are not part of this turn)."""
 

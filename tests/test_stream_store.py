@@ -64,3 +64,61 @@ def test_a_waiting_page_holds_the_oldest_and_counts_them_all(tmp_path: Path) -> 
     rows, total = store.waiting_page("general", 2)
     assert [(r.conversation_id, r.position) for r in rows] == [("c4", 1), ("c3", 2)] and total == 5
     store.close()
+
+
+def entries(first: int, last: int, at: datetime = T0) -> list:
+    from models.conversation import Role, TranscriptEntry
+
+    return [TranscriptEntry(seq=s, message_id=f"m{s}", role=Role.USER if s % 2 else Role.AI,
+                            author="user" if s % 2 else "ai", text=f"entry {s}", at=at) for s in range(first, last + 1)]
+
+
+def test_the_ai_window_is_read_from_the_log_only_when_it_holds_every_entry(tmp_path: Path) -> None:
+    """The AI agent's window (activities.routing.read_window) comes from here instead of a query to the workflow,
+    but only when nothing is missing: a gap, a pruned log or another conversation's entries mean None."""
+    store = StreamStore(tmp_path / "stream.db")
+    assert store.window("c1", 3, 20) is None  # nothing known of the conversation
+    store.ring(bell(1, State.AI).model_copy(update={"seq": 3, "entries": entries(1, 3)}))
+    assert [e.seq for e in store.window("c1", 3, 20)] == [1, 2, 3]
+    assert [e.seq for e in store.window("c1", 3, 2)] == [2, 3]  # the last `size` entries
+    assert store.window("c1", 5, 20) is None  # entry 4 and 5 not written yet: ask the workflow
+    # A bell too large to carry its entries leaves a gap: 4 is missing, so 6's window is not complete.
+    store.ring(bell(2, State.AI).model_copy(update={"seq": 4, "entries": []}))
+    store.ring(bell(3, State.AI).model_copy(update={"seq": 6, "entries": entries(5, 6)}))
+    assert store.window("c1", 6, 20) is None and [e.seq for e in store.window("c1", 6, 2)] == [5, 6]
+    # A retried bell logs its entries twice: each counts once.
+    store.ring(bell(3, State.AI).model_copy(update={"seq": 6, "entries": entries(5, 6)}))
+    assert [e.text for e in store.window("c1", 6, 2)] == ["entry 5", "entry 6"]
+    # A new conversation under the same id: the closed one's entries (older than its creation) are not its own.
+    store.ring(bell(9, State.CLOSED))
+    later = T0 + timedelta(hours=2)
+    store.ring(bell(1, State.AI, created=later).model_copy(update={"seq": 2, "at": later,
+                                                                   "entries": entries(2, 2, at=later)}))
+    assert store.window("c1", 2, 20) is None  # its entry 1 is missing; the old conversation's entry 1 does not count
+    store.ring(bell(2, State.AI, created=later).model_copy(update={"seq": 2, "at": later,
+                                                                   "entries": entries(1, 1, at=later)}))
+    assert [e.at for e in store.window("c1", 2, 20)] == [later, later]
+    store.close()
+
+
+async def test_read_window_asks_the_workflow_only_when_the_log_cannot_answer(tmp_path: Path) -> None:
+    from activities.routing import read_window
+
+    store = StreamStore(tmp_path / "stream.db")
+    store.ring(bell(1, State.AI).model_copy(update={"seq": 2, "entries": entries(1, 2)}))
+    asked = []
+
+    class Handle:
+        async def query(self, name, arg, **kwargs):
+            asked.append(arg.upto)
+            from models.conversation import HistoryWindow
+            return HistoryWindow(entries=entries(1, arg.upto))
+
+    class Client:
+        def get_workflow_handle(self, workflow_id):
+            return Handle()
+
+    assert [e.seq for e in await read_window(Client(), "c1", 2, lambda: store)] == [1, 2] and asked == []
+    assert [e.seq for e in await read_window(Client(), "c1", 3, lambda: store)] == [1, 2, 3] and asked == [3]
+    assert [e.seq for e in await read_window(Client(), "c1", 2)] == [1, 2] and asked == [3, 2]  # no store given
+    store.close()

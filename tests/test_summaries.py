@@ -31,7 +31,7 @@ WINDOW = [
 def window(monkeypatch):
     seen = {}
 
-    async def read_window(client, conversation_id, upto):
+    async def read_window(client, conversation_id, upto, stream=None):
         seen.update(conversation_id=conversation_id, upto=upto)
         return [e for e in WINDOW if e.seq <= upto]
 

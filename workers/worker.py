@@ -148,7 +148,7 @@ def build_worker(
     desks = ThirdPartyDesks(routing_config.desk_lookup(config), settings.public_url)
     bell = StreamBell(streams)
     # Handoff summaries: the model writes them when the AI agent is an LLM, else the user's own words, cut short.
-    summaries = Summaries(lambda: client, bot.summarize if isinstance(bot, OpenAIAgent) else None)
+    summaries = Summaries(lambda: client, bot.summarize if isinstance(bot, OpenAIAgent) else None, streams)
     # Recovery after a crash or a stop (README, "Operating"). A workflow is sticky to the worker that last ran it;
     # after that worker dies its tasks wait this long before any worker takes them (the SDK's default is 10 s).
     options.setdefault("sticky_queue_schedule_to_start_timeout", STICKY_TIMEOUT)

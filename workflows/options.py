@@ -10,7 +10,8 @@ from temporalio.common import RetryPolicy
 from models.names import Activities
 
 DEFAULT_QUEUE = "general"
-AI_HISTORY = 20  # transcript entries the AI agent sees per turn
+# Transcript entries the AI agent sees per turn (models.conversation: its activity reads them from the stream store)
+from models.conversation import AI_HISTORY  # noqa: E402,F401
 
 AI_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=500), maximum_interval=timedelta(seconds=5), maximum_attempts=4)
 # Unlimited attempts within a day: a chat backend that is down for an hour still gets every message, in order.
