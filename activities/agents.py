@@ -10,6 +10,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities import webhooks
+from activities.signed_post import unavailable
 from models.conversation import AgentReply, AgentTurn, HandoffEvent, HandoffTarget
 from models.names import Activities, Errors
 
@@ -138,7 +139,9 @@ class WebhookAgent:
         except httpx.HTTPError as err:
             raise ApplicationError(f"AI agent unreachable: {type(err).__name__}", type=Errors.AGENT_UNAVAILABLE) from None
         if webhooks.retryable(response.status_code):
-            raise ApplicationError(f"AI agent answered {response.status_code}", type=Errors.AGENT_UNAVAILABLE)
+            # Retried, as long as the bot's Retry-After asks (the one rule of activities/signed_post.py).
+            raise unavailable(Errors.AGENT_UNAVAILABLE, f"AI agent answered {response.status_code}",
+                              response.status_code, response)
         if not 200 <= response.status_code < 300:
             raise ApplicationError(
                 f"AI agent answered {response.status_code}", type=Errors.AGENT_REJECTED, non_retryable=True

@@ -52,16 +52,18 @@ VOICES = {Role.LIVE_AGENT: "live agent", Role.EXTERNAL_AGENT: "agent"}
 
 
 class UsageCounters:
-    """Per worker process, by model: turns, tokens and failures, ready to be exported as metrics."""
+    """Per worker process, by model: turns, handoff summaries, tokens (of both) and failures, ready to be exported
+    as metrics."""
 
     def __init__(self) -> None:
         self.turns: Counter[str] = Counter()
+        self.summaries: Counter[str] = Counter()
         self.prompt_tokens: Counter[str] = Counter()
         self.completion_tokens: Counter[str] = Counter()
         self.failures: Counter[tuple[str, str]] = Counter()
 
-    def add(self, usage: TokenUsage) -> None:
-        self.turns[usage.model] += 1
+    def add(self, usage: TokenUsage, summary: bool = False) -> None:
+        (self.summaries if summary else self.turns)[usage.model] += 1
         self.prompt_tokens[usage.model] += usage.prompt_tokens
         self.completion_tokens[usage.model] += usage.completion_tokens
 
@@ -158,7 +160,7 @@ class OpenAIAgent:
         completion = await self._complete(body, SUMMARY_TIMEOUT)
         usage = _usage(completion, self.model)
         if usage is not None:
-            USAGE.add(usage)
+            USAGE.add(usage, summary=True)
         return _text_of(completion.choices[0].message.content), usage
 
     async def _complete(self, body: dict[str, Any], timeout: httpx.Timeout) -> _Completion:

@@ -93,3 +93,13 @@ async def test_the_bot_gets_the_transcript_window_up_to_the_message_it_answers(d
         ["first"], ["first", "answer 0", "second"], ["first", "answer 0", "second", "answer 1", "third"],
     ]
     assert [t["message"]["text"] for t in turns] == ["first", "second", "third"]
+
+
+async def test_a_busy_bot_is_asked_again_after_its_retry_after(dev_env, baton, bot, channel):
+    bot.script((429, {"Retry-After": "2"}, {"error": "slow down"}), (200, {}, {"text": "Now I can answer"}))
+    await start_conversation(dev_env.client, baton, cid(), text="hello")
+    await channel.wait_count(1, timeout=20)
+    assert [r.status for r in bot.requests] == [429, 200]
+    # The activity's own retry interval is 0.5 s: the gap is the bot's Retry-After.
+    assert bot.requests[1].at - bot.requests[0].at >= 1.9
+    assert bot.requests[0].webhook_id == bot.requests[1].webhook_id
