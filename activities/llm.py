@@ -26,7 +26,7 @@ from activities.filtering import apply_filter, redact_text
 from activities.signed_post import unavailable
 from models.config import REASON_PARAMETER, AiAgentConfig
 from models.conversation import (
-    MAX_TEXT, AgentReply, AgentTurn, HandoffEvent, Role, TokenUsage, TranscriptEntry,
+    MAX_SUMMARY, MAX_TEXT, AgentReply, AgentTurn, HandoffEvent, Role, TokenUsage, TranscriptEntry,
 )
 from models.filtering import FilterContext, FilterRequest
 from models.names import Activities, Errors
@@ -220,10 +220,12 @@ class OpenAIAgent:
                              + json.dumps(known, ensure_ascii=False, separators=(",", ":"), default=str)})
         if turn.agent is not None:
             reason, _ = redact_text(turn.handoff_reason[:MAX_REASON])
+            summary, _ = redact_text((turn.handoff_summary or "")[:MAX_SUMMARY])
             messages.append({"role": "system", "content": (
                 f"Another platform handed this conversation to you, the agent {turn.agent!r}"
                 + (f", because: {reason}" if reason else "") + ". Call `hand_back` when the user's request is "
-                "dealt with, `close` when the conversation is over.")})
+                "dealt with, `close` when the conversation is over."
+                + (f" Its summary of the conversation so far: {summary}" if summary else ""))})
         messages += [m for m in map(_message, shown.transcript) if m is not None]
         if turn.message is None:
             messages.append({"role": "system", "content": (

@@ -117,6 +117,8 @@ def protocol_router(
             handoff_id=envelope.handoff_id,
             callback_url=envelope.callback_url,
             reason=envelope.reason,
+            # Redacted at our door like the transcript (a Baton sender wrote it from its filtered transcript).
+            summary=redact_text(envelope.summary)[0] if envelope.summary else None,
             transcript=clean.transcript,
             withheld=clean.receipt,
         )

@@ -312,6 +312,8 @@ class PeerLink(BaseModel):
     handoff_id: str
     callback_url: str
     reason: str = ""
+    # The sender's summary of the conversation for our agent (optional in the envelope; redacted at our door).
+    summary: str | None = None
     # The sender's (filtered) transcript: the AI's memory of what was said before the handoff.
     transcript: list[TranscriptEntry] = Field(default_factory=list)
     # What our own filter withheld from the envelope at our door (a Baton sender has filtered already).
@@ -510,6 +512,8 @@ class AgentTurn(BaseModel):
     # True on the first turn of a conversation handed over from another platform: greet, don't re-ask.
     welcome: bool = False
     handoff_reason: str = ""
+    # On a conversation another platform handed to us: its summary for our agent, when it sent one.
+    handoff_summary: str | None = None
     # The stream's bell, when this turn carries it (its entries then leave out `message`, which the activity adds).
     bell: Bell | None = None
 

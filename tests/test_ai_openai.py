@@ -268,7 +268,7 @@ def turn(agent: str | None = None) -> AgentTurn:
     entry = TranscriptEntry(seq=1, message_id="m1", role=Role.USER, author="user", text="thanks, all good",
                             at="2026-11-30T10:00:00Z")
     return AgentTurn(conversation_id="c1", channel="web", message=entry, history=[entry], agent=agent,
-                     handoff_reason="technical problem")
+                     handoff_reason="technical problem", handoff_summary=f"The app crashes; card {CARD} on file.")
 
 
 def agent(config: AiAgentConfig | None = None) -> OpenAIAgent:
@@ -283,8 +283,8 @@ def test_hand_back_and_close_are_offered_and_obeyed_only_on_a_conversation_hande
     handed = turn(agent="tech-support")
     names = [t["function"]["name"] for t in agent().request(handed)["tools"]]
     assert names == ["handoff", "hand_back", "close"]
-    assert any("tech-support" in m["content"] and "technical problem" in m["content"]
-               for m in agent().request(handed)["messages"] if m["role"] == "system")
+    [told] = [m["content"] for m in agent().request(handed)["messages"] if "tech-support" in m["content"]]
+    assert "technical problem" in told and "The app crashes; card [redacted:card] on file." in told
     assert agent().reply(handed, answer(tool_call("hand_back", {"reason": "solved"}))).end == "hand_back"
     assert agent().reply(handed, answer(tool_call("close", "{}"))).end == "close"
 

@@ -42,7 +42,7 @@ async def test_bot_reply_reaches_the_channel_after_a_retry_with_the_same_id(dev_
     assert turn["message"]["text"] == "hello" and turn["conversation_id"].startswith("bot-")
     # Only the documented turn: Baton's own stream bell and routing inputs never reach the bot.
     assert set(turn) == {"conversation_id", "channel", "message", "history", "profile", "slots",
-                         "resumed_after_handoff", "agent", "welcome", "handoff_reason"}
+                         "resumed_after_handoff", "agent", "welcome", "handoff_reason", "handoff_summary"}
 
 
 async def test_bot_handoff_event_with_params_starts_a_handoff(dev_env, baton, bot):

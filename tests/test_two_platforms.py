@@ -164,6 +164,8 @@ async def test_handoff_to_an_agent_on_another_platform_and_back(dev_env, pair, c
     b_snap = await b.snapshot(rid)
     assert b_snap["peer"]["agent_id"] == "tech-support" and b_snap["peer"]["source_conversation_id"] == conversation
     assert b_snap["context"]["profile"] == {"name": "Ada"} and b_snap["context"]["slots"]["issue_type"] == "technical"
+    # A's summary reached B's side, for its local agent (the LLM adapter shows it to the model).
+    assert "crashes with an error" in b_snap["peer"]["summary"]
 
     # The user keeps chatting in the same conversation: forwarded to B, answered back through the callback.
     await a.say(conversation, "I'm on version 2.3.1")

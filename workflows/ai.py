@@ -39,6 +39,8 @@ class AiTurns(Story):
             agent=(peer.agent_name or peer.agent_id) if peer else None,
             welcome=work.kind == "ai_welcome",
             handoff_reason=peer.reason if peer else "",
+            # The sender's summary (the handoff-summary patch: runs of older code never pass one).
+            handoff_summary=peer.summary if peer and self._summaries else None,
             # Our own AI's handoff is routed within its turn; a local agent's, on a conversation handed to us, by the
             # routing activity.
             route=self._turn_route() if peer is None else None,
