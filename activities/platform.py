@@ -93,6 +93,11 @@ class PlatformActivities(SignedPoster):
             return HandoffOutcome(accepted=False, detail=f"unknown external agent {d.agent_id!r}")
         agent, secret = found
         what = f"external agent {d.agent_id!r}"
+        if agent.protocol == "a2a":
+            # Verify & Save of A2A agents landed first; sending them a handoff is the next step (README, "A2A
+            # agents"). Until then the ladder's next rung takes the conversation, with this reason in the audit.
+            return HandoffOutcome(accepted=False, detail=f"{what} speaks A2A; handing conversations to A2A agents is "
+                                  "not supported by this version yet")
         envelope = {
             "handoff_id": d.handoff_id,
             "source": {"platform": self.public_url, "conversation_id": d.conversation_id},

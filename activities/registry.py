@@ -31,6 +31,10 @@ class AgentInfo(BaseModel):
     created_at: datetime
     verified_at: datetime | None = None
     rotating_until: datetime | None = None
+    # An external agent's protocol: Baton's platform protocol, or A2A (whose card's interface, name and skills
+    # Verify & Save kept in `a2a`; never the credential).
+    protocol: Literal["baton", "a2a"] = "baton"
+    a2a: dict | None = None
 
 
 class LiveAgentInfo(BaseModel):
@@ -48,7 +52,9 @@ class AgentRegistry(Protocol):
     def rotate_local(self, agent_id: str) -> str | None: ...
     def local(self, agent_id: str) -> AgentInfo | None: ...
     def verifying_secrets(self, agent_id: str) -> list[str]: ...
-    def save_external(self, agent_id: str, secret: str, domain: str) -> AgentInfo: ...
+    def save_external(
+        self, agent_id: str, secret: str, domain: str, protocol: str = "baton", a2a: dict | None = None
+    ) -> AgentInfo: ...
     def external(self, agent_id: str) -> tuple[AgentInfo, str] | None: ...
     def list(self) -> list[AgentInfo]: ...
     def remove(self, agent_id: str, kind: str | None = None) -> bool: ...
@@ -87,6 +93,8 @@ _SCHEMA = (
         previous_valid_until TEXT,
         created_at TEXT NOT NULL,
         verified_at TEXT,
+        protocol TEXT NOT NULL DEFAULT 'baton',
+        a2a TEXT,
         PRIMARY KEY (agent_id, kind)
     )""",
     """CREATE TABLE IF NOT EXISTS links (
@@ -162,6 +170,12 @@ class SqliteRegistry:
         _migrate(self._db)
         for statement in _SCHEMA:
             self._db.execute(statement)
+        # A registry from before A2A agents: every external agent spoke Baton's platform protocol.
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(agents)")}
+        if "protocol" not in columns:
+            self._db.execute("ALTER TABLE agents ADD COLUMN protocol TEXT NOT NULL DEFAULT 'baton'")
+        if "a2a" not in columns:
+            self._db.execute("ALTER TABLE agents ADD COLUMN a2a TEXT")
         self._lock = threading.Lock()
 
     def close(self) -> None:
@@ -212,14 +226,19 @@ class SqliteRegistry:
             found.append(sealing.unseal(self._key, row[1]))
         return found
 
-    def save_external(self, agent_id: str, secret: str, domain: str) -> AgentInfo:
+    def save_external(
+        self, agent_id: str, secret: str, domain: str, protocol: str = "baton", a2a: dict | None = None
+    ) -> AgentInfo:
+        """`secret`: the platform protocol's signing secret, or an A2A agent's credential ("" for none)."""
         now = _now()
         with self._lock:
             self._db.execute(
-                "INSERT INTO agents (agent_id, kind, domain, secret_sealed, created_at, verified_at) "
-                "VALUES (?, 'external', ?, ?, ?, ?) ON CONFLICT(agent_id, kind) DO UPDATE SET "
-                "domain = excluded.domain, secret_sealed = excluded.secret_sealed, verified_at = excluded.verified_at",
-                (agent_id, domain, sealing.seal(self._key, secret), now.isoformat(), now.isoformat()),
+                "INSERT INTO agents (agent_id, kind, domain, secret_sealed, created_at, verified_at, protocol, a2a) "
+                "VALUES (?, 'external', ?, ?, ?, ?, ?, ?) ON CONFLICT(agent_id, kind) DO UPDATE SET "
+                "domain = excluded.domain, secret_sealed = excluded.secret_sealed, verified_at = excluded.verified_at, "
+                "protocol = excluded.protocol, a2a = excluded.a2a",
+                (agent_id, domain, sealing.seal(self._key, secret), now.isoformat(), now.isoformat(), protocol,
+                 json.dumps(a2a) if a2a is not None else None),
             )
         info = self.external(agent_id)
         assert info is not None
@@ -228,27 +247,29 @@ class SqliteRegistry:
     def external(self, agent_id: str) -> tuple[AgentInfo, str] | None:
         with self._lock:
             row = self._db.execute(
-                "SELECT agent_id, domain, secret_sealed, created_at, verified_at FROM agents "
+                "SELECT agent_id, domain, secret_sealed, created_at, verified_at, protocol, a2a FROM agents "
                 "WHERE agent_id = ? AND kind = 'external'",
                 (agent_id,),
             ).fetchone()
         if row is None:
             return None
         info = AgentInfo(
-            agent_id=row[0], kind="external", domain=row[1], created_at=row[3], verified_at=row[4]
+            agent_id=row[0], kind="external", domain=row[1], created_at=row[3], verified_at=row[4],
+            protocol=row[5] or "baton", a2a=json.loads(row[6]) if row[6] else None,
         )
         return info, sealing.unseal(self._key, row[2])
 
     def list(self) -> list[AgentInfo]:
         with self._lock:
             rows = self._db.execute(
-                "SELECT agent_id, kind, name, domain, created_at, verified_at, previous_valid_until FROM agents "
-                "ORDER BY created_at"
+                "SELECT agent_id, kind, name, domain, created_at, verified_at, previous_valid_until, protocol, a2a "
+                "FROM agents ORDER BY created_at"
             ).fetchall()
         return [
             AgentInfo(
                 agent_id=r[0], kind=r[1], name=r[2], domain=r[3], created_at=r[4], verified_at=r[5],
                 rotating_until=r[6] if r[6] and datetime.fromisoformat(r[6]) > _now() else None,
+                protocol=r[7] or "baton", a2a=json.loads(r[8]) if r[8] else None,
             )
             for r in rows
         ]

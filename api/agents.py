@@ -11,9 +11,10 @@ from typing import Annotated, Literal
 import httpx
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Request
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from activities import webhooks
+from activities.a2a import CardProblem, verify_card
 from activities.outbound import OutboundError, OutboundPolicy, PinnedTransport, resolve_public
 from activities.registry import AgentIdTaken, AgentInfo, AgentRegistry
 from api.auth import bearer
@@ -44,8 +45,23 @@ class AgentList(BaseModel):
 class ExternalAgentIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     agent_id: str = Field(min_length=1, max_length=128, pattern=ID_PATTERN)
-    secret: str = Field(min_length=10, max_length=200, description="whsec_<base64>, as the other platform shared it")
+    protocol: Literal["baton", "a2a"] = Field(
+        default="baton", description="`baton`: Baton's platform protocol (the default); `a2a`: an Agent2Agent agent")
+    secret: str | None = Field(default=None, min_length=10, max_length=200,
+                               description="protocol baton (required): whsec_<base64>, as the other platform shared it")
+    credential: str | None = Field(default=None, min_length=1, max_length=4096,
+                                   description="protocol a2a: the bearer token or API key the agent card asks for")
     domain: str = Field(min_length=1, max_length=2048, description="the other platform's base URL, e.g. https://baton.example.com")
+
+    @model_validator(mode="after")
+    def _fits_the_protocol(self) -> ExternalAgentIn:
+        if self.protocol == "baton" and self.secret is None:
+            raise ValueError("secret: required for protocol baton")
+        if self.protocol == "baton" and self.credential is not None:
+            raise ValueError("credential: only for protocol a2a (a Baton platform signs with `secret`)")
+        if self.protocol == "a2a" and self.secret is not None:
+            raise ValueError("secret: only for protocol baton (an A2A agent takes a `credential`, if its card asks)")
+        return self
 
 
 class VerifyIn(BaseModel):
@@ -103,7 +119,19 @@ def agent_router(
     @router.post("/v1/admin/agents/external", status_code=201, response_model=AgentInfo, dependencies=admin, tags=["admin"])
     async def connect_external_agent(body: ExternalAgentIn) -> AgentInfo:
         """Verify & Save: a signed random challenge goes to the other platform's verify route; the agent is
-        saved only if its proof matches. Otherwise 422 says which part is wrong, and nothing is saved."""
+        saved only if its proof matches. Otherwise 422 says which part is wrong, and nothing is saved. An A2A agent
+        (`protocol: a2a`) is verified by its agent card instead (activities/a2a.py)."""
+        if body.protocol == "a2a":
+            try:
+                endpoint = await verify_card(body.domain, body.credential, policy or OutboundPolicy.from_env())
+            except CardProblem as err:
+                raise HTTPException(422, str(err)) from None
+            try:
+                return registry().save_external(body.agent_id, body.credential or "", body.domain.rstrip("/"),
+                                                protocol="a2a", a2a=endpoint.model_dump())
+            except ValueError as err:
+                raise HTTPException(409, str(err)) from None
+        assert body.secret is not None
         try:
             webhooks.secret_key(body.secret)
         except ValueError as err:

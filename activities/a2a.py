@@ -1,0 +1,120 @@
+"""A2A (Agent2Agent) agents as external agents: Verify & Save by the agent card (issue 12, item 3, first part).
+
+`POST /v1/admin/agents/external {"agent_id", "protocol": "a2a", "domain", "credential"?}` fetches the card at
+`{domain}/.well-known/agent-card.json` through the outbound policy (public addresses only, pinned, no redirects,
+bounded size), parses it with the official `a2a-sdk`'s types, and accepts it only when Baton can talk to the agent:
+a JSON-RPC interface of A2A 1.x whose URL passes the same policy, at least one skill, and an auth scheme the
+credential fits (a bearer token, or an API key in a header) when the card asks for one. What is saved is the
+interface URL, how to authenticate and the card's name and skills; the credential is sealed like a secret."""
+
+from __future__ import annotations
+
+import json
+from typing import Literal
+
+import httpx
+from google.protobuf.json_format import ParseDict, ParseError
+from pydantic import BaseModel
+
+from activities.outbound import OutboundError, OutboundPolicy, PinnedTransport, resolve_public
+
+CARD_PATH = "/.well-known/agent-card.json"  # a2a.utils.constants.AGENT_CARD_WELL_KNOWN_PATH
+MAX_CARD_BYTES = 256 * 1024
+CARD_TIMEOUT = httpx.Timeout(10.0, connect=5.0)
+
+
+class CardProblem(ValueError):
+    """Why a card cannot be saved, with the request field it is about (for the API's 422)."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+
+class A2AAuth(BaseModel):
+    scheme: Literal["bearer", "api_key"]
+    header: str = "authorization"
+
+
+class A2AEndpoint(BaseModel):
+    """What Verify & Save keeps of an A2A agent's card."""
+
+    url: str  # the JSON-RPC interface's URL (checked against the outbound policy)
+    protocol_version: str
+    name: str
+    skills: list[str]
+    auth: A2AAuth | None = None
+
+
+async def verify_card(domain: str, credential: str | None, policy: OutboundPolicy) -> A2AEndpoint:
+    """Fetch and check the agent card at `domain`; raises CardProblem naming the field that is wrong."""
+    from a2a.types import AgentCard  # the SDK's protobuf types, imported where they are used
+
+    try:
+        target = await resolve_public(domain, policy)
+    except OutboundError as err:
+        raise CardProblem("domain", err.reason) from None
+    url = target.url_for(CARD_PATH)
+    async with httpx.AsyncClient(transport=PinnedTransport(target), timeout=CARD_TIMEOUT,
+                                 follow_redirects=False) as http:
+        try:
+            async with http.stream("GET", url, headers={"accept": "application/json"}) as answer:
+                if answer.status_code != 200:
+                    raise CardProblem("domain", f"{target.origin} answered {answer.status_code} for the agent card at "
+                                      f"{CARD_PATH}; is it an A2A agent?")
+                body = b""
+                async for chunk in answer.aiter_bytes():
+                    body += chunk
+                    if len(body) > MAX_CARD_BYTES:
+                        raise CardProblem("card", f"larger than {MAX_CARD_BYTES // 1024} KB")
+        except httpx.HTTPError as err:
+            raise CardProblem("domain", f"could not reach {target.origin} ({type(err).__name__})") from None
+    try:
+        card = ParseDict(json.loads(body), AgentCard(), ignore_unknown_fields=True)
+    except (ValueError, ParseError) as err:
+        # The parser's message names the field; it never holds more than the card's own (public) content.
+        raise CardProblem("card", f"not a valid A2A agent card ({str(err)[:200]})") from None
+    if not card.name.strip():
+        raise CardProblem("card", "has no name")
+    interfaces = [i for i in card.supported_interfaces
+                  if i.protocol_binding.upper() == "JSONRPC" and i.protocol_version.split(".")[0] == "1"]
+    if not interfaces:
+        found = ", ".join(f"{i.protocol_binding} {i.protocol_version}".strip() for i in card.supported_interfaces)
+        raise CardProblem("card", f"offers no JSON-RPC interface of A2A 1.x (found: {found or 'none'})")
+    interface = interfaces[0]
+    try:
+        # The card names where the calls go; a card must not send them anywhere the policy would not.
+        await resolve_public(interface.url, policy)
+    except OutboundError as err:
+        raise CardProblem("card", f"its JSON-RPC interface {interface.url[:200]}: {err.reason}") from None
+    if not card.skills:
+        raise CardProblem("card", "lists no skills")
+    return A2AEndpoint(url=interface.url, protocol_version=interface.protocol_version, name=card.name[:200],
+                       skills=[s.id[:128] for s in card.skills][:100], auth=_auth(card, credential))
+
+
+def _auth(card, credential: str | None) -> A2AAuth | None:
+    """How the credential is sent, as the card's security asks; None when it asks for nothing."""
+    required = {name for requirement in card.security_requirements for name in requirement.schemes}
+    if not required:
+        if credential:
+            raise CardProblem("credential", "the card asks for no authentication; leave the credential out")
+        return None
+    supported: list[A2AAuth] = []
+    others = []
+    for name in sorted(required):
+        scheme = card.security_schemes.get(name)
+        kind = scheme.WhichOneof("scheme") if scheme is not None else None
+        if kind == "http_auth_security_scheme" and scheme.http_auth_security_scheme.scheme.lower() == "bearer":
+            supported.append(A2AAuth(scheme="bearer"))
+        elif kind == "api_key_security_scheme" and scheme.api_key_security_scheme.location.lower() == "header":
+            supported.append(A2AAuth(scheme="api_key", header=scheme.api_key_security_scheme.name.lower()))
+        else:
+            others.append(f"{name} ({kind or 'undeclared'})")
+    if not supported:
+        raise CardProblem("card", f"its security schemes are not supported: {', '.join(others)} (Baton sends a bearer "
+                          "token or an API key in a header)")
+    if not credential:
+        raise CardProblem("credential", f"the card requires authentication ({supported[0].scheme}); send a credential")
+    return supported[0]
