@@ -1,4 +1,5 @@
-"""A2A (Agent2Agent) agents as external agents: Verify & Save by the agent card (issue 12, item 3, first part).
+"""A2A (Agent2Agent) agents as external agents: Verify & Save by the agent card, and one message at a time to the
+agent's JSON-RPC interface (`send`, used by activities/platform.py for the handoff and the user's later messages).
 
 `POST /v1/admin/agents/external {"agent_id", "protocol": "a2a", "domain", "credential"?}` fetches the card at
 `{domain}/.well-known/agent-card.json` through the outbound policy (public addresses only, pinned, no redirects,
@@ -118,3 +119,106 @@ def _auth(card, credential: str | None) -> A2AAuth | None:
     if not credential:
         raise CardProblem("credential", f"the card requires authentication ({supported[0].scheme}); send a credential")
     return supported[0]
+
+
+# ---- handing over and passing on (the sending side) -----------------------------------------------------------
+
+SEND_TIMEOUT = httpx.Timeout(12.0, connect=5.0)  # under the delivery activities' 15 s start-to-close
+# A2A task states (a2a.types.TaskState names) and what they mean for Baton.
+WORKING = {"TASK_STATE_SUBMITTED", "TASK_STATE_WORKING", "TASK_STATE_INPUT_REQUIRED"}
+DONE = "TASK_STATE_COMPLETED"
+ENDED_BADLY = {"TASK_STATE_FAILED", "TASK_STATE_REJECTED", "TASK_STATE_CANCELED", "TASK_STATE_AUTH_REQUIRED",
+               "TASK_STATE_UNSPECIFIED"}
+# A message-mode answer (no task): the context is the conversation; later messages go to the same context.
+CONTEXT_ONLY = "context:"
+
+
+class Unavailable(Exception):
+    """The agent could not be reached or did not answer in time: the caller's retry policy decides."""
+
+
+class Answer(BaseModel):
+    """An A2A agent's answer to one message."""
+
+    state: str  # a TaskState name, or "message" (answered without a task)
+    task_id: str | None = None
+    replies: list[dict] = []  # {"message_id", "text"}: status message first, then (once completed) artifacts
+    status: int | None = None
+    refused: str | None = None  # why the call itself was refused (401, a JSON-RPC error): no answer at all
+    gone: bool = False  # the task is over or unknown to the agent
+
+
+def _card(endpoint: A2AEndpoint):
+    from a2a.types import AgentCapabilities, AgentCard, AgentInterface
+
+    return AgentCard(name=endpoint.name, description=endpoint.name, version="1",
+                     supported_interfaces=[AgentInterface(url=endpoint.url, protocol_binding="JSONRPC",
+                                                          protocol_version=endpoint.protocol_version)],
+                     capabilities=AgentCapabilities(streaming=False, push_notifications=False),
+                     default_input_modes=["text/plain", "application/json"], default_output_modes=["text/plain"])
+
+
+def _shown(text: str, credential: str) -> str:
+    """Remote text bound for logs and history: printable, short, never our credential."""
+    if credential and len(credential) >= 6:
+        text = text.replace(credential, "[credential]")
+    return "".join(ch if ch.isprintable() else " " for ch in text)[:200]
+
+
+async def send(endpoint: A2AEndpoint, credential: str, policy: OutboundPolicy, *, context_id: str, task_id: str,
+               message_id: str, text: str, data: dict | None = None) -> Answer:
+    """Send one message (a text part, and a data part when given) and read the agent's answer, through the outbound
+    policy: the interface URL is checked and pinned, every request the SDK makes goes to that address only."""
+    from a2a.client import A2AClientError, A2AClientTimeoutError, ClientConfig, ClientFactory
+    from a2a.helpers import get_artifact_text, get_message_text, new_data_part, new_text_part
+    from a2a.types import Message, Role, SendMessageRequest, TaskState
+    from a2a.utils.errors import A2AError, TaskNotFoundError, UnsupportedOperationError
+
+    try:
+        target = await resolve_public(endpoint.url, policy)
+    except OutboundError as err:
+        return Answer(state="", refused=f"cannot be reached: {err.reason}", gone=True)
+    headers = {}
+    if endpoint.auth is not None and credential:
+        headers[endpoint.auth.header] = f"Bearer {credential}" if endpoint.auth.scheme == "bearer" else credential
+    parts = [new_text_part(text)] + ([new_data_part(data)] if data is not None else [])
+    message = Message(role=Role.ROLE_USER, message_id=message_id, context_id=context_id, task_id=task_id, parts=parts)
+    async with httpx.AsyncClient(transport=PinnedTransport(target), timeout=SEND_TIMEOUT, headers=headers,
+                                 follow_redirects=False) as http:
+        client = ClientFactory(ClientConfig(streaming=False, httpx_client=http)).create(_card(endpoint))
+        last = None
+        try:
+            async for response in client.send_message(SendMessageRequest(message=message)):
+                last = response
+        except A2AClientTimeoutError:
+            raise Unavailable("did not answer in time") from None
+        except A2AClientError as err:
+            status = getattr(getattr(err.__cause__, "response", None), "status_code", None)
+            if status is None or status in (408, 429) or status >= 500:
+                raise Unavailable(f"unreachable ({_shown(str(err), credential)[:120]})") from None
+            return Answer(state="", status=status, refused=f"answered {status}")
+        except (TaskNotFoundError, UnsupportedOperationError) as err:
+            return Answer(state="", refused=f"{type(err).__name__}: {_shown(str(err), credential)}", gone=True)
+        except A2AError as err:
+            return Answer(state="", refused=f"{type(err).__name__}: {_shown(str(err), credential)}")
+        except OutboundError as err:
+            return Answer(state="", refused=f"cannot be reached: {err.reason}", gone=True)
+        finally:
+            await client.close()
+    if last is None:
+        return Answer(state="", refused="answered nothing")
+    if last.WhichOneof("payload") == "message":
+        said = get_message_text(last.message)
+        return Answer(state="message", replies=[{"message_id": last.message.message_id, "text": said}] if said else [])
+    task = last.task
+    state = TaskState.Name(task.status.state)
+    replies = []
+    if task.status.HasField("message") and get_message_text(task.status.message):
+        replies.append({"message_id": task.status.message.message_id, "text": get_message_text(task.status.message)})
+    if state == DONE:
+        # What the task produced, once it is done (artifacts accumulate on a task; shown once, at its end).
+        for artifact in task.artifacts:
+            said = get_artifact_text(artifact)
+            if said:
+                replies.append({"message_id": f"{task.id}:{artifact.artifact_id}", "text": said})
+    return Answer(state=state, task_id=task.id, replies=replies)

@@ -15,13 +15,13 @@ from pydantic import TypeAdapter, ValidationError
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities import webhooks
+from activities import a2a, webhooks
 from activities.filtering import redact_text
 from activities.outbound import OutboundError, OutboundPolicy, resolve_public
-from activities.registry import AgentRegistry
+from activities.registry import AgentInfo, AgentRegistry
 from activities.signed_post import MAX_REASON as MAX_REASON  # re-exported
 from activities.signed_post import SignedPoster, remote_reason
-from models.conversation import DeliveryResult
+from models.conversation import MAX_TEXT, DeliveryResult, RemoteReply
 from models.names import Activities, Errors, Routes
 from models.protocol import (
     MAX_CARRIED,
@@ -39,6 +39,19 @@ CARRIED_FIELDS = {"seq", "message_id", "role", "author", "text", "at"}
 _REMOTE_ID = TypeAdapter(RemoteId)
 # A forwarded message's or an event's answer: 404/409/410 mean the conversation is over.
 _GONE = (404, 409, 410)
+
+
+def _replies(answer: a2a.Answer) -> list[RemoteReply]:
+    """An A2A agent's answer as transcript-ready replies: redacted like a callback's message, ids that are stable
+    across retries of the call (the agent's own message or artifact id, hashed into our id format)."""
+    out = []
+    for reply in answer.replies:
+        text, found = redact_text(str(reply["text"])[:MAX_TEXT])
+        if not text.strip():
+            continue
+        key = f"{answer.task_id or ''}\0{reply['message_id'] or text}"
+        out.append(RemoteReply(message_id=webhooks.webhook_id("a2r", key), text=text, redacted=[k for k, _ in found]))
+    return out
 
 
 def forward_webhook_id(m: ForwardMessage) -> str:
@@ -94,10 +107,7 @@ class PlatformActivities(SignedPoster):
         agent, secret = found
         what = f"external agent {d.agent_id!r}"
         if agent.protocol == "a2a":
-            # Verify & Save of A2A agents landed first; sending them a handoff is the next step (README, "A2A
-            # agents"). Until then the ladder's next rung takes the conversation, with this reason in the audit.
-            return HandoffOutcome(accepted=False, detail=f"{what} speaks A2A; handing conversations to A2A agents is "
-                                  "not supported by this version yet")
+            return await self._hand_to_a2a(agent, secret, d, what)
         envelope = {
             "handoff_id": d.handoff_id,
             "source": {"platform": self.public_url, "conversation_id": d.conversation_id},
@@ -147,6 +157,8 @@ class PlatformActivities(SignedPoster):
         if findings:
             activity.logger.info("redacted %d finding(s) from message %s before forwarding", len(findings),
                                  m.message_id)
+        if agent.protocol == "a2a":
+            return await self._forward_to_a2a(agent, secret, m, text, what)
         body = json.dumps({"message_id": m.message_id, "text": text}, separators=(",", ":")).encode()
         try:
             target = await resolve_public(agent.domain or "", self._resolved_policy())
@@ -157,6 +169,60 @@ class PlatformActivities(SignedPoster):
         )
         response = await self._post(target, path, body, secret, forward_webhook_id(m), what)
         return self._classify(response, what, secret, gone=_GONE)
+
+    # ---- A2A agents: the answer comes in the response (activities/a2a.py) --------------------------------------
+
+    async def _hand_to_a2a(self, agent: AgentInfo, credential: str, d: HandoffDelivery, what: str) -> HandoffOutcome:
+        """The handoff as one message: a text part (the reason and the summary) and a data part (the filtered
+        context and transcript), `contextId` = our conversation. A task that is working or waits for the user is
+        the acceptance; failed, rejected (or any call refused) is not; completed is accepted and handed back."""
+        text = d.reason or "A conversation is handed over to you."
+        if d.summary:
+            text += f"\n\nSummary: {d.summary}"
+        data = {
+            "baton": {"platform": self.public_url, "conversation_id": d.conversation_id, "handoff_id": d.handoff_id},
+            "context": d.context.model_dump(mode="json"),
+            "transcript": [e.model_dump(mode="json", include=CARRIED_FIELDS) for e in d.transcript[-MAX_CARRIED:]],
+        }
+        try:
+            answer = await a2a.send(
+                a2a.A2AEndpoint.model_validate(agent.a2a), credential, self._resolved_policy(),
+                context_id=d.conversation_id, task_id="", text=text, data=data,
+                message_id=webhooks.webhook_id("a2a", d.conversation_id, d.handoff_id),
+            )
+        except a2a.Unavailable as err:
+            raise self._unavailable(f"{what} {err}") from None
+        if answer.refused is not None:
+            activity.logger.warning("handoff %s to %s refused: %s", d.handoff_id, what, answer.refused)
+            return HandoffOutcome(accepted=False, status=answer.status, detail=f"{what} {answer.refused}")
+        if answer.state in a2a.ENDED_BADLY:
+            return HandoffOutcome(accepted=False, detail=f"{what} did not take the task ({answer.state})")
+        remote_id = answer.task_id or a2a.CONTEXT_ONLY + d.conversation_id
+        done = answer.state == a2a.DONE
+        return HandoffOutcome(accepted=True, remote_conversation_id=remote_id, replies=_replies(answer),
+                              end="hand_back" if done else None,
+                              end_reason=f"{what} completed its task" if done else "")
+
+    async def _forward_to_a2a(
+        self, agent: AgentInfo, credential: str, m: ForwardMessage, text: str, what: str
+    ) -> DeliveryResult:
+        """The user's next message in the same task (or context); the agent's answer comes back with it."""
+        remote = m.remote_conversation_id
+        try:
+            answer = await a2a.send(
+                a2a.A2AEndpoint.model_validate(agent.a2a), credential, self._resolved_policy(),
+                context_id=m.conversation_id, task_id="" if remote.startswith(a2a.CONTEXT_ONLY) else remote,
+                text=text, message_id=webhooks.webhook_id("a2a", m.conversation_id, m.message_id),
+            )
+        except a2a.Unavailable as err:
+            raise self._unavailable(f"{what} {err}") from None
+        if answer.refused is not None:
+            return DeliveryResult(outcome="gone" if answer.gone else "rejected", status=answer.status,
+                                  detail=f"{what} {answer.refused}")
+        ended = answer.state == a2a.DONE or answer.state in a2a.ENDED_BADLY
+        reason = f"{what} completed its task" if answer.state == a2a.DONE else f"{what} ended its task ({answer.state})"
+        return DeliveryResult(outcome="delivered", replies=_replies(answer), end="hand_back" if ended else None,
+                              end_reason=reason if ended else "")
 
     @activity.defn(name=Activities.DELIVER_TO_PEER)
     async def deliver_to_peer(self, p: PeerDelivery) -> DeliveryResult:

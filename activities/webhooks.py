@@ -40,7 +40,8 @@ def webhook_id(kind: str, *parts: object) -> str:
     parts that name the delivery, joined by NUL. The same delivery gets the same id on every retry (a receiver
     drops a repeat); different deliveries get different ids. Kinds: `msg` a reply to the channel, `fwd` / `evt` a
     message to / an event from another platform, `hof` a handoff to another platform, `dsk` / `dskm` a handoff / a message to a third-party desk,
-    `turn` the AI agent's turn."""
+    `turn` the AI agent's turn, `a2a` a message to an A2A agent (its `messageId`), `a2r` an A2A agent's answer as
+    recorded in the transcript."""
     key = "\x00".join(str(p) for p in parts).encode()
     return f"{kind}_" + hashlib.sha256(key).hexdigest()[:32]
 

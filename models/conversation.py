@@ -595,7 +595,22 @@ class ChannelMessage(BaseModel):
                                text=self.text, at=self.at)
 
 
+class RemoteReply(BaseModel):
+    """What an external agent said in the answer to a call (an A2A agent answers in the response, not through a
+    callback): recorded like a callback's message, once by its id."""
+
+    message_id: MessageId
+    text: Text
+    # Kinds of sensitive values redacted from `text` before it reached the workflow.
+    redacted: list[str] = Field(default_factory=list, max_length=20)
+
+
 class DeliveryResult(BaseModel):
     outcome: Literal["delivered", "rejected", "gone", "disabled"]
     status: int | None = None
     detail: str = ""
+    # An A2A agent's answer to a forwarded message: what it said, and whether its task ended (`hand_back`: back to
+    # our AI). Empty for every other delivery.
+    replies: list[RemoteReply] = Field(default_factory=list)
+    end: Literal["hand_back"] | None = None
+    end_reason: str = ""

@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from models.conversation import MAX_SUMMARY, MAX_TEXT, ID_PATTERN, MessageId, Reason, Role, Text, TranscriptEntry
+from models.conversation import MAX_SUMMARY, MAX_TEXT, ID_PATTERN, RemoteReply, MessageId, Reason, Role, Text, TranscriptEntry
 from models.filtering import SharedContext
 
 MAX_CARRIED = 200  # transcript entries an envelope may carry
@@ -102,6 +102,10 @@ class HandoffOutcome(BaseModel):
     remote_conversation_id: str | None = None
     status: int | None = None
     detail: str = ""
+    # An A2A agent answers the handoff in its response: what it said, and whether its task already ended.
+    replies: list[RemoteReply] = Field(default_factory=list)
+    end: Literal["hand_back"] | None = None
+    end_reason: str = ""
 
 
 class ForwardMessage(BaseModel):

@@ -361,6 +361,44 @@ async def bounds_and_run_length(client, settings, cid, **_):
     return first
 
 
+async def a2a_agent_answers_and_hands_back(client, settings, cid, http, registry, **_):
+    """An A2A agent (the a2a-sdk's own server classes, tests/test_a2a.py) takes a handoff: it asks (input-required,
+    its answer comes in the response), the user answers in the same task, it completes and hands back; then a
+    second handoff it rejects walks the ladder to a queue, where the chat is closed."""
+    from tests.test_a2a import TOKEN, version_agent
+
+    async def say(text):
+        r = await http.post(f"/v1/conversations/{cid}/messages", json={"message_id": uuid.uuid4().hex, "text": text})
+        assert r.status_code == 202, r.text
+
+    async def state():
+        return (await http.get(f"/v1/conversations/{cid}")).json()
+
+    async with version_agent() as (base, _):
+        r = await http.post("/v1/admin/agents/external", headers={"Authorization": f"Bearer {settings.admin_key}"},
+                            json={"agent_id": "versions", "protocol": "a2a", "domain": base, "credential": TOKEN})
+        assert r.status_code == 201, r.text
+        await say("hello")
+        r = await http.post(f"/v1/conversations/{cid}/handoff",
+                            json={"reason": "versions", "target": {"external_agent": "versions"}})
+        assert r.status_code == 200, r.text
+        while (await state())["state"] != "external_agent":
+            await asyncio.sleep(0.05)
+        await say("2.5")
+        while (await state())["state"] != "ai":
+            await asyncio.sleep(0.05)
+        r = await http.post(f"/v1/conversations/{cid}/handoff",
+                            json={"reason": "please reject", "target": {"external_agent": "versions"},
+                                  "fallback": [{"queue": "general"}]})
+        assert r.status_code == 200, r.text
+        while (await state())["queue"] != "general":
+            await asyncio.sleep(0.05)
+    await http.post(f"/v1/conversations/{cid}/close")
+    handle = client.get_workflow_handle(workflow_id(cid))
+    await handle.result()
+    return handle
+
+
 SCENARIOS = {
     "ai_chat_then_close": ai_chat_then_close,
     "live_handoff_and_hand_back": live_handoff_and_hand_back,
@@ -375,6 +413,7 @@ SCENARIOS = {
     "ladder_with_business_hours": ladder_with_business_hours,
     "continue_as_new_while_waiting": continue_as_new_while_waiting,
     "ai_failure_is_routed": ai_failure_is_routed,
+    "a2a_agent_answers_and_hands_back": a2a_agent_answers_and_hands_back,
 }
 
 

@@ -1,12 +1,14 @@
-"""A2A agents (issue 12, item 3, first part): Verify & Save by the agent card. The agent is built with the official
-`a2a-sdk`'s own server classes (its card route and JSON-RPC route, a task store, an executor) and served over real
-HTTP on loopback; Baton's real API fetches and checks its card."""
+"""A2A agents as handoff targets: Verify & Save by the agent card, the handoff, the input-required round trip,
+completed -> back to our AI, rejected -> the next rung. The agent is built with the official `a2a-sdk`'s own server
+classes (its card route and JSON-RPC route, a task store, an executor) and served over real HTTP on loopback;
+Baton's real API and worker talk to it."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import socket
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -176,17 +178,176 @@ async def test_a_request_that_does_not_fit_its_protocol_is_422(http, body, probl
     assert r.status_code == 422 and problem in r.text, r.text
 
 
-async def test_a_handoff_to_an_a2a_agent_is_refused_with_its_reason_until_delivery_is_built(registry, private_networks):
-    """Sending a conversation to an A2A agent is the next step; until then the activity says so and the workflow's
-    ladder moves on (the audit keeps the reason)."""
+async def test_an_a2a_agent_out_of_reach_is_retried_and_a_forbidden_interface_is_refused(registry, private_networks):
+    """The activity's own rules: no answer is a retryable error (the workflow's retry policy and the SLA decide);
+    an interface address the outbound policy forbids (here cloud metadata) is a refusal, never a call."""
+    from temporalio.exceptions import ApplicationError
     from temporalio.testing import ActivityEnvironment
 
     from activities.platform import PlatformActivities
+    from devkit.temporal import free_port
+    from models.names import Errors
 
-    registry.save_external("versions", "", "http://127.0.0.1:9", protocol="a2a", a2a={"url": "http://127.0.0.1:9/a2a"})
-    outcome = await ActivityEnvironment().run(
-        PlatformActivities(lambda: registry, "https://baton.example").deliver_handoff,
-        HandoffDelivery(agent_id="versions", handoff_id="h-1", conversation_id="c-1", context=SharedContext(),
-                        transcript=[]),
-    )
-    assert not outcome.accepted and "speaks A2A" in outcome.detail
+    def saved(url: str) -> None:
+        registry.save_external("versions", "", "http://127.0.0.1:9", protocol="a2a",
+                               a2a={"url": url, "protocol_version": "1.0", "name": "V", "skills": ["s"], "auth": None})
+
+    deliver = PlatformActivities(lambda: registry, "https://baton.example").deliver_handoff
+    delivery = HandoffDelivery(agent_id="versions", handoff_id="h-1", conversation_id="c-1", context=SharedContext(),
+                               transcript=[])
+    saved(f"http://127.0.0.1:{free_port()}/a2a")
+    with pytest.raises(ApplicationError) as err:
+        await ActivityEnvironment().run(deliver, delivery)
+    assert err.value.type == Errors.AGENT_UNAVAILABLE and not err.value.non_retryable
+    saved("http://169.254.169.254/a2a")
+    outcome = await ActivityEnvironment().run(deliver, delivery)
+    assert not outcome.accepted and "cannot be reached" in outcome.detail
+
+
+# ---- handing a conversation to an A2A agent (the sending side) ------------------------------------------------
+
+
+class VersionAgent(AgentExecutor):
+    """First message of a task: asks which version (input-required); the next: an update plan (an artifact), done.
+    A first message that mentions "reject" is rejected. Keeps what it received, to check what crossed."""
+
+    def __init__(self) -> None:
+        self.received: list[dict] = []
+
+    async def execute(self, context: RequestContext, event_queue: EventQueue) -> None:
+        from google.protobuf.json_format import MessageToDict
+        from a2a.helpers import new_task_from_user_message, new_text_part
+        from a2a.server.tasks import TaskUpdater
+        from a2a.types import TaskState
+
+        self.received.append(MessageToDict(context.message))
+        task = context.current_task
+        if task is None:
+            task = new_task_from_user_message(context.message)
+            await event_queue.enqueue_event(task)
+        updater = TaskUpdater(event_queue, task.id, task.context_id)
+        text = context.get_user_input()
+        if task.status.state == TaskState.TASK_STATE_INPUT_REQUIRED:
+            await updater.add_artifact([new_text_part(f"Update plan: install version {text.strip()} and restart.")],
+                                       name="plan")
+            await updater.complete(updater.new_agent_message([new_text_part(f"Done: {text.strip()} is fixed.")]))
+        elif "reject" in text:
+            await updater.reject(updater.new_agent_message([new_text_part("I only handle version questions.")]))
+        else:
+            await updater.requires_input(updater.new_agent_message([new_text_part("Which version do you use?")]))
+
+    async def cancel(self, context: RequestContext, event_queue: EventQueue) -> None:  # pragma: no cover
+        raise NotImplementedError
+
+
+class BearerOnly:
+    """The SDK does not enforce the card's security: the agent's app does (ASGI middleware)."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and scope["path"] != "/.well-known/agent-card.json":
+            if dict(scope["headers"]).get(b"authorization") != f"Bearer {TOKEN}".encode():
+                await Response(b'{"error": "unauthorized"}', status_code=401)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+@contextlib.asynccontextmanager
+async def version_agent() -> AsyncIterator[tuple[str, VersionAgent]]:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    base = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    executor = VersionAgent()
+    agent_card = card(base, security="bearer")
+    handler = DefaultRequestHandler(executor, InMemoryTaskStore(), agent_card)
+    app = BearerOnly(Starlette(routes=[*create_agent_card_routes(agent_card),
+                                       *create_jsonrpc_routes(handler, rpc_url="/a2a")]))
+    server = EmbeddedServer(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    await asyncio.wait({task, asyncio.create_task(server.ready.wait())}, return_when=asyncio.FIRST_COMPLETED)
+    try:
+        yield base, executor
+    finally:
+        server.should_exit = True
+        await task
+        await handler.aclose()
+
+
+@pytest.fixture
+async def stack_a2a(dev_env, task_queue, registry, channel, private_networks):
+    from tests.harness import baton_worker
+
+    settings = settings_for(task_queue, channel_url=channel.url, channel_secret=channel.secret)
+    async with version_agent() as (base, executor), baton_worker(dev_env.client, settings, registry), baton_api(
+        dev_env.client, settings, registry
+    ) as http:
+        r = await connect(http, agent_id="versions", domain=base, credential=TOKEN)
+        assert r.status_code == 201, r.text
+        yield http, executor
+
+
+CANARY_AUTH = "CANARY-A2A-AUTH-41f0"
+
+
+async def test_an_a2a_agent_takes_a_handoff_asks_the_user_and_hands_back_when_done(stack_a2a, channel):
+    from tests.test_routing_flow import audit, eventually, say, snap
+
+    http, executor = stack_a2a
+    conversation = f"a2a-{uuid.uuid4().hex[:10]}"
+    r = await http.put(f"/v1/conversations/{conversation}/context",
+                       json={"profile": {"name": "Ada"}, "auth": {"session": CANARY_AUTH}})
+    assert r.status_code == 200, r.text
+    await say(http, conversation, "The app crashes on start")
+    await channel.wait_count(1)
+    r = await http.post(f"/v1/conversations/{conversation}/handoff",
+                        json={"reason": "app crashes", "target": {"external_agent": "versions"},
+                              "fallback": [{"queue": "general"}]})
+    assert r.status_code == 200, r.text
+
+    def said() -> list[tuple[str, str]]:
+        return [(m["role"], m["text"]) for m in channel.delivered() if m["conversation_id"] == conversation]
+
+    await channel.wait_for(lambda _: ("external_agent", "Which version do you use?") in said(), timeout=20)
+    s = await snap(http, conversation)
+    assert s["state"] == "external_agent" and s["owner"] == "versions"
+    task_id = s["external"]["remote_conversation_id"]
+
+    await say(http, conversation, "2.5")
+    await channel.wait_for(lambda _: ("external_agent", "Done: 2.5 is fixed.") in said(), timeout=20)
+    await channel.wait_for(lambda _: any(role == "ai" and "back" in text for role, text in said()[3:]), timeout=20)
+    assert ("external_agent", "Update plan: install version 2.5 and restart.") in said()
+    s = await snap(http, conversation)
+    assert s["state"] == "ai" and s["owner"] == "ai"
+    kinds = [e["kind"] for e in await audit(http, conversation)]
+    assert kinds.count("handoff_accepted") == 1 and "handed_back" in kinds
+
+    # What crossed: one message with the reason and summary as text and the filtered context as data, in our
+    # conversation's context; then the user's answer in the same task. Never the auth canary.
+    first, second = executor.received
+    assert first["contextId"] == conversation and first["taskId"] == task_id  # the task the agent opened for it
+    assert first["parts"][0]["text"].startswith("app crashes\n\nSummary: ")
+    assert first["parts"][1]["data"]["context"]["profile"] == {"name": "Ada"}
+    assert second == {**second, "contextId": conversation, "taskId": task_id}
+    assert second["parts"] == [{"text": "2.5"}]
+    assert CANARY_AUTH not in str(executor.received)
+    # In order and once at the channel.
+    seqs = [m["seq"] for m in channel.delivered() if m["conversation_id"] == conversation]
+    assert seqs == sorted(set(seqs))
+
+
+async def test_an_a2a_agent_that_rejects_the_task_walks_the_ladder(stack_a2a, channel):
+    from tests.test_routing_flow import audit, say, waiting_in
+
+    http, executor = stack_a2a
+    conversation = f"a2a-{uuid.uuid4().hex[:10]}"
+    await say(http, conversation, "hello")
+    await channel.wait_count(1)
+    r = await http.post(f"/v1/conversations/{conversation}/handoff",
+                        json={"reason": "please reject this", "target": {"external_agent": "versions"},
+                              "fallback": [{"queue": "general"}]})
+    assert r.status_code == 200, r.text
+    await waiting_in(http, conversation, "general")
+    failed = [e for e in await audit(http, conversation) if e["kind"] == "handoff_failed"]
+    assert "did not take the task (TASK_STATE_REJECTED)" in failed[0]["detail"]["reason"]

@@ -53,6 +53,7 @@ class Story:
     _ringing: int  # bells in flight
     _doing: bool  # the main loop is working on an inbox item
     _summaries: bool  # PATCH_HANDOFF_SUMMARY: handoffs get a summary for their receiver
+    _answers: bool  # PATCH_A2A_ANSWERS: an agent's answers in a call's response are recorded (owners.py)
 
     async def _send(
         self, activity: str, arg: object, within: timedelta, summary: str, give_up: str
@@ -214,6 +215,9 @@ class Story:
         raise NotImplementedError
 
     def _announce_positions(self, pending: PendingHandoff) -> None:  # clock
+        raise NotImplementedError
+
+    def _answered(self, agent_id: str, replies: list, end: str | None, end_reason: str) -> None:  # owners
         raise NotImplementedError
 
     def _take_bell(self, carried: int | None = None, fresh: bool = False) -> Bell | None:  # outbox

@@ -52,6 +52,9 @@ from workflows.owners import Owners  # noqa: E402
 # - PATCH_HANDOFF_SUMMARY ("handoff-summary", 1.1): every handoff to a person, a desk or an external agent gets a
 #   summary for its receiver (the `summarize_handoff` activity, once per handoff, after the context is shared with a
 #   waiting list or before an envelope is sent); the snapshot, the desks' waiting lists and both envelopes carry it.
+# - PATCH_A2A_ANSWERS ("a2a-answers", 1.1): an external agent that answers in the response of a call (an A2A agent)
+#   has its replies recorded and delivered like a callback's messages, and the end of its task hands the
+#   conversation back to our AI (HandoffOutcome / DeliveryResult `replies` and `end`).
 #
 # How a patch is asked matters: ask it once per run, in the run's first activation (at the start of `run`), and
 # keep the answer. Asked for the first time while reacting to an activity's result, a patch produced histories that
@@ -60,6 +63,7 @@ from workflows.owners import Owners  # noqa: E402
 
 
 PATCH_HANDOFF_SUMMARY = "handoff-summary"
+PATCH_A2A_ANSWERS = "a2a-answers"
 
 
 class Reject(ApplicationError):
@@ -97,6 +101,7 @@ class Conversation(AiTurns, Commands, Handoffs, Owners, Clock, Outbox):
         self._ringing = 0  # bells in flight
         self._doing = False  # the main loop is working on an inbox item
         self._summaries = False  # PATCH_HANDOFF_SUMMARY, asked at the start of `run`
+        self._answers = False  # PATCH_A2A_ANSWERS, likewise
         if input.carried is None:
             if input.context is not None:
                 self.s.context = input.context.model_copy(deep=True)
@@ -115,6 +120,7 @@ class Conversation(AiTurns, Commands, Handoffs, Owners, Clock, Outbox):
     @workflow.run
     async def run(self, input: ConversationInput) -> Snapshot:
         self._summaries = workflow.patched(PATCH_HANDOFF_SUMMARY)
+        self._answers = workflow.patched(PATCH_A2A_ANSWERS)
         self._publish()
         loops = [
             asyncio.create_task(self._watch_deadlines()),

@@ -375,6 +375,8 @@ class Handoffs(Story):
             # What the user wrote after the envelope was cut goes on to the agent, in order.
             self._forward_since(carried[-1].seq if carried else 0, handoff_id)
         self._publish()
+        # An agent that answers in the response (A2A) has already spoken, and may even be done.
+        self._answered(name, outcome.replies, outcome.end, outcome.end_reason)
 
     def _fall_back(self, why: str) -> None:
         pending = self.s.pending

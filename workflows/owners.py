@@ -6,7 +6,9 @@ from __future__ import annotations
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
-    from models.conversation import DeliveryResult, ExternalLink, Role, State, ThirdPartyDeskLink, Work
+    from models.conversation import (
+        AgentMessage, DeliveryResult, ExternalLink, HandBack, RemoteReply, Role, State, ThirdPartyDeskLink, Work,
+    )
     from models.third_party_desk import ThirdPartyDeskForward
     from models.names import Activities
     from models.protocol import ForwardMessage
@@ -67,10 +69,28 @@ class Owners(Story):
             return  # handed back or closed meanwhile
         self._passed_on(seq, result, who, lost, notice or "")
 
+    def _answered(self, agent_id: str, replies: list[RemoteReply], end: str | None, end_reason: str) -> None:
+        """What an external agent said in the response of a call (an A2A agent), recorded like its callback's
+        messages (once per id, redacted already); the end of its task gives the conversation back to our AI."""
+        if not self._answers:
+            return
+        for reply in replies:
+            message = AgentMessage(message_id=reply.message_id, text=reply.text, author=agent_id,
+                                   role=Role.EXTERNAL_AGENT, redacted=reply.redacted)
+            if (why := self._agent_message_refusal(message)) is None:
+                self._agent_message(message)
+            else:
+                self._audit("agent_reply_refused", agent=agent_id, reason=why)
+        if end == "hand_back" and self._hand_back_refusal(HandBack(reason=end_reason, by=agent_id)) is None:
+            self._hand_back(HandBack(reason=end_reason, by=agent_id))
+
     def _passed_on(self, seq: int, result: DeliveryResult, who: dict[str, str], lost: str, notice: str) -> None:
-        """After forwarding: nothing to do when delivered; a refused message is the user's to rephrase; an agent
-        that is gone or out of reach gives the conversation back to our AI, which answers this message."""
+        """After forwarding: nothing to do when delivered (but record what an agent answered in the response); a
+        refused message is the user's to rephrase; an agent that is gone or out of reach gives the conversation back
+        to our AI, which answers this message."""
         if result.outcome == "delivered":
+            if "agent" in who:
+                self._answered(who["agent"], result.replies, result.end, result.end_reason)
             return
         if result.outcome == "rejected":
             self._audit("forward_rejected", seq=seq, **who, status=result.status, detail=result.detail)
