@@ -233,6 +233,8 @@ class VersionAgent(AgentExecutor):
             await updater.complete(updater.new_agent_message([new_text_part(f"Done: {text.strip()} is fixed.")]))
         elif "reject" in text:
             await updater.reject(updater.new_agent_message([new_text_part("I only handle version questions.")]))
+        elif "fail" in text:
+            await updater.failed(updater.new_agent_message([new_text_part("My backend is down.")]))
         else:
             await updater.requires_input(updater.new_agent_message([new_text_part("Which version do you use?")]))
 
@@ -337,7 +339,9 @@ async def test_an_a2a_agent_takes_a_handoff_asks_the_user_and_hands_back_when_do
     assert seqs == sorted(set(seqs))
 
 
-async def test_an_a2a_agent_that_rejects_the_task_walks_the_ladder(stack_a2a, channel):
+@pytest.mark.parametrize(("reason", "state"), [("please reject this", "TASK_STATE_REJECTED"),
+                                               ("this will fail", "TASK_STATE_FAILED")], ids=["rejected", "failed"])
+async def test_an_a2a_agent_that_rejects_or_fails_the_task_walks_the_ladder(stack_a2a, channel, reason, state):
     from tests.test_routing_flow import audit, say, waiting_in
 
     http, executor = stack_a2a
@@ -345,9 +349,9 @@ async def test_an_a2a_agent_that_rejects_the_task_walks_the_ladder(stack_a2a, ch
     await say(http, conversation, "hello")
     await channel.wait_count(1)
     r = await http.post(f"/v1/conversations/{conversation}/handoff",
-                        json={"reason": "please reject this", "target": {"external_agent": "versions"},
+                        json={"reason": reason, "target": {"external_agent": "versions"},
                               "fallback": [{"queue": "general"}]})
     assert r.status_code == 200, r.text
     await waiting_in(http, conversation, "general")
     failed = [e for e in await audit(http, conversation) if e["kind"] == "handoff_failed"]
-    assert "did not take the task (TASK_STATE_REJECTED)" in failed[0]["detail"]["reason"]
+    assert f"did not take the task ({state})" in failed[0]["detail"]["reason"]
