@@ -11,6 +11,7 @@ interface URL, how to authenticate and the card's name and skills; the credentia
 from __future__ import annotations
 
 import json
+import re
 from typing import Literal
 
 import httpx
@@ -22,6 +23,10 @@ from activities.outbound import OutboundError, OutboundPolicy, PinnedTransport, 
 CARD_PATH = "/.well-known/agent-card.json"  # a2a.utils.constants.AGENT_CARD_WELL_KNOWN_PATH
 MAX_CARD_BYTES = 256 * 1024
 CARD_TIMEOUT = httpx.Timeout(10.0, connect=5.0)
+# An API key's header: an HTTP token (RFC 9110), and not one the request itself needs.
+_HEADER = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}$")
+_NOT_A_KEY_HEADER = {"host", "content-length", "content-type", "transfer-encoding", "connection", "a2a-version",
+                     "accept", "user-agent", "cookie"}
 
 
 class CardProblem(ValueError):
@@ -109,7 +114,9 @@ def _auth(card, credential: str | None) -> A2AAuth | None:
         kind = scheme.WhichOneof("scheme") if scheme is not None else None
         if kind == "http_auth_security_scheme" and scheme.http_auth_security_scheme.scheme.lower() == "bearer":
             supported.append(A2AAuth(scheme="bearer"))
-        elif kind == "api_key_security_scheme" and scheme.api_key_security_scheme.location.lower() == "header":
+        elif (kind == "api_key_security_scheme" and scheme.api_key_security_scheme.location.lower() == "header"
+              and _HEADER.match(scheme.api_key_security_scheme.name)
+              and scheme.api_key_security_scheme.name.lower() not in _NOT_A_KEY_HEADER):
             supported.append(A2AAuth(scheme="api_key", header=scheme.api_key_security_scheme.name.lower()))
         else:
             others.append(f"{name} ({kind or 'undeclared'})")
@@ -159,8 +166,9 @@ def _card(endpoint: A2AEndpoint):
 
 
 def _shown(text: str, credential: str) -> str:
-    """Remote text bound for logs and history: printable, short, never our credential."""
-    if credential and len(credential) >= 6:
+    """Remote text bound for logs and history: printable, short, never our credential (at least 8 characters,
+    as the API requires)."""
+    if credential:
         text = text.replace(credential, "[credential]")
     return "".join(ch if ch.isprintable() else " " for ch in text)[:200]
 

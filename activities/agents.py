@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 import httpx
@@ -147,7 +148,16 @@ class WebhookAgent:
                 f"AI agent answered {response.status_code}", type=Errors.AGENT_REJECTED, non_retryable=True
             )
         try:
-            return AgentReply.model_validate_json(response.content)
+            answer = json.loads(response.content)
+        except ValueError:
+            raise ApplicationError("AI agent's answer is not a valid reply: not JSON", type=Errors.AGENT_BAD_REPLY,
+                                   non_retryable=True) from None
+        if isinstance(answer, dict):
+            # Baton's own fields for its LLM adapter; a bot's reply is the documented one (which never had them).
+            answer.pop("usage", None)
+            answer.pop("problems", None)
+        try:
+            return AgentReply.model_validate(answer)
         except ValidationError as err:
             raise ApplicationError(
                 f"AI agent's answer is not a valid reply: {err.error_count()} error(s), first: "

@@ -46,11 +46,17 @@ def _replies(answer: a2a.Answer) -> list[RemoteReply]:
     across retries of the call (the agent's own message or artifact id, hashed into our id format)."""
     out = []
     for reply in answer.replies:
-        text, found = redact_text(str(reply["text"])[:MAX_TEXT])
-        if not text.strip():
-            continue
-        key = f"{answer.task_id or ''}\0{reply['message_id'] or text}"
-        out.append(RemoteReply(message_id=webhooks.webhook_id("a2r", key), text=text, redacted=[k for k, _ in found]))
+        try:
+            # Redacted, then cut: a redaction marker may be longer than what it replaced.
+            text, found = redact_text(str(reply["text"]))
+            text = text[:MAX_TEXT]
+            if not text.strip():
+                continue
+            key = f"{answer.task_id or ''}\0{reply['message_id'] or text}"
+            out.append(RemoteReply(message_id=webhooks.webhook_id("a2r", key), text=text,
+                                   redacted=sorted({kind for kind, _ in found})[:20]))
+        except Exception as err:  # noqa: BLE001 - the call was made: raising here would send the message again
+            activity.logger.warning("an A2A reply was left out: %s", type(err).__name__)
     return out
 
 
@@ -107,6 +113,11 @@ class PlatformActivities(SignedPoster):
         agent, secret = found
         what = f"external agent {d.agent_id!r}"
         if agent.protocol == "a2a":
+            if not d.answers:
+                # A conversation started before the a2a-answers patch cannot record the agent's answers: the next
+                # rung takes it rather than an agent whose replies would be lost.
+                return HandoffOutcome(accepted=False, detail=f"{what} speaks A2A, which this conversation (started "
+                                      "before Baton 1.1) cannot hand over to")
             return await self._hand_to_a2a(agent, secret, d, what)
         envelope = {
             "handoff_id": d.handoff_id,
@@ -158,6 +169,9 @@ class PlatformActivities(SignedPoster):
             activity.logger.info("redacted %d finding(s) from message %s before forwarding", len(findings),
                                  m.message_id)
         if agent.protocol == "a2a":
+            if not m.answers:
+                return DeliveryResult(outcome="gone", detail=f"{what} speaks A2A; this conversation cannot record "
+                                      "its answers")
             return await self._forward_to_a2a(agent, secret, m, text, what)
         body = json.dumps({"message_id": m.message_id, "text": text}, separators=(",", ":")).encode()
         try:

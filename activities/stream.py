@@ -249,9 +249,11 @@ class StreamStore:
         first = max(1, upto - size + 1)
         with self._lock:
             row = self._db.execute(
-                "SELECT created FROM conversations WHERE conversation_id = ?", (conversation_id,)
+                "SELECT created, state FROM conversations WHERE conversation_id = ?", (conversation_id,)
             ).fetchone()
-            if row is None or row[0] is None:
+            # Unknown, or the store has heard only of a closed conversation under this id (the one asking is open:
+            # its first bell is not written yet): the workflow answers.
+            if row is None or row[0] is None or row[1] == "closed":
                 return None
             rows = self._db.execute(
                 "SELECT seq, entry FROM bells WHERE conversation_id = ? AND entry IS NOT NULL AND seq BETWEEN ? AND ?",

@@ -17,7 +17,7 @@ from activities.filtering import apply_filter, redact_text
 from activities.routing import read_window
 from activities.stream import StreamStore
 from models.conversation import MAX_SUMMARY, Role, SummaryRequest, SummaryResult, TranscriptEntry
-from models.filtering import FilterRequest
+from models.filtering import FilterContext, FilterRequest
 from models.names import Activities
 
 QUOTE = 160  # characters of one user message an extractive summary quotes, at most
@@ -56,8 +56,13 @@ class Summaries:
 
     @activity.defn(name=Activities.SUMMARIZE_HANDOFF)
     async def summarize_handoff(self, req: SummaryRequest) -> SummaryResult:
-        window = await read_window(self.client(), req.conversation_id, req.upto, self.stream)
-        filtered = apply_filter(FilterRequest(transcript=window)).transcript
+        # A conversation handed to us: its window includes the other platform's transcript, which only the workflow
+        # holds (the stream store has ours alone).
+        window = await read_window(self.client(), req.conversation_id, req.upto, None if req.peer else self.stream)
+        # The window and the request's params pass the context filter (params come from an API request, an intent
+        # or a model's tool call: a secret-named key is dropped, a sensitive value redacted, like any slot).
+        shown = apply_filter(FilterRequest(context=FilterContext(slots=dict(req.params)), transcript=window))
+        filtered, params = shown.transcript, shown.context.slots
         reason, _ = redact_text(req.reason)
         failed = None
         if self.model is not None:
@@ -67,7 +72,8 @@ class Summaries:
                 failed = _cut(str(err.message), 200)
             else:
                 if text:
-                    summary, _ = redact_text(text[:MAX_SUMMARY])
-                    return SummaryResult(summary=summary, by="model", usage=usage)
+                    # Redacted, then cut: a redaction marker may be longer than what it replaced.
+                    summary, _ = redact_text(text)
+                    return SummaryResult(summary=summary[:MAX_SUMMARY], by="model", usage=usage)
                 failed = "the model wrote no summary"
-        return SummaryResult(summary=extractive(reason, dict(req.params), filtered), by="extract", model_failed=failed)
+        return SummaryResult(summary=extractive(reason, params, filtered), by="extract", model_failed=failed)

@@ -49,8 +49,9 @@ class ExternalAgentIn(BaseModel):
         default="baton", description="`baton`: Baton's platform protocol (the default); `a2a`: an Agent2Agent agent")
     secret: str | None = Field(default=None, min_length=10, max_length=200,
                                description="protocol baton (required): whsec_<base64>, as the other platform shared it")
-    credential: str | None = Field(default=None, min_length=1, max_length=4096,
-                                   description="protocol a2a: the bearer token or API key the agent card asks for")
+    credential: str | None = Field(default=None, min_length=8, max_length=4096, pattern=r"^[\x21-\x7e]+$",
+                                   description="protocol a2a: the bearer token or API key the agent card asks for "
+                                   "(printable ASCII, no spaces)")
     domain: str = Field(min_length=1, max_length=2048, description="the other platform's base URL, e.g. https://baton.example.com")
 
     @model_validator(mode="after")

@@ -565,6 +565,8 @@ class SummaryRequest(BaseModel):
     reason: str = ""
     params: dict[str, ParamValue] = Field(default_factory=dict)
     upto: int
+    # A conversation another platform handed to us: the window is read from the workflow (it includes theirs).
+    peer: bool = False
 
 
 class SummaryResult(BaseModel):

@@ -95,6 +95,8 @@ class HandoffDelivery(BaseModel):
     context: SharedContext
     transcript: list[TranscriptEntry]
     summary: str | None = None
+    # The run records an agent's answers given in a call's response (the a2a-answers patch): an A2A agent may take it.
+    answers: bool = False
 
 
 class HandoffOutcome(BaseModel):
@@ -114,6 +116,8 @@ class ForwardMessage(BaseModel):
     conversation_id: str
     message_id: str
     text: str
+    # As HandoffDelivery.answers.
+    answers: bool = False
 
 
 class PeerDelivery(BaseModel):

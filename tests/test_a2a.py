@@ -168,8 +168,10 @@ async def test_a_private_address_is_refused_by_default_and_a_dead_domain_is_repo
 
 @pytest.mark.parametrize(("body", "problem"), [
     ({"protocol": "a2a", "secret": "whsec_" + "A" * 44}, "secret: only for protocol baton"),
+    ({"protocol": "a2a", "credential": "short"}, "credential"),
+    ({"protocol": "a2a", "credential": "has a space in it"}, "credential"),
     ({"protocol": "baton"}, "secret: required for protocol baton"),
-    ({"protocol": "baton", "secret": "whsec_" + "A" * 44, "credential": "x"}, "credential: only for protocol a2a"),
+    ({"protocol": "baton", "secret": "whsec_" + "A" * 44, "credential": "x" * 12}, "credential: only for protocol a2a"),
     ({"protocol": "mcp"}, "protocol"),
 ])
 async def test_a_request_that_does_not_fit_its_protocol_is_422(http, body, problem):
@@ -194,8 +196,11 @@ async def test_an_a2a_agent_out_of_reach_is_retried_and_a_forbidden_interface_is
 
     deliver = PlatformActivities(lambda: registry, "https://baton.example").deliver_handoff
     delivery = HandoffDelivery(agent_id="versions", handoff_id="h-1", conversation_id="c-1", context=SharedContext(),
-                               transcript=[])
+                               transcript=[], answers=True)
     saved(f"http://127.0.0.1:{free_port()}/a2a")
+    # A conversation of older code (no a2a-answers patch) could not record the answers: refused, never called.
+    old = await ActivityEnvironment().run(deliver, delivery.model_copy(update={"answers": False}))
+    assert not old.accepted and "started before Baton 1.1" in old.detail
     with pytest.raises(ApplicationError) as err:
         await ActivityEnvironment().run(deliver, delivery)
     assert err.value.type == Errors.AGENT_UNAVAILABLE and not err.value.non_retryable

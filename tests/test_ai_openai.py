@@ -321,6 +321,9 @@ def test_a_required_parameter_missing_or_of_the_wrong_type_is_refused():
     fine = agent(config).reply(turn(), answer(tool_call("handoff", {"topic": "x", "priority": 2})))
     assert fine.handoff is not None and fine.handoff.params == {"topic": "x", "priority": 2}
     assert fine.handoff.reason == "the AI agent handed off"
+    # A free-text param goes into history and to the receiver: redacted and bounded like the reason.
+    noisy = agent(config).reply(turn(), answer(tool_call("handoff", {"topic": f"card {CARD} " + "y" * 900})))
+    assert noisy.handoff.params["topic"].startswith("card [redacted:card] y") and len(noisy.handoff.params["topic"]) == 500
 
 
 def write(tmp_path: Path, text: str) -> Path:

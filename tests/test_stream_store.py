@@ -89,8 +89,10 @@ def test_the_ai_window_is_read_from_the_log_only_when_it_holds_every_entry(tmp_p
     # A retried bell logs its entries twice: each counts once.
     store.ring(bell(3, State.AI).model_copy(update={"seq": 6, "entries": entries(5, 6)}))
     assert [e.text for e in store.window("c1", 6, 2)] == ["entry 5", "entry 6"]
-    # A new conversation under the same id: the closed one's entries (older than its creation) are not its own.
+    # A new conversation under the same id: the closed one's entries (older than its creation) are not its own,
+    # and while the store has heard only of the closed one, it answers nothing at all.
     store.ring(bell(9, State.CLOSED))
+    assert store.window("c1", 2, 2) is None
     later = T0 + timedelta(hours=2)
     store.ring(bell(1, State.AI, created=later).model_copy(update={"seq": 2, "at": later,
                                                                    "entries": entries(2, 2, at=later)}))

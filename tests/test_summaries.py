@@ -41,14 +41,17 @@ def window(monkeypatch):
 
 def request(**fields) -> SummaryRequest:
     return SummaryRequest(**{"conversation_id": "c-1", "handoff_id": "h-1", "reason": "user asked for a person",
-                             "params": {"topic": "billing"}, "upto": 4, **fields})
+                             "params": {"topic": "billing", "password": "hunter2-CANARY", "card": CARD},
+                             "upto": 4, **fields})
 
 
 async def test_the_extractive_summary_quotes_the_first_and_last_message_filtered_and_cut(window):
     result = await ActivityEnvironment().run(Summaries(lambda: None).summarize_handoff, request())
     assert window == {"conversation_id": "c-1", "upto": 4}
     assert result.by == "extract" and result.model_failed is None and result.usage is None
-    assert result.summary == ("Handed over: user asked for a person (topic: billing). The user wrote "
+    # The params pass the filter like slots: a secret-named key is dropped, a card number redacted.
+    assert "hunter2" not in result.summary and CARD not in result.summary
+    assert result.summary == ("Handed over: user asked for a person (topic: billing, card: [redacted:card]). The user wrote "
                               "\u201cMy card [redacted:card] was charged twice for order A-17\u201d \u2026 "
                               "\u201cI need a person\u201d (3 messages).")
     assert extractive("", {}, []) is None
@@ -80,3 +83,32 @@ async def test_a_model_that_fails_leaves_the_extractive_summary(window, answer):
     result = await ActivityEnvironment().run(Summaries(lambda: None, model).summarize_handoff, request())
     assert result.by == "extract" and result.summary and result.summary.startswith("Handed over:")
     assert result.model_failed == ("the model answered 503" if answer == "raise" else "the model wrote no summary")
+
+
+async def test_a_conversation_handed_to_us_reads_its_window_from_the_workflow(monkeypatch):
+    """Its window includes the other platform's transcript, which the stream store does not hold."""
+    asked = {}
+
+    async def read_window(client, conversation_id, upto, stream=None):
+        asked["stream"] = stream
+        return WINDOW
+
+    monkeypatch.setattr(summaries, "read_window", read_window)
+    store = object()
+    await ActivityEnvironment().run(Summaries(lambda: None, None, lambda: store).summarize_handoff, request(peer=True))
+    assert asked["stream"] is None
+    await ActivityEnvironment().run(Summaries(lambda: None, None, lambda: store).summarize_handoff, request())
+    assert asked["stream"] is not None
+
+
+def test_a2a_replies_are_redacted_then_cut_and_never_raise():
+    """Redaction may lengthen a text past the transcript's bound, and find more than 20 values: the reply is still
+    recorded (cut after redacting), because raising after the call would send the user's message again."""
+    from activities.a2a import Answer
+    from activities.platform import _replies
+    from models.conversation import MAX_TEXT
+
+    many = " ".join(f"123-45-{6780 + i:04d}" for i in range(25)) + " " + "x" * (MAX_TEXT - 200)
+    [reply] = _replies(Answer(state="TASK_STATE_INPUT_REQUIRED", task_id="t-1",
+                              replies=[{"message_id": "m-1", "text": many}]))
+    assert len(reply.text) == MAX_TEXT and "123-45-" not in reply.text and reply.redacted == ["national_id"]

@@ -65,9 +65,10 @@ class AiTurns(Story):
             self._say(Role.SYSTEM, "system", notices.AI_FAILURE)
             return
         self.s.human_stretch_ended = False
-        if reply.usage is not None:
+        # Audited since 1.1 (asked with the handoff-summary patch, like everything 1.1 adds).
+        if reply.usage is not None and self._summaries:
             self._audit("ai_usage", seq=work.seq, **reply.usage.model_dump())
-        if reply.problems:
+        if reply.problems and self._summaries:
             # Not done, and never shown to the user: a malformed or unknown tool call, said without its values.
             self._audit("ai_reply_refused", seq=work.seq, problems=list(reply.problems))
         if reply.relist:

@@ -257,7 +257,8 @@ class Handoffs(Story):
         if pending is None or self.s.handoffs != serial:
             return  # accepted, cancelled or replaced by another handoff meanwhile
         request = SummaryRequest(conversation_id=self.s.conversation_id, handoff_id=pending.handoff_id,
-                                 reason=pending.reason, params=pending.params, upto=self.s.seq)
+                                 reason=pending.reason, params=pending.params, upto=self.s.seq,
+                                 peer=self.s.peer is not None)
         try:
             result = await workflow.execute_activity(
                 Activities.SUMMARIZE_HANDOFF, request, result_type=SummaryResult,
@@ -317,7 +318,7 @@ class Handoffs(Story):
                     HandoffDelivery(
                         agent_id=name, handoff_id=handoff_id, conversation_id=self.s.conversation_id,
                         reason=pending.reason, context=filtered.context, transcript=filtered.transcript,
-                        summary=self.s.summary,
+                        summary=self.s.summary, answers=self._answers,
                     ),
                     result_type=HandoffOutcome,
                     **OPTIONS[Activities.DELIVER_HANDOFF],

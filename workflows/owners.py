@@ -50,6 +50,7 @@ class Owners(Story):
                 ForwardMessage(
                     agent_id=link.agent_id, remote_conversation_id=link.remote_conversation_id,
                     conversation_id=self.s.conversation_id, message_id=entry.message_id, text=entry.text,
+                    answers=self._answers,
                 ),
                 # Out of reach for two minutes counts as gone: the user is not left talking to nobody.
                 FORWARD_TIMEOUT, f"forward seq {seq} to {link.agent_id}", give_up="gone",
