@@ -19,6 +19,7 @@ from google.protobuf.json_format import ParseDict, ParseError
 from pydantic import BaseModel
 
 from activities.outbound import OutboundError, OutboundPolicy, PinnedTransport, resolve_public
+from activities.signed_post import untrusted
 
 CARD_PATH = "/.well-known/agent-card.json"  # a2a.utils.constants.AGENT_CARD_WELL_KNOWN_PATH
 MAX_CARD_BYTES = 256 * 1024
@@ -166,11 +167,8 @@ def _card(endpoint: A2AEndpoint):
 
 
 def _shown(text: str, credential: str) -> str:
-    """Remote text bound for logs and history: printable, short, never our credential (at least 8 characters,
-    as the API requires)."""
-    if credential:
-        text = text.replace(credential, "[credential]")
-    return "".join(ch if ch.isprintable() else " " for ch in text)[:200]
+    """Remote text bound for logs and history (the credential is at least 8 characters, as the API requires)."""
+    return untrusted(text, credential, 200)
 
 
 async def send(endpoint: A2AEndpoint, credential: str, policy: OutboundPolicy, *, context_id: str, task_id: str,

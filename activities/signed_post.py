@@ -37,6 +37,11 @@ def hide(text: str, secret: str) -> str:
     return text
 
 
+def untrusted(text: str, secret: str, limit: int = MAX_REASON) -> str:
+    """A remote's text bound for logs and history: no control characters, never our secret echoed back, short."""
+    return "".join(ch if ch.isprintable() else " " for ch in hide(text, secret))[:limit]
+
+
 def remote_reason(response: httpx.Response, secret: str) -> str:
     """The answer's "detail" (or "reason"), printable and short; else what the status itself says."""
     try:
@@ -45,10 +50,7 @@ def remote_reason(response: httpx.Response, secret: str) -> str:
         answer = None
     found: Any = (answer.get("detail") or answer.get("reason")) if isinstance(answer, dict) else None
     if found:
-        text = found if isinstance(found, str) else json.dumps(found, separators=(",", ":"))
-        # Untrusted text bound for logs and history: no control characters, and never our secret echoed back.
-        text = "".join(ch if ch.isprintable() else " " for ch in hide(text, secret))
-        return text[:MAX_REASON]
+        return untrusted(found if isinstance(found, str) else json.dumps(found, separators=(",", ":")), secret)
     if 300 <= response.status_code < 400:
         return "redirect (not followed)"
     return response.reason_phrase or "no reason given"

@@ -75,19 +75,14 @@ def card(base_url: str, *, skills: bool = True, binding: str = "JSONRPC", versio
 
 
 @contextlib.asynccontextmanager
-async def a2a_agent(make_card=None, raw: bytes | None = None) -> AsyncIterator[str]:
-    """An A2A agent on a free loopback port, from the SDK's own routes; yields its base URL. `raw`: serve these
-    bytes as the card instead (a broken agent)."""
+async def served(make) -> AsyncIterator[str]:
+    """`make(base_url) -> (asgi_app, request_handler)` served on a free loopback port until the block ends; yields
+    the base URL (bound first: the card's interface URL holds the port)."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     base = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    agent_card = (make_card or card)(base)
-    handler = DefaultRequestHandler(Idle(), InMemoryTaskStore(), agent_card)
-    if raw is not None:
-        routes: list[Any] = [Route("/.well-known/agent-card.json", lambda request: Response(raw))]
-    else:
-        routes = [*create_agent_card_routes(agent_card), *create_jsonrpc_routes(handler, rpc_url="/a2a")]
-    server = EmbeddedServer(uvicorn.Config(Starlette(routes=routes), log_level="warning", lifespan="off"))
+    app, handler = make(base)
+    server = EmbeddedServer(uvicorn.Config(app, log_level="warning", lifespan="off"))
     task = asyncio.create_task(server.serve(sockets=[sock]))
     await asyncio.wait({task, asyncio.create_task(server.ready.wait())}, return_when=asyncio.FIRST_COMPLETED)
     try:
@@ -96,6 +91,21 @@ async def a2a_agent(make_card=None, raw: bytes | None = None) -> AsyncIterator[s
         server.should_exit = True
         await task
         await handler.aclose()
+
+
+def a2a_agent(make_card=None, raw: bytes | None = None):
+    """An A2A agent from the SDK's own routes; `raw`: serve these bytes as the card instead (a broken agent)."""
+
+    def make(base: str):
+        agent_card = (make_card or card)(base)
+        handler = DefaultRequestHandler(Idle(), InMemoryTaskStore(), agent_card)
+        if raw is not None:
+            routes: list[Any] = [Route("/.well-known/agent-card.json", lambda request: Response(raw))]
+        else:
+            routes = [*create_agent_card_routes(agent_card), *create_jsonrpc_routes(handler, rpc_url="/a2a")]
+        return Starlette(routes=routes), handler
+
+    return served(make)
 
 
 @pytest.fixture
@@ -263,23 +273,16 @@ class BearerOnly:
 
 @contextlib.asynccontextmanager
 async def version_agent() -> AsyncIterator[tuple[str, VersionAgent]]:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    base = f"http://127.0.0.1:{sock.getsockname()[1]}"
     executor = VersionAgent()
-    agent_card = card(base, security="bearer")
-    handler = DefaultRequestHandler(executor, InMemoryTaskStore(), agent_card)
-    app = BearerOnly(Starlette(routes=[*create_agent_card_routes(agent_card),
-                                       *create_jsonrpc_routes(handler, rpc_url="/a2a")]))
-    server = EmbeddedServer(uvicorn.Config(app, log_level="warning", lifespan="off"))
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    await asyncio.wait({task, asyncio.create_task(server.ready.wait())}, return_when=asyncio.FIRST_COMPLETED)
-    try:
+
+    def make(base: str):
+        agent_card = card(base, security="bearer")
+        handler = DefaultRequestHandler(executor, InMemoryTaskStore(), agent_card)
+        return BearerOnly(Starlette(routes=[*create_agent_card_routes(agent_card),
+                                            *create_jsonrpc_routes(handler, rpc_url="/a2a")])), handler
+
+    async with served(make) as base:
         yield base, executor
-    finally:
-        server.should_exit = True
-        await task
-        await handler.aclose()
 
 
 @pytest.fixture
