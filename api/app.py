@@ -26,6 +26,7 @@ from activities.registry import AgentRegistry, SqliteRegistry
 from activities.stream import StreamStore, stream_path
 from api.stream import Hub, stream_router
 from models.config import BatonConfig
+from api.a2a_server import a2a_router
 from api.agents import agent_router
 from api.auth import bearer
 from api.desk import desk_router
@@ -137,6 +138,7 @@ def create_app(
     app.include_router(third_party_desk_router(routing_config.desk_lookup(config), agents))
 
     app.state.hub = Hub(stream_store, **(stream_options or {}))
+    app.include_router(a2a_router(agents, settings, lambda: app.state.client, app.state.hub))
     app.include_router(pages_router(settings))
     app.state.config = config
 

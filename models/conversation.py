@@ -302,15 +302,17 @@ class Context(BaseModel):
 
 
 class PeerLink(BaseModel):
-    """The receiving side: another platform handed this conversation to our local agent `agent_id`; what we say
-    goes back to `callback_url`, signed with that agent's secret."""
+    """The receiving side: another platform handed this conversation to our local agent `agent_id`. Over the platform
+    protocol (`baton`) what we say goes back to `callback_url`, signed with that agent's secret; an A2A client
+    (`a2a`) reads it in the answers to its calls (api/a2a_server.py), so there is no callback."""
 
     agent_id: str
     agent_name: str | None = None
     platform: str
-    source_conversation_id: str
-    handoff_id: str
-    callback_url: str
+    source_conversation_id: str  # over A2A: the client's contextId
+    handoff_id: str  # over A2A: the messageId of the client's first message
+    callback_url: str = ""
+    protocol: Literal["baton", "a2a"] = "baton"
     reason: str = ""
     # The sender's summary of the conversation for our agent (optional in the envelope; redacted at our door).
     summary: str | None = None
@@ -434,6 +436,9 @@ class Snapshot(BaseModel):
     shared_context: dict[str, Any] | None = None
     # The current handoff's summary for whoever takes over (from the filtered transcript), when one was written.
     summary: str | None = None
+    # Work is in hand: the AI agent has a turn to take (or is taking it), or a handoff is being routed or sent.
+    # A chat backend can show it as "typing"; the A2A server answers once it is false.
+    busy: bool = False
 
 
 class AuditPage(BaseModel):

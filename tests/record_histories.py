@@ -399,6 +399,41 @@ async def a2a_agent_answers_and_hands_back(client, settings, cid, http, registry
     return handle
 
 
+async def a2a_to_another_baton(client, settings, cid, http, registry, **_):
+    """Baton hands a conversation over A2A to a local agent of a Baton (itself, on loopback): the sending side is an
+    external agent with `protocol: a2a`, the receiving side a conversation an A2A client handed to `tech-support`
+    (no callback: the answers go back in the responses). The user answers, the agent hands back."""
+    async def say(text):
+        r = await http.post(f"/v1/conversations/{cid}/messages", json={"message_id": uuid.uuid4().hex, "text": text})
+        assert r.status_code == 202, r.text
+
+    async def state():
+        return (await http.get(f"/v1/conversations/{cid}")).json()
+
+    secret = registry.verifying_secrets("tech-support")[0]
+    r = await http.post("/v1/admin/agents/external", headers={"Authorization": f"Bearer {settings.admin_key}"},
+                        json={"agent_id": "support-a2a", "protocol": "a2a", "credential": secret,
+                              "domain": f"{settings.public_url}/a2a/tech-support"})
+    assert r.status_code == 201, r.text
+    await http.put(f"/v1/conversations/{cid}/context", json={"profile": {"name": "Ada"}})
+    await say("hello")
+    r = await http.post(f"/v1/conversations/{cid}/handoff",
+                        json={"reason": "the app crashes", "target": {"external_agent": "support-a2a"}})
+    assert r.status_code == 200, r.text
+    while (await state())["state"] != "external_agent":
+        await asyncio.sleep(0.05)
+    task_id = (await state())["external"]["remote_conversation_id"]
+    await say("version 2.5")
+    await say("it works now, thanks")
+    while (await state())["state"] != "ai":
+        await asyncio.sleep(0.05)
+    await http.post(f"/v1/conversations/{cid}/close")
+    sender, receiver = client.get_workflow_handle(workflow_id(cid)), client.get_workflow_handle(workflow_id(task_id))
+    await sender.result()
+    await receiver.result()
+    return sender, receiver
+
+
 SCENARIOS = {
     "ai_chat_then_close": ai_chat_then_close,
     "live_handoff_and_hand_back": live_handoff_and_hand_back,
@@ -414,6 +449,7 @@ SCENARIOS = {
     "continue_as_new_while_waiting": continue_as_new_while_waiting,
     "ai_failure_is_routed": ai_failure_is_routed,
     "a2a_agent_answers_and_hands_back": a2a_agent_answers_and_hands_back,
+    "a2a_to_another_baton": a2a_to_another_baton,
 }
 
 

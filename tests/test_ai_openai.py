@@ -382,3 +382,37 @@ def test_the_shipped_llm_config_loads_and_routes_billing_by_the_tool_parameter()
     assert billing.rule == "billing" and billing.target.queue == "billing"
     other = decide(shipped, RouteRequest(conversation_id="c", handoff_id="h", params={"topic": "other"}, at=at))
     assert other.rule == "default" and other.target.queue == "general"
+
+
+@pytest.mark.parametrize("tool", ["hand_back", "close"])
+async def test_on_a_conversation_an_a2a_client_handed_to_us_the_model_ends_it_with_its_tool(
+    dev_env, task_queue, channel, model, registry, config, tool, monkeypatch
+):
+    """End to end: an `a2a-sdk` client hands a conversation to our local agent, whose AI is the model; the model
+    greets, then calls `hand_back` (or `close`), and the client's task completes with the model's last words."""
+    from devkit.temporal import free_port
+    from tests.test_a2a_server import a2a_client, send, state, user
+
+    port = free_port()
+    settings = settings_for(task_queue, channel_url=channel.url, channel_secret=channel.secret, ai_agent="openai",
+                            openai_base_url=model.openai_base_url, openai_api_key=SecretStr(API_KEY),
+                            ai_model="fake-model-1", public_url=f"http://127.0.0.1:{port}")
+    _, secret = registry.create_local("tech-support", "tech-support")
+    model.script(
+        completion("Hello! I'm the support assistant. Which app version do you use?"),
+        completion("Great, that version is fixed; enjoy!", tool_call(tool, {"reason": "the user's app works"})),
+    )
+    async with baton_worker(dev_env.client, settings, registry, config=config), baton_api(
+        dev_env.client, settings, registry, config=config, port=port
+    ), a2a_client(settings.public_url, secret) as client:
+        first = await send(client, user("My app crashes on start"))
+        assert state(first) == "TASK_STATE_INPUT_REQUIRED"
+        assert first.status.message.parts[0].text == "Hello! I'm the support assistant. Which app version do you use?"
+        done = await send(client, user("2.5, and it works now", task_id=first.id))
+    assert state(done) == "TASK_STATE_COMPLETED"
+    assert done.status.message.parts[0].text == "Great, that version is fixed; enjoy!"
+    welcome, turn = model.bodies()
+    # The model was told what the client said, as quoted data, and was offered the tools that end the stretch.
+    assert [t["function"]["name"] for t in welcome["tools"]] == ["handoff", "hand_back", "close"]
+    assert "My app crashes on start" in json.dumps(welcome["messages"])
+    assert turn["messages"][-1] == {"role": "user", "content": "2.5, and it works now"}

@@ -54,6 +54,7 @@ class Story:
     _doing: bool  # the main loop is working on an inbox item
     _summaries: bool  # PATCH_HANDOFF_SUMMARY: handoffs get a summary for their receiver
     _answers: bool  # PATCH_A2A_ANSWERS: an agent's answers in a call's response are recorded (owners.py)
+    _a2a_peer: bool  # PATCH_A2A_PEER: an A2A client handed us this conversation; it reads, nothing is delivered
 
     async def _send(
         self, activity: str, arg: object, within: timedelta, summary: str, give_up: str
@@ -118,7 +119,7 @@ class Story:
         self._seen.add(entry.message_id)
         if role is not Role.SYSTEM:
             self.s.last_activity_at = now
-        if role is not Role.USER and deliver and not self.s.channel_stopped:
+        if role is not Role.USER and deliver and not self.s.channel_stopped and not self._a2a_peer:
             self.s.outbox.append(entry.seq)
         self._details()
         return entry

@@ -55,6 +55,9 @@ from workflows.owners import Owners  # noqa: E402
 # - PATCH_A2A_ANSWERS ("a2a-answers", 1.1): an external agent that answers in the response of a call (an A2A agent)
 #   has its replies recorded and delivered like a callback's messages, and the end of its task hands the
 #   conversation back to our AI (HandoffOutcome / DeliveryResult `replies` and `end`).
+# - PATCH_A2A_PEER ("a2a-peer", 1.1): a conversation an A2A client handed to our local agent (PeerLink protocol
+#   `a2a`, no callback URL) keeps what it says in the transcript, where the client reads it in the answer to its
+#   call (api/a2a_server.py), instead of delivering it to a callback; the snapshot says whether work is in hand.
 #
 # How a patch is asked matters: ask it once per run, in the run's first activation (at the start of `run`), and
 # keep the answer. Asked for the first time while reacting to an activity's result, a patch produced histories that
@@ -64,6 +67,7 @@ from workflows.owners import Owners  # noqa: E402
 
 PATCH_HANDOFF_SUMMARY = "handoff-summary"
 PATCH_A2A_ANSWERS = "a2a-answers"
+PATCH_A2A_PEER = "a2a-peer"
 
 
 class Reject(ApplicationError):
@@ -102,6 +106,7 @@ class Conversation(AiTurns, Commands, Handoffs, Owners, Clock, Outbox):
         self._doing = False  # the main loop is working on an inbox item
         self._summaries = False  # PATCH_HANDOFF_SUMMARY, asked at the start of `run`
         self._answers = False  # PATCH_A2A_ANSWERS, likewise
+        self._a2a_peer = False  # PATCH_A2A_PEER, likewise
         if input.carried is None:
             if input.context is not None:
                 self.s.context = input.context.model_copy(deep=True)
@@ -121,6 +126,8 @@ class Conversation(AiTurns, Commands, Handoffs, Owners, Clock, Outbox):
     async def run(self, input: ConversationInput) -> Snapshot:
         self._summaries = workflow.patched(PATCH_HANDOFF_SUMMARY)
         self._answers = workflow.patched(PATCH_A2A_ANSWERS)
+        if self.s.peer is not None and self.s.peer.protocol == "a2a":
+            self._a2a_peer = workflow.patched(PATCH_A2A_PEER)
         self._publish()
         loops = [
             asyncio.create_task(self._watch_deadlines()),
@@ -346,7 +353,7 @@ class Conversation(AiTurns, Commands, Handoffs, Owners, Clock, Outbox):
 
     @workflow.query(name=Queries.SNAPSHOT)
     def snapshot(self) -> Snapshot:
-        return views.snapshot(self.s)
+        return views.snapshot(self.s, busy=self._doing or bool(self.s.inbox))
 
     @workflow.query(name=Queries.TRANSCRIPT)
     def transcript(self, query: TranscriptQuery | None = None) -> TranscriptPage:

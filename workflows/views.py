@@ -105,9 +105,10 @@ def carry_fits(s: ConversationState) -> bool:
     return sum(json_size(e) for e in s.transcript if e.seq >= keep_from) <= CARRY_TRANSCRIPT_BYTES
 
 
-def snapshot(s: ConversationState) -> Snapshot:
+def snapshot(s: ConversationState, busy: bool = False) -> Snapshot:
     ctx = s.context
     return Snapshot(
+        busy=busy,
         conversation_id=s.conversation_id,
         channel=s.channel,
         state=s.state,

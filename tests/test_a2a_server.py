@@ -1,0 +1,240 @@
+"""Baton's local agents as A2A agents (the receiving direction): an `a2a-sdk` client reads a local agent's card,
+hands it a conversation and talks to it through the task; another Baton hands a conversation to it over A2A. Real
+API, worker and dev server; the SDK's own client over real HTTP on loopback."""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+from a2a.client import A2ACardResolver, ClientConfig, ClientFactory
+from a2a.helpers import get_message_text, new_data_part, new_text_part
+from a2a.types import (
+    CancelTaskRequest,
+    GetTaskRequest,
+    Message,
+    Role,
+    SendMessageConfiguration,
+    SendMessageRequest,
+    TaskState,
+)
+from a2a.utils.errors import InvalidParamsError, TaskNotFoundError, UnsupportedOperationError
+
+from api.a2a_server import task_id_for
+from devkit.temporal import free_port
+from models.notices import HANDED_BACK_TO_REFERRER
+from tests.harness import baton_api, baton_worker, settings_for
+
+ADMIN = {"Authorization": "Bearer ba_test_admin"}
+CARD_CANARY = "4111 1111 1111 1111"
+AUTH_CANARY = "CANARY-A2A-IN-AUTH-77e1"
+
+
+@pytest.fixture
+async def baton(dev_env, task_queue, registry, channel, monkeypatch):
+    """Baton with the demo's local agent `tech-support`; yields (base URL, the agent's secret, the API client)."""
+    monkeypatch.setenv("BATON_ALLOW_PRIVATE_NETWORKS", "1")  # Baton handing over to itself on loopback
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    settings = settings_for(task_queue, channel_url=channel.url, channel_secret=channel.secret, public_url=base)
+    _, secret = registry.create_local("tech-support", "tech-support")
+    async with baton_worker(dev_env.client, settings, registry), baton_api(
+        dev_env.client, settings, registry, port=port
+    ) as http:
+        yield base, secret, http
+
+
+@contextlib.asynccontextmanager
+async def a2a_client(base: str, token: str) -> AsyncIterator[Any]:
+    """The SDK's own client for the local agent, built from the card it resolves."""
+    async with httpx.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=30) as http:
+        card = await A2ACardResolver(http, f"{base}/a2a/tech-support").get_agent_card()
+        client = ClientFactory(ClientConfig(streaming=False, httpx_client=http)).create(card)
+        try:
+            yield client
+        finally:
+            await client.close()
+
+
+def user(text: str, task_id: str = "", context_id: str = "", data: dict | None = None, mid: str | None = None):
+    parts = [new_text_part(text)] + ([new_data_part(data)] if data is not None else [])
+    return Message(role=Role.ROLE_USER, message_id=mid or uuid.uuid4().hex, task_id=task_id, context_id=context_id,
+                   parts=parts)
+
+
+async def send(client, message: Message, **config: Any):
+    request = SendMessageRequest(message=message, configuration=SendMessageConfiguration(**config))
+    last = None
+    async for response in client.send_message(request):
+        last = response
+    assert last is not None and last.WhichOneof("payload") == "task", last
+    return last.task
+
+
+def state(task) -> str:
+    return TaskState.Name(task.status.state)
+
+
+async def test_the_local_agent_has_a_card_an_a2a_client_can_use(baton):
+    base, _, http = baton
+    async with httpx.AsyncClient() as anonymous:
+        card = await A2ACardResolver(anonymous, f"{base}/a2a/tech-support").get_agent_card()
+        missing = await anonymous.get(f"{base}/a2a/nobody/.well-known/agent-card.json")
+    assert card.name == "tech-support" and [s.id for s in card.skills] == ["conversation"]
+    [interface] = card.supported_interfaces
+    assert (interface.url, interface.protocol_binding, interface.protocol_version) == (
+        f"{base}/a2a/tech-support", "JSONRPC", "1.0")
+    assert card.security_schemes["bearer"].http_auth_security_scheme.scheme == "bearer"
+    assert not card.capabilities.streaming and not card.capabilities.push_notifications
+    assert missing.status_code == 404 and "nobody" in missing.json()["detail"]
+
+
+async def test_an_a2a_client_hands_a_conversation_to_the_local_agent_and_it_runs_to_the_hand_back(baton):
+    base, secret, http = baton
+    async with a2a_client(base, secret) as client:
+        first = await send(client, user("The app crashes on start", context_id="their-conversation-1"))
+        assert state(first) == "TASK_STATE_INPUT_REQUIRED", first
+        assert first.context_id == "their-conversation-1"
+        greeting = get_message_text(first.status.message)
+        assert greeting.startswith("Hi, I'm the tech-support assistant. I can see you reported: "
+                                   "\u201cThe app crashes on start\u201d"), greeting
+
+        second = await send(client, user("version 2.5", task_id=first.id))
+        assert (second.id, state(second)) == (first.id, "TASK_STATE_INPUT_REQUIRED")
+        assert get_message_text(second.status.message).startswith("Thanks. That version has a known crash")
+
+        done = await send(client, user("it works now, thanks", task_id=first.id))
+        assert state(done) == "TASK_STATE_COMPLETED"
+        said = [p.text for p in done.status.message.parts]
+        assert said[0].startswith("Glad that's sorted!") and said[-1] == HANDED_BACK_TO_REFERRER
+
+        # The task as GetTask reads it: every message once, in order, each with its own id.
+        task = await client.get_task(GetTaskRequest(id=first.id, history_length=50))
+        assert state(task) == "TASK_STATE_COMPLETED"
+        roles = [(Role.Name(m.role), get_message_text(m)[:20]) for m in task.history]
+        assert roles[0] == ("ROLE_USER", "The app crashes on s") and roles[1][0] == "ROLE_AGENT"
+        assert [r for r, _ in roles].count("ROLE_USER") == 3
+        ids = [m.message_id for m in task.history]
+        assert len(ids) == len(set(ids))
+
+        # A finished task takes no more messages: the client starts a new one.
+        with pytest.raises(UnsupportedOperationError, match="completed"):
+            await send(client, user("one more thing", task_id=first.id))
+
+    # On our side it is a conversation like any other handed to the agent: in the API, and in the audit.
+    snap = (await http.get(f"/v1/conversations/{first.id}")).json()
+    assert snap["state"] == "closed" and snap["channel"] == "a2a"
+    assert snap["peer"]["protocol"] == "a2a" and snap["peer"]["source_conversation_id"] == "their-conversation-1"
+    kinds = [e["kind"] for e in (await http.get(f"/v1/conversations/{first.id}/audit")).json()["entries"]]
+    assert kinds[0] == "handoff_received" and "delivery_failed" not in kinds
+
+
+async def test_the_handoff_s_data_is_filtered_at_our_door_and_a_retry_opens_one_conversation(baton):
+    base, secret, http = baton
+    data = {"context": {"profile": {"name": "Bo", "card": CARD_CANARY}, "slots": {"problem": "crash on start"},
+                        "auth": {"session": AUTH_CANARY}},
+            "transcript": [{"seq": 1, "message_id": "t1", "role": "user", "author": "user",
+                            "text": f"my card is {CARD_CANARY}", "at": "2026-11-30T10:00:00Z"}]}
+    message = user("technical problem", data=data, mid="first-message")
+    async with a2a_client(base, secret) as client:
+        task = await send(client, message)
+        again = await send(client, message)  # the client's retry of the same message
+    assert again.id == task.id == task_id_for("tech-support", "", "first-message")
+    assert get_message_text(task.status.message).startswith(
+        "Hi Bo, I'm the tech-support assistant. I can see you reported: \u201ccrash on start\u201d")
+    snap = (await http.get(f"/v1/conversations/{task.id}")).json()
+    transcript = (await http.get(f"/v1/conversations/{task.id}/transcript")).json()
+    audit = (await http.get(f"/v1/conversations/{task.id}/audit")).json()
+    for shown in (snap, transcript, audit):
+        assert CARD_CANARY not in str(shown) and AUTH_CANARY not in str(shown)
+    assert [e["kind"] for e in audit["entries"]].count("handoff_received") == 1
+    assert snap["context"]["profile"]["name"] == "Bo"
+
+
+async def test_bad_calls_are_refused_and_change_nothing(baton, registry):
+    base, secret, http = baton
+    rpc = f"{base}/a2a/tech-support"
+    body = {"jsonrpc": "2.0", "id": 1, "method": "SendMessage",
+            "params": {"message": {"messageId": "m1", "role": "ROLE_USER", "parts": [{"text": "hi"}]}}}
+    async with httpx.AsyncClient() as raw:
+        for headers in ({}, {"Authorization": "Bearer not-the-secret"}, {"Authorization": f"Basic {secret}"}):
+            r = await raw.post(rpc, json=body, headers={"A2A-Version": "1.0", **headers})
+            assert r.status_code == 401 and r.headers["www-authenticate"].startswith("Bearer"), r.text
+            assert secret not in r.text
+        r = await raw.post(f"{base}/a2a/nobody", json=body, headers={"A2A-Version": "1.0",
+                                                                     "Authorization": f"Bearer {secret}"})
+        assert r.status_code == 401
+    _, other_secret = registry.create_local("billing-bot", "billing-bot")
+    async with a2a_client(base, secret) as client:
+        with pytest.raises(InvalidParamsError, match="text part"):
+            await send(client, Message(role=Role.ROLE_USER, message_id="m2", parts=[new_data_part({"x": 1})]))
+        with pytest.raises(TaskNotFoundError):
+            await client.get_task(GetTaskRequest(id="a-" + "0" * 32))
+        with pytest.raises(TaskNotFoundError):
+            await send(client, user("hello", task_id="not-a-task"))
+        task = await send(client, user("The app crashes"), return_immediately=True)
+        assert state(task) == "TASK_STATE_WORKING"  # asked not to wait: the greeting is on its way
+        with pytest.raises(InvalidParamsError, match="contextId"):
+            await send(client, user("hi", task_id=task.id, context_id="someone-else"))
+    # Another local agent's token does not reach this agent's tasks.
+    async with httpx.AsyncClient(headers={"Authorization": f"Bearer {other_secret}"}) as other:
+        card = await A2ACardResolver(other, f"{base}/a2a/tech-support").get_agent_card()
+        client = ClientFactory(ClientConfig(streaming=False, httpx_client=other)).create(card)
+        with pytest.raises(Exception) as refused:
+            await client.get_task(GetTaskRequest(id=task.id))
+        assert "401" in str(refused.value)
+    async with httpx.AsyncClient(headers={"Authorization": f"Bearer {other_secret}"}) as other:
+        card = await A2ACardResolver(other, f"{base}/a2a/billing-bot").get_agent_card()
+        client = ClientFactory(ClientConfig(streaming=False, httpx_client=other)).create(card)
+        with pytest.raises(TaskNotFoundError):
+            await client.get_task(GetTaskRequest(id=task.id))
+    transcript = (await http.get(f"/v1/conversations/{task.id}/transcript")).json()["entries"]
+    assert [e["role"] for e in transcript] == ["ai"]  # only the greeting: no refused message got in
+
+
+async def test_a_client_cancels_its_task(baton):
+    base, secret, http = baton
+    async with a2a_client(base, secret) as client:
+        task = await send(client, user("The app crashes"))
+        canceled = await client.cancel_task(CancelTaskRequest(id=task.id))
+        assert state(canceled) == "TASK_STATE_CANCELED"
+        assert state(await client.get_task(GetTaskRequest(id=task.id))) == "TASK_STATE_CANCELED"
+    assert (await http.get(f"/v1/conversations/{task.id}")).json()["state"] == "closed"
+
+
+async def test_baton_hands_a_conversation_to_another_baton_s_agent_over_a2a(baton, channel):
+    """Our own A2A client (an external agent with `protocol: a2a`) and our own A2A server, end to end: the user
+    talks to the other side's tech-support agent through our channel, and it hands back when done."""
+    from tests.test_routing_flow import say, snap
+
+    base, secret, http = baton
+    r = await http.post("/v1/admin/agents/external", headers=ADMIN, json={
+        "agent_id": "support-a2a", "protocol": "a2a", "domain": f"{base}/a2a/tech-support", "credential": secret})
+    assert r.status_code == 201, r.text
+    conversation = f"a2a-out-{uuid.uuid4().hex[:8]}"
+    await http.put(f"/v1/conversations/{conversation}/context", json={"profile": {"name": "Ada"}})
+    await say(http, conversation, "hello")
+    await channel.wait_count(1)
+    r = await http.post(f"/v1/conversations/{conversation}/handoff",
+                        json={"reason": "the app crashes", "target": {"external_agent": "support-a2a"}})
+    assert r.status_code == 200, r.text
+
+    def said() -> list[tuple[str, str]]:
+        return [(m["role"], m["text"]) for m in channel.delivered() if m["conversation_id"] == conversation]
+
+    await channel.wait_for(lambda _: any(role == "external_agent" and text.startswith(
+        "Hi Ada, I'm the tech-support assistant") for role, text in said()), timeout=30)
+    await say(http, conversation, "version 2.5")
+    await channel.wait_for(lambda _: any(text.startswith("Thanks. That version") for _, text in said()), timeout=30)
+    await say(http, conversation, "it works now, thanks")
+    await channel.wait_for(lambda _: any(role == "ai" and "back" in text for role, text in said()), timeout=30)
+    assert (await snap(http, conversation))["state"] == "ai"
+    theirs = [text for role, text in said() if role == "external_agent"]
+    assert len(theirs) == len(set(theirs)) == 3, theirs  # greeting, answer, goodbye: each once
+    assert theirs[2].startswith("Glad that's sorted!")
+    seqs = [m["seq"] for m in channel.delivered() if m["conversation_id"] == conversation]
+    assert seqs == sorted(set(seqs))
