@@ -137,6 +137,9 @@ WORKING = {"TASK_STATE_SUBMITTED", "TASK_STATE_WORKING", "TASK_STATE_INPUT_REQUI
 DONE = "TASK_STATE_COMPLETED"
 ENDED_BADLY = {"TASK_STATE_FAILED", "TASK_STATE_REJECTED", "TASK_STATE_CANCELED", "TASK_STATE_AUTH_REQUIRED",
                "TASK_STATE_UNSPECIFIED"}
+# An answer's history can be long: its latest agent messages this many at most are read (an agent that says more
+# between two of our calls has the rest shown only in its status message).
+RECENT_HISTORY = 10
 # A message-mode answer (no task): the context is the conversation; later messages go to the same context.
 CONTEXT_ONLY = "context:"
 
@@ -219,8 +222,17 @@ async def send(endpoint: A2AEndpoint, credential: str, policy: OutboundPolicy, *
     task = last.task
     state = TaskState.Name(task.status.state)
     replies = []
-    if task.status.HasField("message") and get_message_text(task.status.message):
-        replies.append({"message_id": task.status.message.message_id, "text": get_message_text(task.status.message)})
+    # What the agent said: its latest messages in the task's history (it may have spoken since our last call; the
+    # workflow records each id once, so the ones it has are not shown twice), then the status message.
+    said = [m for m in task.history if m.role == Role.ROLE_AGENT][-RECENT_HISTORY:]
+    if task.status.HasField("message") and task.status.message.role != Role.ROLE_USER:
+        said.append(task.status.message)
+    seen: set[str] = set()
+    for m in said:
+        text = get_message_text(m)
+        if text and (m.message_id or text) not in seen:
+            seen.add(m.message_id or text)
+            replies.append({"message_id": m.message_id, "text": text})
     if state == DONE:
         # What the task produced, once it is done (artifacts accumulate on a task; shown once, at its end).
         for artifact in task.artifacts:

@@ -106,13 +106,10 @@ API_KEY = re.compile(
 )
 # Country code, check digits, then BBAN in groups of up to four with optional single spaces.
 IBAN = re.compile(r"(?<![\w-])([A-Z]{2})(\d{2})((?: ?[A-Z0-9]){11,30})(?![\w-])")
-CARD = re.compile(
-    r"(?<![\w+.])(?<!\d[ -])(?:"
-    r"\d{13,19}"
-    r"|\d{4}([ -])\d{4}\1\d{4}\1\d{4}(?:\1\d{1,3})?"  # 16 (to 19) in fours
-    r"|\d{4}([ -])\d{6}\2\d{4,5}"  # Amex 15, Diners 14
-    r")(?![ -]?\d)(?![\w.]\d)"
-)
+# A run of digit groups separated by single spaces or dashes, not glued to a word, a decimal point or a "+" (a phone).
+DIGIT_RUN = re.compile(r"(?<![\w+.])\d+(?:[ -]\d+)*(?![\w.]\d)")
+_DIGITS = re.compile(r"\d+")
+_THIRTEEN_DIGITS = re.compile(r"\d(?:[ -]?\d){12}")
 SSN = re.compile(r"(?<![\w-])(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}(?![\w-])")
 NINO = re.compile(
     r"(?<![\w-])(?!BG|GB|KN|NK|NT|TN|ZZ)[A-CEGHJ-PR-TW-Z][A-CEGHJ-NPR-TW-Z] ?\d{2} ?\d{2} ?\d{2} ?[A-D](?![\w-])"
@@ -209,10 +206,42 @@ def _ibans(text: str) -> Iterator[Finding]:
 
 
 def _cards(text: str) -> Iterator[Finding]:
-    for m in CARD.finditer(text):
-        digits = m.group().replace(" ", "").replace("-", "")
-        if 13 <= len(digits) <= 19 and luhn_ok(digits):
-            yield m.start(), m.end(), "card", REASONS["card"]
+    """Card numbers, written whole, in fours (16 to 19 digits) or as Amex/Diners (4-6-5, 4-6-4), passing Luhn. A run
+    of digit groups is redacted when cards cover it from its start, one after another, up to at most one trailing
+    group of 1 to 4 digits (what follows a card: "4111 1111 1111 1111 12/27", a CVV, a year): so two cards in a row
+    and a card with its expiry are found, while a longer number that merely contains a Luhn-valid stretch (a parcel's
+    tracking number) is left alone."""
+    if not _THIRTEEN_DIGITS.search(text):
+        return  # no 13 digits in a row (single spaces or dashes between them allowed): no card, and most text
+    for run in DIGIT_RUN.finditer(text):
+        if run.end() - run.start() < 13:
+            continue  # fewer than 13 digits: no card (most runs: dates, amounts, ids)
+        groups = [(g.start(), g.end()) for g in _DIGITS.finditer(run.group())]
+        lengths = [b - a for a, b in groups]
+        cards: list[tuple[int, int]] = []
+        i = 0
+        while i < len(groups) and (j := _card_at(run.group(), groups, lengths, i)) is not None:
+            cards.append((i, j))
+            i = j + 1
+        rest = lengths[i:]
+        if cards and (not rest or (len(rest) == 1 and rest[0] <= 4)):
+            for first, last in cards:
+                yield run.start() + groups[first][0], run.start() + groups[last][1], "card", REASONS["card"]
+
+
+_CARD_SHAPES = ((4, 4, 4, 4, 3), (4, 4, 4, 4, 2), (4, 4, 4, 4, 1), (4, 4, 4, 4), (4, 6, 5), (4, 6, 4))
+
+
+def _card_at(run: str, groups: list[tuple[int, int]], lengths: list[int], i: int) -> int | None:
+    """The index of the last group of a Luhn-valid card that starts at group `i`, the longest shape first."""
+    if 13 <= lengths[i] <= 19 and luhn_ok(run[groups[i][0]:groups[i][1]]):
+        return i
+    for shape in _CARD_SHAPES:
+        j = i + len(shape) - 1
+        if j < len(groups) and tuple(lengths[i:j + 1]) == shape:
+            if luhn_ok("".join(run[a:b] for a, b in groups[i:j + 1])):
+                return j
+    return None
 
 
 def _national_ids(text: str) -> Iterator[Finding]:
@@ -342,6 +371,13 @@ class _Walk:
             return out
         if isinstance(value, str):
             return self.text(path, value)
+        if isinstance(value, float) and value.is_integer() and 10**12 < abs(value) < 10**19:
+            # A card number that went through a float (a protobuf Value, as A2A data parts are): digits past 2**53
+            # are lost, so it cannot be checked; such a number is withheld as if it were one.
+            if abs(value) >= 2**53:
+                self.note(path, "redacted", REASONS["card"])
+                return "[redacted:card]"
+            value = int(value)
         if isinstance(value, int) and not isinstance(value, bool) and value > 10**12:
             # A card number sent as a JSON number.
             digits = str(value)

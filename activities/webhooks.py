@@ -180,3 +180,10 @@ def proof(secret: str, challenge: str) -> str:
 def proof_matches(secret: str, challenge: str, answer: str) -> bool:
     """Check a remote platform's proof in constant time."""
     return hmac.compare_digest(proof(secret, challenge).encode(), answer.encode("utf-8", "replace"))
+
+
+def a2a_token(secret: str) -> str:
+    """A local agent's bearer token for A2A clients (api/a2a_server.py), derived from its signing secret one way: a
+    token seen in transit or in a log cannot sign a platform-protocol request, and a rotation changes it too."""
+    digest = hmac.new(secret_key(secret), b"baton a2a bearer token", hashlib.sha256).digest()
+    return "a2a_" + base64.urlsafe_b64encode(digest).decode("ascii").rstrip("=")

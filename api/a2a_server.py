@@ -3,9 +3,10 @@ one of our local agents, and it runs here exactly like one handed over by a Bato
 
 Each local agent `{id}` has an agent card at `GET /a2a/{id}/.well-known/agent-card.json` (public: its name, skill
 and how to authenticate) and a JSON-RPC interface at `POST /a2a/{id}` (A2A 1.0, the official `a2a-sdk`'s
-dispatcher), which takes the agent's secret as a bearer token. The workflow is the task store: a task is a
-conversation (`taskId` = our conversation id, `contextId` = the client's), its status and history are read from
-the workflow on every call, so any number of API processes answer for it and a restart loses nothing.
+dispatcher), which takes the agent's A2A token (`a2a_...`, derived from its signing secret: activities/webhooks.py)
+as a bearer token. The workflow is the task store: a task is a conversation (`taskId` = our conversation id,
+`contextId` = the client's), its status and history are read from the workflow on every call, so any number of API
+processes answer for it and a restart loses nothing.
 
 - `SendMessage` without a `taskId` starts the conversation. Its text is the user's request: the handoff's reason
   and, unless the client sent a context, `slots.request`. A data part shaped like Baton's own A2A handoff
@@ -13,9 +14,9 @@ the workflow on every call, so any number of API processes answer for it and a r
   at our door like an envelope. The local agent greets the user; its answer is the call's answer.
 - `SendMessage` with the `taskId` is the user's next message. The call waits (at most WAIT_SECONDS, unless
   `returnImmediately`) until the turn it started is answered, and answers with the task: `input-required` once our
-  side waits for the user, `completed` when our agent hands the conversation back or closes it, `working` while a
-  person here has not answered yet (the client asks again with `GetTask`). The new replies are the status
-  message (one text part each); `history` holds every message with its own id.
+  side waits for the user, `completed` when our agent hands the conversation back or closes it, `working` while the
+  AI is still on its turn or a person here has not answered yet (the client asks again with `GetTask`). The latest
+  reply is the status message; `history` holds every message with its own id.
 - `GetTask` reads the task; `CancelTask` closes the conversation (`canceled`). Streaming, push notifications and
   listing tasks are not offered (the card says so) and are refused as unsupported."""
 
@@ -67,6 +68,7 @@ from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
+from activities import webhooks
 from activities.filtering import apply_filter, redact_text
 from activities.registry import AgentRegistry
 from api.agents import AgentPath
@@ -101,7 +103,9 @@ CANCELED = "canceled by the A2A client"
 HISTORY = 20  # messages in a task's `history` when the client does not say (`historyLength`)
 MAX_HISTORY = 200
 
-_ID = re.compile(r"^[\x21-\x7e]{1,200}$")  # a messageId, as our own message ids (models.conversation.MessageId)
+_ID = re.compile(r"^[\x21-\x7e]{1,196}$")  # a messageId: printable, and room for USER_IDS in our 200
+# The client's messageIds live in their own namespace in our transcript (ours are `ai-...`, `system-...`).
+USER_IDS = "a2a:"
 _CONTEXT_ID = re.compile(r"^[\x21-\x7e]{1,256}$")  # a contextId, as a peer's conversation id (models.protocol)
 
 WORKING = "TASK_STATE_WORKING"
@@ -125,6 +129,18 @@ def task_id_for(agent_id: str, context_id: str, message_id: str) -> str:
     return "a-" + hashlib.sha256(key.encode()).hexdigest()[:32]
 
 
+def _plain(value: Any) -> Any:
+    """A data part as JSON had it: protobuf's Value makes every number a float; whole ones are ints again (so the
+    filter sees a card number sent as a number as the number it is)."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return int(value)
+    return value
+
+
 def task_state(snap: Snapshot, since_user: list[TranscriptEntry]) -> str:
     """The A2A state of a conversation, from its snapshot and the entries after the client's latest message."""
     if snap.state is State.CLOSED:
@@ -133,8 +149,10 @@ def task_state(snap: Snapshot, since_user: list[TranscriptEntry]) -> str:
         return WORKING
     if snap.state is State.AI:
         return INPUT_REQUIRED
+    if snap.state is State.HANDOFF_PENDING:
+        return WORKING  # waiting for a person here: whatever was said so far, the user is not the one to answer
     # A person here (or an agent we passed it on to) owns it: answered once one of them has replied.
-    if any(e.role in (Role.LIVE_AGENT, Role.EXTERNAL_AGENT, Role.AI) for e in since_user):
+    if any(e.role in (Role.LIVE_AGENT, Role.EXTERNAL_AGENT) for e in since_user):
         return INPUT_REQUIRED
     return WORKING
 
@@ -158,7 +176,7 @@ def agent_card(settings: Settings, agent_id: str, name: str) -> dict[str, Any]:
             tags=["handoff", "customer-service", "conversation"],
         )],
         security_schemes={"bearer": SecurityScheme(
-            http_auth_security_scheme=HTTPAuthSecurityScheme(scheme="bearer", bearer_format="the agent's secret"))},
+            http_auth_security_scheme=HTTPAuthSecurityScheme(scheme="bearer", bearer_format="a2a_ token"))},
         security_requirements=[SecurityRequirement(schemes={"bearer": StringList()})],
     )
     return agent_card_to_dict(card)
@@ -200,22 +218,31 @@ class BatonA2AHandler(RequestHandler):
             snap = await self._snapshot(agent_id, task_id)
             if message.context_id and message.context_id != snap.peer["source_conversation_id"]:
                 raise InvalidParamsError(message="message.contextId is not the task's contextId")
+            if message.message_id == snap.peer["handoff_id"]:
+                # The first message, sent again with the task it opened: a retry, answered as such.
+                return await self._answer(agent_id, task_id, 0, limit, None)
+            mid = USER_IDS + message.message_id
             if snap.state is State.CLOSED:
+                if (seq := await self._seq_of(task_id, mid)) is not None:
+                    return await self._answer(agent_id, task_id, seq, limit, None)  # a retry of its last message
                 raise UnsupportedOperationError(
                     message=f"task {task_id} is {task_state(snap, []).removeprefix('TASK_STATE_').lower()}; "
                     "send a message without a taskId to start a new one")
             said, found = redact_text(text)
-            command = UserMessage(message_id=message.message_id, text=said[:MAX_TEXT],
-                                  redacted=[k for k, _ in found], via_agent=agent_id)
+            command = UserMessage(message_id=mid, text=said[:MAX_TEXT], redacted=sorted({k for k, _ in found})[:20],
+                                  via_agent=agent_id)
             sub = await self.hub.subscribe(lambda r: r.conversation_id == task_id)
             try:
                 result = await self._command(task_id, Updates.SUBMIT_USER_MESSAGE, command)
-                after = result.seq or await self._seq_of(task_id, message.message_id)
+                after = result.seq or await self._seq_of(task_id, mid) or snap.seq
                 return await self._answer(agent_id, task_id, after, limit, None if immediately else sub)
             finally:
                 self.hub.unsubscribe(sub)
-        data = [d for d in get_data_parts(list(message.parts)) if isinstance(d, dict)
-                and ("context" in d or "transcript" in d)]
+        try:
+            data = [_plain(d) for d in get_data_parts(list(message.parts)) if isinstance(d, dict)
+                    and ("context" in d or "transcript" in d)]
+        except ValueError:
+            raise InvalidParamsError(message="message: a data part is not JSON data (NaN or Infinity?)") from None
         try:
             handed = HandedOver.model_validate(data[0]) if data else HandedOver()
         except ValidationError as err:
@@ -235,6 +262,7 @@ class BatonA2AHandler(RequestHandler):
         carried = [TranscriptEntry(**e.model_dump()) for e in handed.transcript]
         slots = dict(handed.context.slots)
         reason, _ = redact_text(text)
+        reason = reason[:MAX_TEXT]  # redacted, then cut: a marker may be longer than what it replaced
         if not handed.context.profile and not handed.context.slots:
             slots["request"] = reason[:500]  # a client that sends only text: its words are the user's request
         shared = FilterContext(**{**handed.context.model_dump(), "slots": slots})
@@ -243,7 +271,7 @@ class BatonA2AHandler(RequestHandler):
         peer = PeerLink(
             agent_id=agent_id, agent_name=info.name if info else None,
             platform=handed.baton.platform if handed.baton else "a2a", source_conversation_id=context_id,
-            handoff_id=message_id, protocol="a2a", reason=reason[:500],
+            handoff_id=message_id, protocol="a2a", reason=reason,
             transcript=clean.transcript, withheld=clean.receipt,
         )
         try:
@@ -260,6 +288,8 @@ class BatonA2AHandler(RequestHandler):
             )
         except WorkflowAlreadyStartedError:
             pass  # the same first message again, after its conversation ended: the task is what it was
+        except RPCError as err:
+            raise self._unavailable(err) from None
 
     # ---- reading a task ------------------------------------------------------------------------------------
 
@@ -295,7 +325,10 @@ class BatonA2AHandler(RequestHandler):
         if snap.state is State.CLOSED:
             raise TaskNotCancelableError(message=f"task {params.id} is already "
                                          f"{task_state(snap, []).removeprefix('TASK_STATE_').lower()}")
-        await self._command(params.id, Updates.SUBMIT_CLOSE, CloseRequest(reason=CANCELED))
+        try:
+            await self._command(params.id, Updates.SUBMIT_CLOSE, CloseRequest(reason=CANCELED))
+        except (UnsupportedOperationError, InvalidParamsError) as err:
+            raise TaskNotCancelableError(message=err.message) from None
         snap, entries = await self._read(agent_id, params.id, max(0, snap.seq - HISTORY))
         return self._task(snap, entries, snap.seq, task_state(snap, []), HISTORY)
 
@@ -311,7 +344,11 @@ class BatonA2AHandler(RequestHandler):
             m.metadata.update({"role": role.value})
             return m
 
-        history = [message(e.message_id, e.role, [e.text]) for e in entries]
+        # An entry that ends our stretch (`hand_back` / `close`) is Baton's word to the sender, which the task's state
+        # says (over the platform protocol it is that callback's type, not a message).
+        entries = [e for e in entries if e.event is None]
+        history = [message(e.message_id.removeprefix(USER_IDS) if e.role is Role.USER else e.message_id, e.role,
+                           [e.text]) for e in entries]
         if entries and entries[0].seq == 1 and peer.get("handoff_id"):
             # The client's first message is the handoff itself (its reason), not a transcript entry.
             history.insert(0, message(peer["handoff_id"], Role.USER, [peer.get("reason") or ""]))
@@ -319,8 +356,8 @@ class BatonA2AHandler(RequestHandler):
         status = TaskStatus(state=TaskState.Value(state))
         status.timestamp.FromDatetime(snap.last_activity_at)
         if replies:
-            mid = replies[0].message_id if len(replies) == 1 else f"{replies[0].message_id}..{replies[-1].message_id}"
-            status.message.CopyFrom(message(mid[:200], replies[-1].role, [e.text for e in replies]))
+            # The latest reply, under its own id; all of them (each under its own id) are in `history`.
+            status.message.CopyFrom(message(replies[-1].message_id, replies[-1].role, [replies[-1].text]))
         return Task(id=task_id, context_id=context_id, status=status, history=history[-limit:] if limit else [])
 
     @staticmethod
@@ -343,6 +380,8 @@ class BatonA2AHandler(RequestHandler):
             raise self._unavailable(err) from None
         except WorkflowQueryFailedError:
             raise self._unavailable(None) from None
+        except HTTPException as err:  # api.temporal.query: no worker answered in time
+            raise (unknown if err.status_code == 404 else self._unavailable(None)) from None
         peer = snap.peer or {}
         if peer.get("protocol") != "a2a" or peer.get("agent_id") != agent_id:
             raise unknown
@@ -353,17 +392,20 @@ class BatonA2AHandler(RequestHandler):
         snap = snap or await self._snapshot(agent_id, task_id)
         try:
             entries = await read_entries(self.client(), task_id, max(0, after))
-        except (RPCError, WorkflowQueryFailedError) as err:
+        except (RPCError, WorkflowQueryFailedError, HTTPException) as err:
             raise self._unavailable(err if isinstance(err, RPCError) else None) from None
         return snap, entries
 
-    async def _seq_of(self, task_id: str, message_id: str) -> int:
-        """The seq of the user's message `message_id` (sent again: the workflow had it already)."""
-        entries = await read_entries(self.client(), task_id, 0)
+    async def _seq_of(self, task_id: str, message_id: str) -> int | None:
+        """The seq of the user's message `message_id` (sent again: the workflow had it already), if this run has it."""
+        try:
+            entries = await read_entries(self.client(), task_id, 0)
+        except (RPCError, WorkflowQueryFailedError, HTTPException) as err:
+            raise self._unavailable(err if isinstance(err, RPCError) else None) from None
         for e in reversed(entries):
             if e.message_id == message_id:
                 return e.seq
-        return entries[-1].seq if entries else 0
+        return None
 
     async def _command(self, task_id: str, name: str, arg: Any) -> Any:
         try:
@@ -376,6 +418,8 @@ class BatonA2AHandler(RequestHandler):
             if err.status_code in (409, 413):
                 raise InvalidParamsError(message=str(err.detail)) from None
             raise self._unavailable(None) from None
+        except RPCError as err:
+            raise self._unavailable(err) from None
 
     @staticmethod
     def _unavailable(err: RPCError | None) -> Exception:
@@ -440,14 +484,15 @@ def a2a_router(registry: Callable[[], AgentRegistry], settings: Settings, client
     @router.post(A2A_PATH)
     async def rpc(agent_id: AgentPath, request: Request) -> Response:
         """The local agent's A2A JSON-RPC interface (A2A 1.0: SendMessage, GetTask, CancelTask), with the agent's
-        secret as a bearer token."""
+        A2A token as a bearer token."""
         presented = request.headers.get("authorization", "")
         scheme, _, token = presented.partition(" ")
         secrets = registry().verifying_secrets(agent_id) if scheme.lower() == "bearer" and token else []
-        if not any(hmac.compare_digest(token.strip().encode(), s.encode()) for s in secrets):
+        # The agent's A2A token (webhooks.a2a_token), of its current secret or one still verifying after a rotation.
+        if not any(hmac.compare_digest(token.strip().encode(), webhooks.a2a_token(s).encode()) for s in secrets):
             return JSONResponse(status_code=401, headers={"WWW-Authenticate": 'Bearer realm="baton-a2a"'},
-                                content={"detail": "unknown agent or bad token: send the agent's secret as "
-                                         "`Authorization: Bearer <secret>`"})
+                                content={"detail": "unknown agent or bad token: send the agent's A2A token as "
+                                         "`Authorization: Bearer a2a_...`"})
         return await dispatcher.handle_requests(request)
 
     return router

@@ -36,6 +36,9 @@ class LocalAgentCreated(BaseModel):
     agent_id: str
     name: str
     secret: str = Field(description="Shown once: hand it to the platform that will hand off to this agent.")
+    a2a_token: str = Field(description="Shown once: the bearer token an A2A client uses to hand conversations to this "
+                           "agent (its card: /a2a/{agent_id}/.well-known/agent-card.json); derived from the secret, "
+                           "so a rotation changes it too.")
 
 
 class AgentList(BaseModel):
@@ -106,7 +109,7 @@ def agent_router(
             info, secret = registry().create_local(body.name, body.agent_id)
         except AgentIdTaken as err:
             raise HTTPException(409, str(err)) from None
-        return LocalAgentCreated(agent_id=info.agent_id, name=body.name, secret=secret)
+        return LocalAgentCreated(agent_id=info.agent_id, name=body.name, secret=secret, a2a_token=webhooks.a2a_token(secret))
 
     @router.post("/v1/admin/agents/{agent_id}/rotate", response_model=LocalAgentCreated, dependencies=admin, tags=["admin"])
     def rotate_local_agent(agent_id: AgentPath) -> LocalAgentCreated:
@@ -115,7 +118,8 @@ def agent_router(
         if secret is None:
             raise HTTPException(404, f"no local agent '{agent_id}'")
         info = next(a for a in registry().list() if a.agent_id == agent_id)
-        return LocalAgentCreated(agent_id=agent_id, name=info.name or "", secret=secret)
+        return LocalAgentCreated(agent_id=agent_id, name=info.name or "", secret=secret,
+                                 a2a_token=webhooks.a2a_token(secret))
 
     @router.post("/v1/admin/agents/external", status_code=201, response_model=AgentInfo, dependencies=admin, tags=["admin"])
     async def connect_external_agent(body: ExternalAgentIn) -> AgentInfo:

@@ -32,7 +32,7 @@ async def send_user_message(client: Client, settings: Settings, conversation_id:
     channel = body.channel or "web"
     # Card numbers, IBANs, tokens... typed by the user never reach workflow history (PCI-style redaction).
     text, found = redact_text(body.text)
-    message = UserMessage(message_id=body.message_id, text=text[:MAX_TEXT], redacted=[kind for kind, _ in found])
+    message = UserMessage(message_id=body.message_id, text=text[:MAX_TEXT], redacted=sorted({kind for kind, _ in found})[:20])
     await client.start_workflow(
         WORKFLOW_TYPE,
         start_input(settings, conversation_id, channel),

@@ -149,7 +149,7 @@ def protocol_router(
         message: PeerMessage = _parse(PeerMessage, body, "message")
         text, found = redact_text(message.text)
         command = UserMessage(
-            message_id=message.message_id, text=text[:MAX_TEXT], redacted=[k for k, _ in found], via_agent=agent_id
+            message_id=message.message_id, text=text[:MAX_TEXT], redacted=sorted({k for k, _ in found})[:20], via_agent=agent_id
         )
         try:
             await update(client_of(request), remote_conversation_id, Updates.SUBMIT_USER_MESSAGE, command)
@@ -179,7 +179,7 @@ def protocol_router(
             text, found = redact_text(event.text)
             said = AgentMessage(
                 message_id=_agent_message_id(agent_id, event.message_id), text=text[:MAX_TEXT], author=agent_id,
-                role=Role.EXTERNAL_AGENT, redacted=[k for k, _ in found],
+                role=Role.EXTERNAL_AGENT, redacted=sorted({k for k, _ in found})[:20],
             )
             await _settled(lambda: update(client, conversation, Updates.SUBMIT_AGENT_MESSAGE, said), retry_pending=True)
         if event.type == "hand_back":

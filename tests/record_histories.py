@@ -410,9 +410,11 @@ async def a2a_to_another_baton(client, settings, cid, http, registry, **_):
     async def state():
         return (await http.get(f"/v1/conversations/{cid}")).json()
 
-    secret = registry.verifying_secrets("tech-support")[0]
+    from activities.webhooks import a2a_token
+
+    token = a2a_token(registry.verifying_secrets("tech-support")[0])
     r = await http.post("/v1/admin/agents/external", headers={"Authorization": f"Bearer {settings.admin_key}"},
-                        json={"agent_id": "support-a2a", "protocol": "a2a", "credential": secret,
+                        json={"agent_id": "support-a2a", "protocol": "a2a", "credential": token,
                               "domain": f"{settings.public_url}/a2a/tech-support"})
     assert r.status_code == 201, r.text
     await http.put(f"/v1/conversations/{cid}/context", json={"profile": {"name": "Ada"}})

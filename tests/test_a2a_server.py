@@ -24,6 +24,7 @@ from a2a.types import (
 )
 from a2a.utils.errors import InvalidParamsError, TaskNotFoundError, UnsupportedOperationError
 
+from activities.webhooks import a2a_token
 from api.a2a_server import task_id_for
 from devkit.temporal import free_port
 from models.notices import HANDED_BACK_TO_REFERRER
@@ -32,11 +33,12 @@ from tests.harness import baton_api, baton_worker, settings_for
 ADMIN = {"Authorization": "Bearer ba_test_admin"}
 CARD_CANARY = "4111 1111 1111 1111"
 AUTH_CANARY = "CANARY-A2A-IN-AUTH-77e1"
+NUMBER_CANARY = 4111111111111111
 
 
 @pytest.fixture
 async def baton(dev_env, task_queue, registry, channel, monkeypatch):
-    """Baton with the demo's local agent `tech-support`; yields (base URL, the agent's secret, the API client)."""
+    """Baton with the demo's local agent `tech-support`; yields (base URL, the agent's A2A token, the API client)."""
     monkeypatch.setenv("BATON_ALLOW_PRIVATE_NETWORKS", "1")  # Baton handing over to itself on loopback
     port = free_port()
     base = f"http://127.0.0.1:{port}"
@@ -45,7 +47,7 @@ async def baton(dev_env, task_queue, registry, channel, monkeypatch):
     async with baton_worker(dev_env.client, settings, registry), baton_api(
         dev_env.client, settings, registry, port=port
     ) as http:
-        yield base, secret, http
+        yield base, a2a_token(secret), http
 
 
 @contextlib.asynccontextmanager
@@ -94,8 +96,8 @@ async def test_the_local_agent_has_a_card_an_a2a_client_can_use(baton):
 
 
 async def test_an_a2a_client_hands_a_conversation_to_the_local_agent_and_it_runs_to_the_hand_back(baton):
-    base, secret, http = baton
-    async with a2a_client(base, secret) as client:
+    base, token, http = baton
+    async with a2a_client(base, token) as client:
         first = await send(client, user("The app crashes on start", context_id="their-conversation-1"))
         assert state(first) == "TASK_STATE_INPUT_REQUIRED", first
         assert first.context_id == "their-conversation-1"
@@ -109,18 +111,28 @@ async def test_an_a2a_client_hands_a_conversation_to_the_local_agent_and_it_runs
 
         done = await send(client, user("it works now, thanks", task_id=first.id))
         assert state(done) == "TASK_STATE_COMPLETED"
-        said = [p.text for p in done.status.message.parts]
-        assert said[0].startswith("Glad that's sorted!") and said[-1] == HANDED_BACK_TO_REFERRER
+        assert get_message_text(done.status.message).startswith("Glad that's sorted!")
+        # Baton's own "handed back" entry is the task's state here, not a message (as over the platform protocol).
+        assert HANDED_BACK_TO_REFERRER not in str(done)
+
+        # The first message sent again with the task it opened is a retry: nothing new happens.
+        again = await send(client, user("The app crashes on start", task_id=first.id, mid=first.history[0].message_id))
+        assert state(again) == "TASK_STATE_COMPLETED" and again.id == first.id
 
         # The task as GetTask reads it: every message once, in order, each with its own id.
         task = await client.get_task(GetTaskRequest(id=first.id, history_length=50))
         assert state(task) == "TASK_STATE_COMPLETED"
         roles = [(Role.Name(m.role), get_message_text(m)[:20]) for m in task.history]
-        assert roles[0] == ("ROLE_USER", "The app crashes on s") and roles[1][0] == "ROLE_AGENT"
-        assert [r for r, _ in roles].count("ROLE_USER") == 3
+        assert roles == [("ROLE_USER", "The app crashes on s"), ("ROLE_AGENT", "Hi, I'm the tech-sup"),
+                         ("ROLE_USER", "version 2.5"), ("ROLE_AGENT", "Thanks. That version"),
+                         ("ROLE_USER", "it works now, thanks"), ("ROLE_AGENT", "Glad that's sorted! ")]
         ids = [m.message_id for m in task.history]
-        assert len(ids) == len(set(ids))
+        assert len(ids) == len(set(ids)) and not any(i.startswith("a2a:") for i in ids)  # the client's own ids
 
+        # Its last message sent again (a retry after a lost answer) gets the same answer, and is recorded once.
+        retried = await send(client, user("it works now, thanks", task_id=first.id, mid=done.history[-2].message_id))
+        assert (state(retried), retried.status.message.message_id) == ("TASK_STATE_COMPLETED",
+                                                                        done.status.message.message_id)
         # A finished task takes no more messages: the client starts a new one.
         with pytest.raises(UnsupportedOperationError, match="completed"):
             await send(client, user("one more thing", task_id=first.id))
@@ -134,13 +146,14 @@ async def test_an_a2a_client_hands_a_conversation_to_the_local_agent_and_it_runs
 
 
 async def test_the_handoff_s_data_is_filtered_at_our_door_and_a_retry_opens_one_conversation(baton):
-    base, secret, http = baton
-    data = {"context": {"profile": {"name": "Bo", "card": CARD_CANARY}, "slots": {"problem": "crash on start"},
+    base, token, http = baton
+    data = {"context": {"profile": {"name": "Bo", "card": CARD_CANARY, "account": NUMBER_CANARY},
+                        "slots": {"problem": "crash on start"},
                         "auth": {"session": AUTH_CANARY}},
             "transcript": [{"seq": 1, "message_id": "t1", "role": "user", "author": "user",
                             "text": f"my card is {CARD_CANARY}", "at": "2026-11-30T10:00:00Z"}]}
     message = user("technical problem", data=data, mid="first-message")
-    async with a2a_client(base, secret) as client:
+    async with a2a_client(base, token) as client:
         task = await send(client, message)
         again = await send(client, message)  # the client's retry of the same message
     assert again.id == task.id == task_id_for("tech-support", "", "first-message")
@@ -151,25 +164,29 @@ async def test_the_handoff_s_data_is_filtered_at_our_door_and_a_retry_opens_one_
     audit = (await http.get(f"/v1/conversations/{task.id}/audit")).json()
     for shown in (snap, transcript, audit):
         assert CARD_CANARY not in str(shown) and AUTH_CANARY not in str(shown)
+        assert str(NUMBER_CANARY) not in str(shown)  # a card number sent as a JSON number (a float in protobuf)
     assert [e["kind"] for e in audit["entries"]].count("handoff_received") == 1
     assert snap["context"]["profile"]["name"] == "Bo"
 
 
 async def test_bad_calls_are_refused_and_change_nothing(baton, registry):
-    base, secret, http = baton
+    base, token, http = baton
     rpc = f"{base}/a2a/tech-support"
     body = {"jsonrpc": "2.0", "id": 1, "method": "SendMessage",
             "params": {"message": {"messageId": "m1", "role": "ROLE_USER", "parts": [{"text": "hi"}]}}}
     async with httpx.AsyncClient() as raw:
-        for headers in ({}, {"Authorization": "Bearer not-the-secret"}, {"Authorization": f"Basic {secret}"}):
+        signing_secret = registry.verifying_secrets("tech-support")[0]
+        for headers in ({}, {"Authorization": "Bearer not-the-token"}, {"Authorization": f"Basic {token}"},
+                        {"Authorization": f"Bearer {signing_secret}"}):  # the signing secret is not the token
             r = await raw.post(rpc, json=body, headers={"A2A-Version": "1.0", **headers})
             assert r.status_code == 401 and r.headers["www-authenticate"].startswith("Bearer"), r.text
-            assert secret not in r.text
+            assert token not in r.text and signing_secret not in r.text
         r = await raw.post(f"{base}/a2a/nobody", json=body, headers={"A2A-Version": "1.0",
-                                                                     "Authorization": f"Bearer {secret}"})
+                                                                     "Authorization": f"Bearer {token}"})
         assert r.status_code == 401
     _, other_secret = registry.create_local("billing-bot", "billing-bot")
-    async with a2a_client(base, secret) as client:
+    other_token = a2a_token(other_secret)
+    async with a2a_client(base, token) as client:
         with pytest.raises(InvalidParamsError, match="text part"):
             await send(client, Message(role=Role.ROLE_USER, message_id="m2", parts=[new_data_part({"x": 1})]))
         with pytest.raises(TaskNotFoundError):
@@ -181,13 +198,13 @@ async def test_bad_calls_are_refused_and_change_nothing(baton, registry):
         with pytest.raises(InvalidParamsError, match="contextId"):
             await send(client, user("hi", task_id=task.id, context_id="someone-else"))
     # Another local agent's token does not reach this agent's tasks.
-    async with httpx.AsyncClient(headers={"Authorization": f"Bearer {other_secret}"}) as other:
+    async with httpx.AsyncClient(headers={"Authorization": f"Bearer {other_token}"}) as other:
         card = await A2ACardResolver(other, f"{base}/a2a/tech-support").get_agent_card()
         client = ClientFactory(ClientConfig(streaming=False, httpx_client=other)).create(card)
         with pytest.raises(Exception) as refused:
             await client.get_task(GetTaskRequest(id=task.id))
         assert "401" in str(refused.value)
-    async with httpx.AsyncClient(headers={"Authorization": f"Bearer {other_secret}"}) as other:
+    async with httpx.AsyncClient(headers={"Authorization": f"Bearer {other_token}"}) as other:
         card = await A2ACardResolver(other, f"{base}/a2a/billing-bot").get_agent_card()
         client = ClientFactory(ClientConfig(streaming=False, httpx_client=other)).create(card)
         with pytest.raises(TaskNotFoundError):
@@ -197,8 +214,8 @@ async def test_bad_calls_are_refused_and_change_nothing(baton, registry):
 
 
 async def test_a_client_cancels_its_task(baton):
-    base, secret, http = baton
-    async with a2a_client(base, secret) as client:
+    base, token, http = baton
+    async with a2a_client(base, token) as client:
         task = await send(client, user("The app crashes"))
         canceled = await client.cancel_task(CancelTaskRequest(id=task.id))
         assert state(canceled) == "TASK_STATE_CANCELED"
@@ -211,9 +228,9 @@ async def test_baton_hands_a_conversation_to_another_baton_s_agent_over_a2a(bato
     talks to the other side's tech-support agent through our channel, and it hands back when done."""
     from tests.test_routing_flow import say, snap
 
-    base, secret, http = baton
+    base, token, http = baton
     r = await http.post("/v1/admin/agents/external", headers=ADMIN, json={
-        "agent_id": "support-a2a", "protocol": "a2a", "domain": f"{base}/a2a/tech-support", "credential": secret})
+        "agent_id": "support-a2a", "protocol": "a2a", "domain": f"{base}/a2a/tech-support", "credential": token})
     assert r.status_code == 201, r.text
     conversation = f"a2a-out-{uuid.uuid4().hex[:8]}"
     await http.put(f"/v1/conversations/{conversation}/context", json={"profile": {"name": "Ada"}})

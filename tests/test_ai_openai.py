@@ -390,6 +390,7 @@ async def test_on_a_conversation_an_a2a_client_handed_to_us_the_model_ends_it_wi
 ):
     """End to end: an `a2a-sdk` client hands a conversation to our local agent, whose AI is the model; the model
     greets, then calls `hand_back` (or `close`), and the client's task completes with the model's last words."""
+    from activities.webhooks import a2a_token
     from devkit.temporal import free_port
     from tests.test_a2a_server import a2a_client, send, state, user
 
@@ -404,7 +405,7 @@ async def test_on_a_conversation_an_a2a_client_handed_to_us_the_model_ends_it_wi
     )
     async with baton_worker(dev_env.client, settings, registry, config=config), baton_api(
         dev_env.client, settings, registry, config=config, port=port
-    ), a2a_client(settings.public_url, secret) as client:
+    ), a2a_client(settings.public_url, a2a_token(secret)) as client:
         first = await send(client, user("My app crashes on start"))
         assert state(first) == "TASK_STATE_INPUT_REQUIRED"
         assert first.status.message.parts[0].text == "Hello! I'm the support assistant. Which app version do you use?"

@@ -195,3 +195,14 @@ async def _entries_at_least(http, conversation, n):
 async def _closed_for_good(http, conversation):
     r = await http.get(f"/v1/conversations/{conversation}")
     return r.status_code == 200 and r.json()["state"] == "closed"
+
+
+async def test_a_message_with_many_card_numbers_is_accepted_redacted(stack, channel):
+    """Regression: a message with more than 20 redactions was a 500 (the list of kinds is bounded at 20): the kinds
+    are listed once each."""
+    _, http = stack
+    conversation = cid()
+    r = await post_message(http, conversation, text=" ".join(["4111 1111 1111 1111"] * 25))
+    assert r.status_code == 202, r.text
+    got = await eventually(lambda: _entries_at_least(http, conversation, 1))
+    assert "4111" not in got[0]["text"] and got[0]["text"].count("[redacted:card]") == 25

@@ -22,6 +22,7 @@ from activities.filtering import (
     FilterResult,
     apply_filter,
     filter_context,
+    redact_text,
 )
 from models.conversation import Context, Role, TranscriptEntry
 
@@ -332,3 +333,19 @@ def test_hostile_text_stays_fast() -> None:
         t0 = time.perf_counter()
         filtering.redact_text(text)
         assert time.perf_counter() - t0 < 0.25, text[:20]
+
+
+def test_a_card_followed_by_its_expiry_or_another_card_is_still_found() -> None:
+    """Regression: a card number with more digit groups after it ("4111 1111 1111 1111 12/27", a year, two cards
+    in a row) passed unredacted; a tracking number that merely contains a Luhn-valid stretch is still left alone."""
+    leaks = {
+        "my card is 4111 1111 1111 1111 12/27": "my card is [redacted:card] 12/27",
+        "4111 1111 1111 1111 2024": "[redacted:card] 2024",
+        "cards 4111111111111111 5555555555554444": "cards [redacted:card] [redacted:card]",
+        "4111-1111-1111-1111-5555-5555-5555-4444": "[redacted:card]-[redacted:card]",
+        "amex 3782 822463 10005 123": "amex [redacted:card] 123",
+    }
+    for text, expected in leaks.items():
+        assert redact_text(text)[0] == expected, text
+    for decoy in ("9400 5293 3992 6276 1844 77", "1234 5678 9012 3456 7890 1234"):
+        assert redact_text(decoy)[0] == decoy

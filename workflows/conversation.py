@@ -353,7 +353,7 @@ class Conversation(AiTurns, Commands, Handoffs, Owners, Clock, Outbox):
 
     @workflow.query(name=Queries.SNAPSHOT)
     def snapshot(self) -> Snapshot:
-        return views.snapshot(self.s, busy=self._doing or bool(self.s.inbox))
+        return views.snapshot(self.s, busy=not self._closed and (self._doing or bool(self.s.inbox)))
 
     @workflow.query(name=Queries.TRANSCRIPT)
     def transcript(self, query: TranscriptQuery | None = None) -> TranscriptPage:
