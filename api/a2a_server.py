@@ -17,8 +17,11 @@ processes answer for it and a restart loses nothing.
   side waits for the user, `completed` when our agent hands the conversation back or closes it, `working` while the
   AI is still on its turn or a person here has not answered yet (the client asks again with `GetTask`). The latest
   reply is the status message; `history` holds every message with its own id.
-- `GetTask` reads the task; `CancelTask` closes the conversation (`canceled`). Streaming, push notifications and
-  listing tasks are not offered (the card says so) and are refused as unsupported."""
+- `SendStreamingMessage` is the same message answered as a stream (Server-Sent Events): the task at once, then a
+  status update for each reply and each change of state, until the task waits for the user or is over; it stays
+  open while the conversation waits for a person here. `SubscribeToTask` is that stream for a task, from now on.
+- `GetTask` reads the task; `CancelTask` closes the conversation (`canceled`). Push notifications and listing tasks
+  are not offered (the card says so) and are refused as unsupported."""
 
 from __future__ import annotations
 
@@ -27,7 +30,8 @@ import hashlib
 import hmac
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from a2a.helpers import get_data_parts
@@ -49,6 +53,7 @@ from a2a.types import (
     Task,
     TaskState,
     TaskStatus,
+    TaskStatusUpdateEvent,
 )
 from a2a.types import Role as A2ARole
 from a2a.utils.errors import (
@@ -72,7 +77,7 @@ from activities import webhooks
 from activities.filtering import apply_filter, redact_text
 from activities.registry import AgentRegistry
 from api.agents import AgentPath
-from api.stream import Hub, read_entries
+from api.stream import Hub, Subscriber, read_entries
 from api.temporal import initial_attributes, query, start_input, update
 from models.conversation import (
     MAX_TEXT,
@@ -145,10 +150,8 @@ def task_state(snap: Snapshot, since_user: list[TranscriptEntry]) -> str:
     """The A2A state of a conversation, from its snapshot and the entries after the client's latest message."""
     if snap.state is State.CLOSED:
         return CANCELED_STATE if snap.closed_reason == CANCELED else COMPLETED
-    if snap.busy:
-        return WORKING
     if snap.state is State.AI:
-        return INPUT_REQUIRED
+        return WORKING if snap.busy else INPUT_REQUIRED  # busy: the AI has a turn to take, or is taking it
     if snap.state is State.HANDOFF_PENDING:
         return WORKING  # waiting for a person here: whatever was said so far, the user is not the one to answer
     # A person here (or an agent we passed it on to) owns it: answered once one of them has replied.
@@ -165,7 +168,7 @@ def agent_card(settings: Settings, agent_id: str, name: str) -> dict[str, Any]:
                      "with SendMessage: it answers the user, and may bring in a person."),
         version="1.0",
         supported_interfaces=[AgentInterface(url=url, protocol_binding="JSONRPC", protocol_version="1.0")],
-        capabilities=AgentCapabilities(streaming=False, push_notifications=False),
+        capabilities=AgentCapabilities(streaming=True, push_notifications=False),
         default_input_modes=["text/plain", "application/json"],
         default_output_modes=["text/plain"],
         skills=[AgentSkill(
@@ -180,6 +183,30 @@ def agent_card(settings: Settings, agent_id: str, name: str) -> dict[str, Any]:
         security_requirements=[SecurityRequirement(schemes={"bearer": StringList()})],
     )
     return agent_card_to_dict(card)
+
+
+@dataclass
+class _Taken:
+    """A message accepted: its task, the seq of the client's latest message, and how to answer."""
+
+    task_id: str
+    after: int
+    limit: int
+    wait: bool
+    sub: Subscriber | None
+
+
+def _message(mid: str, role: Role, text: str, task_id: str, context_id: str) -> Message:
+    m = Message(message_id=mid, context_id=context_id, task_id=task_id,
+                role=A2ARole.ROLE_USER if role is Role.USER else A2ARole.ROLE_AGENT, parts=[Part(text=text)])
+    m.metadata.update({"role": role.value})
+    return m
+
+
+def _latest_user(entries: list[TranscriptEntry]) -> int:
+    """The seq of the client's latest message among `entries` (else just before the first of them)."""
+    users = [e.seq for e in entries if e.role is Role.USER]
+    return users[-1] if users else (entries[0].seq - 1 if entries else 0)
 
 
 class BatonA2AHandler(RequestHandler):
@@ -197,6 +224,42 @@ class BatonA2AHandler(RequestHandler):
 
     async def on_message_send(self, params: Any, context: Any) -> Any:
         agent_id: str = context.state["agent_id"]
+        taken = await self._accept(agent_id, params)
+        try:
+            return await self._answer(agent_id, taken.task_id, taken.after, taken.limit,
+                                      taken.sub if taken.wait else None)
+        finally:
+            if taken.sub is not None:
+                self.hub.unsubscribe(taken.sub)
+
+    async def on_message_send_stream(self, params: Any, context: Any) -> AsyncIterator[Any]:
+        """The same message, answered as a stream: the task at once, then a status update for each reply and each
+        change of state, until the task waits for the user or is over."""
+        agent_id: str = context.state["agent_id"]
+        taken = await self._accept(agent_id, params)
+        sub = taken.sub or await self.hub.subscribe(lambda r: r.conversation_id == taken.task_id)
+        try:
+            async for event in self._stream(agent_id, taken.task_id, taken.after, taken.limit, sub):
+                yield event
+        finally:
+            self.hub.unsubscribe(sub)
+
+    async def on_subscribe_to_task(self, params: Any, context: Any) -> AsyncIterator[Any]:
+        """A task's stream from now on (the task first), until it waits for the user or is over."""
+        agent_id: str = context.state["agent_id"]
+        await self._snapshot(agent_id, params.id)
+        sub = await self.hub.subscribe(lambda r: r.conversation_id == params.id)
+        try:
+            _, entries = await self._read(agent_id, params.id, 0)
+            after = _latest_user(entries)
+            async for event in self._stream(agent_id, params.id, after, HISTORY, sub):
+                yield event
+        finally:
+            self.hub.unsubscribe(sub)
+
+    async def _accept(self, agent_id: str, params: Any) -> _Taken:
+        """Check the message, then start the conversation or pass the user's message on; subscribed to the task's
+        changes before either, so no change is missed."""
         message = params.message
         if not message.message_id:
             raise InvalidParamsError(message="message.messageId is required")
@@ -211,7 +274,7 @@ class BatonA2AHandler(RequestHandler):
             raise InvalidParamsError(message="message.messageId: 1 to 200 printable ASCII characters, no spaces")
         if message.context_id and not _CONTEXT_ID.match(message.context_id):
             raise InvalidParamsError(message="message.contextId: 1 to 256 printable ASCII characters, no spaces")
-        immediately = params.configuration.return_immediately if params.HasField("configuration") else False
+        wait = not (params.configuration.return_immediately if params.HasField("configuration") else False)
         limit = self._history_length(params.configuration if params.HasField("configuration") else None)
         if message.task_id:
             task_id = message.task_id
@@ -220,11 +283,11 @@ class BatonA2AHandler(RequestHandler):
                 raise InvalidParamsError(message="message.contextId is not the task's contextId")
             if message.message_id == snap.peer["handoff_id"]:
                 # The first message, sent again with the task it opened: a retry, answered as such.
-                return await self._answer(agent_id, task_id, 0, limit, None)
+                return _Taken(task_id, 0, limit, False, None)
             mid = USER_IDS + message.message_id
             if snap.state is State.CLOSED:
                 if (seq := await self._seq_of(task_id, mid)) is not None:
-                    return await self._answer(agent_id, task_id, seq, limit, None)  # a retry of its last message
+                    return _Taken(task_id, seq, limit, False, None)  # a retry of its last message
                 raise UnsupportedOperationError(
                     message=f"task {task_id} is {task_state(snap, []).removeprefix('TASK_STATE_').lower()}; "
                     "send a message without a taskId to start a new one")
@@ -235,9 +298,10 @@ class BatonA2AHandler(RequestHandler):
             try:
                 result = await self._command(task_id, Updates.SUBMIT_USER_MESSAGE, command)
                 after = result.seq or await self._seq_of(task_id, mid) or snap.seq
-                return await self._answer(agent_id, task_id, after, limit, None if immediately else sub)
-            finally:
+            except BaseException:
                 self.hub.unsubscribe(sub)
+                raise
+            return _Taken(task_id, after, limit, wait, sub)
         try:
             data = [_plain(d) for d in get_data_parts(list(message.parts)) if isinstance(d, dict)
                     and ("context" in d or "transcript" in d)]
@@ -252,9 +316,10 @@ class BatonA2AHandler(RequestHandler):
         sub = await self.hub.subscribe(lambda r: r.conversation_id == task_id)
         try:
             await self._start(agent_id, task_id, message.context_id or task_id, message.message_id, text, handed)
-            return await self._answer(agent_id, task_id, 0, limit, None if immediately else sub)
-        finally:
+        except BaseException:
             self.hub.unsubscribe(sub)
+            raise
+        return _Taken(task_id, 0, limit, wait, sub)
 
     async def _start(self, agent_id: str, task_id: str, context_id: str, message_id: str, text: str,
                      handed: HandedOver) -> None:
@@ -310,13 +375,47 @@ class BatonA2AHandler(RequestHandler):
                 pass
             sub.take()
 
+    async def _stream(self, agent_id: str, task_id: str, after: int, limit: int, sub: Any) -> AsyncIterator[Any]:
+        """The task, then what changes after seq `after` (the client's latest message) as status updates."""
+        snap, entries = await self._read(agent_id, task_id, after - limit)
+        since = [e for e in entries if e.seq > after]
+        state = task_state(snap, since)
+        yield self._task(snap, entries, after, state, limit)
+        shown, last = max([after, *(e.seq for e in since)]), state
+        while state not in SETTLED and not self.hub.closing.is_set():
+            try:
+                await asyncio.wait_for(sub.woken.wait(), RECHECK_SECONDS)
+            except asyncio.TimeoutError:
+                pass
+            sub.take()
+            snap, since = await self._read(agent_id, task_id, after)
+            state = task_state(snap, since)
+            new = [e for e in since if e.seq > shown and e.event is None and e.role is not Role.USER]
+            for k, entry in enumerate(new):
+                yield self._update(snap, state if k == len(new) - 1 else WORKING, entry)
+            if not new and state != last:
+                yield self._update(snap, state, None)
+            shown, last = max([shown, *(e.seq for e in since)]), state
+
+    def _update(self, snap: Snapshot, state: str, entry: TranscriptEntry | None) -> TaskStatusUpdateEvent:
+        task_id, context_id = self._ids(snap)
+        status = TaskStatus(state=TaskState.Value(state))
+        status.timestamp.FromDatetime(entry.at if entry is not None else snap.last_activity_at)
+        if entry is not None:
+            status.message.CopyFrom(_message(entry.message_id, entry.role, entry.text, task_id, context_id))
+        return TaskStatusUpdateEvent(task_id=task_id, context_id=context_id, status=status)
+
+    @staticmethod
+    def _ids(snap: Snapshot) -> tuple[str, str]:
+        peer = snap.peer or {}
+        return snap.conversation_id, peer.get("source_conversation_id", snap.conversation_id)
+
     async def on_get_task(self, params: Any, context: Any) -> Any:
         agent_id: str = context.state["agent_id"]
         limit = self._history_length(params)
         snap = await self._snapshot(agent_id, params.id)
         _, entries = await self._read(agent_id, params.id, snap.seq - MAX_HISTORY, snap=snap)
-        users = [e.seq for e in entries if e.role is Role.USER]
-        after = users[-1] if users else (entries[0].seq - 1 if entries else snap.seq)
+        after = _latest_user(entries) if entries else snap.seq
         return self._task(snap, entries, after, task_state(snap, [e for e in entries if e.seq > after]), limit)
 
     async def on_cancel_task(self, params: Any, context: Any) -> Any:
@@ -335,14 +434,10 @@ class BatonA2AHandler(RequestHandler):
     def _task(self, snap: Snapshot, entries: list[TranscriptEntry], after: int, state: str, limit: int) -> Task:
         """`after`: the seq of the client's latest message; what follows it is the status message."""
         peer = snap.peer or {}
-        task_id, context_id = snap.conversation_id, peer.get("source_conversation_id", snap.conversation_id)
+        task_id, context_id = self._ids(snap)
 
         def message(mid: str, role: Role, texts: list[str]) -> Message:
-            m = Message(message_id=mid, context_id=context_id, task_id=task_id,
-                        role=A2ARole.ROLE_USER if role is Role.USER else A2ARole.ROLE_AGENT,
-                        parts=[Part(text=t) for t in texts])
-            m.metadata.update({"role": role.value})
-            return m
+            return _message(mid, role, texts[0], task_id, context_id)
 
         # An entry that ends our stretch (`hand_back` / `close`) is Baton's word to the sender, which the task's state
         # says (over the platform protocol it is that callback's type, not a message).
@@ -389,11 +484,21 @@ class BatonA2AHandler(RequestHandler):
 
     async def _read(self, agent_id: str, task_id: str, after: int,
                     snap: Snapshot | None = None) -> tuple[Snapshot, list[TranscriptEntry]]:
+        """The snapshot and the entries after `after`, of the same moment: two queries answer at different moments (a
+        query waits for the workflow task in progress), so a snapshot older than the entries is asked again and
+        entries older than the snapshot are read again (the snapshot's seq is the last entry's), a few times at most.
+        A state computed from an older snapshot would call a conversation whose person has replied still waiting."""
         snap = snap or await self._snapshot(agent_id, task_id)
-        try:
-            entries = await read_entries(self.client(), task_id, max(0, after))
-        except (RPCError, WorkflowQueryFailedError, HTTPException) as err:
-            raise self._unavailable(err if isinstance(err, RPCError) else None) from None
+        for _ in range(4):
+            try:
+                entries = await read_entries(self.client(), task_id, max(0, after))
+            except (RPCError, WorkflowQueryFailedError, HTTPException) as err:
+                raise self._unavailable(err if isinstance(err, RPCError) else None) from None
+            top = max([after, *(e.seq for e in entries)])
+            if top == snap.seq or (not entries and snap.seq <= after):
+                break
+            if top > snap.seq:
+                snap = await self._snapshot(agent_id, task_id)
         return snap, entries
 
     async def _seq_of(self, task_id: str, message_id: str) -> int | None:
@@ -428,15 +533,6 @@ class BatonA2AHandler(RequestHandler):
         return InternalError(message="Baton cannot reach its conversations right now; try again")
 
     # ---- what this server does not offer (the card says so) -----------------------------------------------
-
-    async def on_message_send_stream(self, params: Any, context: Any):
-        raise UnsupportedOperationError(message="streaming is not offered (capabilities.streaming is false); "
-                                        "use SendMessage and GetTask")
-        yield  # an async generator, as the base class declares
-
-    async def on_subscribe_to_task(self, params: Any, context: Any):
-        raise UnsupportedOperationError(message="streaming is not offered; use GetTask")
-        yield
 
     async def on_list_tasks(self, params: Any, context: Any) -> Any:
         raise UnsupportedOperationError(message="listing tasks is not offered; keep the taskId SendMessage answered")

@@ -4,6 +4,7 @@ API, worker and dev server; the SDK's own client over real HTTP on loopback."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator
@@ -28,7 +29,7 @@ from activities.webhooks import a2a_token
 from api.a2a_server import task_id_for
 from devkit.temporal import free_port
 from models.notices import HANDED_BACK_TO_REFERRER
-from tests.harness import baton_api, baton_worker, settings_for
+from tests.harness import baton_api, baton_worker, eventually, settings_for
 
 ADMIN = {"Authorization": "Bearer ba_test_admin"}
 CARD_CANARY = "4111 1111 1111 1111"
@@ -91,7 +92,7 @@ async def test_the_local_agent_has_a_card_an_a2a_client_can_use(baton):
     assert (interface.url, interface.protocol_binding, interface.protocol_version) == (
         f"{base}/a2a/tech-support", "JSONRPC", "1.0")
     assert card.security_schemes["bearer"].http_auth_security_scheme.scheme == "bearer"
-    assert not card.capabilities.streaming and not card.capabilities.push_notifications
+    assert card.capabilities.streaming and not card.capabilities.push_notifications
     assert missing.status_code == 404 and "nobody" in missing.json()["detail"]
 
 
@@ -194,7 +195,8 @@ async def test_bad_calls_are_refused_and_change_nothing(baton, registry):
         with pytest.raises(TaskNotFoundError):
             await send(client, user("hello", task_id="not-a-task"))
         task = await send(client, user("The app crashes"), return_immediately=True)
-        assert state(task) == "TASK_STATE_WORKING"  # asked not to wait: the greeting is on its way
+        # Asked not to wait: the task as it is, greeted already or not (the demo agent answers in milliseconds).
+        assert state(task) in ("TASK_STATE_WORKING", "TASK_STATE_INPUT_REQUIRED") and task.id.startswith("a-")
         with pytest.raises(InvalidParamsError, match="contextId"):
             await send(client, user("hi", task_id=task.id, context_id="someone-else"))
     # Another local agent's token does not reach this agent's tasks.
@@ -209,7 +211,12 @@ async def test_bad_calls_are_refused_and_change_nothing(baton, registry):
         client = ClientFactory(ClientConfig(streaming=False, httpx_client=other)).create(card)
         with pytest.raises(TaskNotFoundError):
             await client.get_task(GetTaskRequest(id=task.id))
-    transcript = (await http.get(f"/v1/conversations/{task.id}/transcript")).json()["entries"]
+    async def greeted() -> list[dict]:
+        entries = (await http.get(f"/v1/conversations/{task.id}/transcript")).json()["entries"]
+        assert entries, "not greeted yet"
+        return entries
+
+    transcript = await eventually(greeted)
     assert [e["role"] for e in transcript] == ["ai"]  # only the greeting: no refused message got in
 
 
@@ -255,3 +262,76 @@ async def test_baton_hands_a_conversation_to_another_baton_s_agent_over_a2a(bato
     assert theirs[2].startswith("Glad that's sorted!")
     seqs = [m["seq"] for m in channel.delivered() if m["conversation_id"] == conversation]
     assert seqs == sorted(set(seqs))
+
+
+async def test_a_streaming_client_gets_the_task_then_each_reply_and_a_person_s_later_answer(baton, registry):
+    """SendStreamingMessage: the task at once, then a status update per reply until the task waits for the user.
+    When the user asks for a person, the stream stays open while the conversation waits (working) and brings the
+    person's answer as it is written (SubscribeToTask, from another connection, sees the same)."""
+    from a2a.types import SubscribeToTaskRequest
+
+    base, token, http = baton
+    async with httpx.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=60) as h:
+        card = await A2ACardResolver(h, f"{base}/a2a/tech-support").get_agent_card()
+        assert card.capabilities.streaming
+        client = ClientFactory(ClientConfig(streaming=True, httpx_client=h)).create(card)
+        first = [r async for r in client.send_message(SendMessageRequest(message=user("The app crashes")))]
+        assert [r.WhichOneof("payload") for r in first][0] == "task"
+        last = first[-1].status_update if first[-1].WhichOneof("payload") == "status_update" else first[-1].task
+        assert TaskState.Name(last.status.state) == "TASK_STATE_INPUT_REQUIRED"
+        task_id = first[0].task.id
+        said = [get_message_text(r.status_update.status.message) for r in first
+                if r.WhichOneof("payload") == "status_update" and r.status_update.status.HasField("message")]
+        if first[0].task.status.HasField("message"):
+            said.insert(0, get_message_text(first[0].task.status.message))
+        assert len(said) == 1 and said[0].startswith("Hi, I'm the tech-support assistant")
+
+    # An agent that brings in a person: the demo's assistant (any local agent not named tech-support).
+    _, helper_secret = registry.create_local("Helper", "helper")
+    r = await http.post("/v1/admin/live-agents", headers=ADMIN,
+                        json={"agent_id": "alice", "name": "Alice", "queues": ["general"]})
+    assert r.status_code == 201, r.text
+    alice = {"Authorization": f"Bearer {r.json()['token']}"}
+    async with httpx.AsyncClient(headers={"Authorization": f"Bearer {a2a_token(helper_secret)}"}, timeout=60) as h:
+        card = await A2ACardResolver(h, f"{base}/a2a/helper").get_agent_card()
+        client = ClientFactory(ClientConfig(streaming=True, httpx_client=h)).create(card)
+        opened = [r async for r in client.send_message(SendMessageRequest(message=user("Hello")))]
+        task_id = opened[0].task.id
+        events: list[Any] = []
+
+        async def follow() -> None:
+            async for r in client.send_message(SendMessageRequest(message=user("I want to talk to a human",
+                                                                                task_id=task_id))):
+                events.append(r)
+
+        watched: list[Any] = []
+
+        async def watch() -> None:
+            async for r in client.subscribe(SubscribeToTaskRequest(id=task_id)):
+                watched.append(r)
+
+        following = asyncio.create_task(follow())
+        while (c := await http.post(f"/v1/desk/conversations/{task_id}/claim", headers=alice)).status_code != 200:
+            assert c.status_code == 409, c.text
+            await asyncio.sleep(0.1)
+        watching = asyncio.create_task(watch())
+        while not (events and watched):  # both streams are open (each has sent the task) before the person answers
+            await asyncio.sleep(0.05)
+        r = await http.post(f"/v1/desk/conversations/{task_id}/messages", headers=alice,
+                            json={"message_id": "alice-1", "text": "Hi, Alice here. How can I help?"})
+        assert r.status_code in (200, 202), r.text
+        await asyncio.wait_for(following, 30)
+        await asyncio.wait_for(watching, 30)
+
+    def updates(rs: list[Any]) -> list[tuple[str, str]]:
+        return [(TaskState.Name(r.status_update.status.state), get_message_text(r.status_update.status.message))
+                for r in rs if r.WhichOneof("payload") == "status_update"]
+
+    got = updates(events)
+    assert got[-1] == ("TASK_STATE_INPUT_REQUIRED", "Hi, Alice here. How can I help?"), got
+    assert all(state == "TASK_STATE_WORKING" for state, _ in got[:-1]), got  # waiting for a person: working
+    # What the AI said before the wait is in the opening task (its history) or in an update: each message once.
+    opening = [get_message_text(m) for m in events[0].task.history if m.role == Role.ROLE_AGENT]
+    texts = [t for t in opening if t] + [text for _, text in got if text]
+    assert "Of course, I'll bring in a person." in texts and texts.count("Hi, Alice here. How can I help?") == 1
+    assert watched[0].WhichOneof("payload") == "task" and updates(watched)[-1] == got[-1]
