@@ -69,8 +69,6 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import Field, ValidationError
 from temporalio.client import Client, WorkflowQueryFailedError
-from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
-from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities import webhooks
@@ -78,7 +76,7 @@ from activities.filtering import apply_filter, redact_text
 from activities.registry import AgentRegistry
 from api.agents import AgentPath
 from api.stream import Hub, Subscriber, read_entries
-from api.temporal import initial_attributes, query, start_input, update
+from api.temporal import query, start_handed, update
 from models.conversation import (
     MAX_TEXT,
     CloseRequest,
@@ -91,10 +89,9 @@ from models.conversation import (
     UserMessage,
 )
 from models.filtering import FilterContext, FilterRequest, SharedContext
-from models.names import WORKFLOW_TYPE, Queries, Updates, workflow_id
+from models.names import Queries, Updates
 from models.protocol import MAX_CARRIED, CarriedEntry, Incoming, Source
 from runtime.settings import Settings
-from runtime.temporal import WORKFLOW_TASK_TIMEOUT
 
 log = logging.getLogger("baton.a2a")
 
@@ -340,19 +337,8 @@ class BatonA2AHandler(RequestHandler):
             transcript=clean.transcript, withheld=clean.receipt,
         )
         try:
-            await self.client().start_workflow(
-                WORKFLOW_TYPE,
-                start_input(self.settings, task_id, A2A_CHANNEL, peer=peer, context=Context(**clean.context.model_dump())),
-                id=workflow_id(task_id),
-                task_queue=self.settings.task_queue,
-                task_timeout=WORKFLOW_TASK_TIMEOUT,
-                id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-                search_attributes=initial_attributes(A2A_CHANNEL),
-                static_summary=f"Handed to {agent_id} by an A2A client",
-            )
-        except WorkflowAlreadyStartedError:
-            pass  # the same first message again, after its conversation ended: the task is what it was
+            await start_handed(self.client(), self.settings, task_id, A2A_CHANNEL, peer,
+                               Context(**clean.context.model_dump()), f"Handed to {agent_id} by an A2A client")
         except RPCError as err:
             raise self._unavailable(err) from None
 

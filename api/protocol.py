@@ -16,15 +16,13 @@ from fastapi import APIRouter, HTTPException, Path, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 from temporalio.client import Client
-from temporalio.exceptions import WorkflowAlreadyStartedError
-from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 
 from activities import webhooks
 from activities.filtering import apply_filter, redact_text
 from activities.outbound import OutboundError, OutboundPolicy, resolve_public
 from activities.registry import AgentRegistry
 from api.agents import AgentPath, signed_by
-from api.temporal import initial_attributes, start_input, update
+from api.temporal import start_handed, update
 from models.conversation import (
     ID_PATTERN,
     MAX_TEXT,
@@ -38,10 +36,9 @@ from models.conversation import (
     UserMessage,
 )
 from models.filtering import FilterContext, FilterRequest
-from models.names import WORKFLOW_TYPE, Routes, Updates, workflow_id
+from models.names import Routes, Updates
 from models.protocol import HandoffAccepted, HandoffEnvelope, PeerEvent, PeerMessage
 from runtime.settings import Settings
-from runtime.temporal import WORKFLOW_TASK_TIMEOUT
 
 RemotePath = Annotated[str, Path(min_length=1, max_length=128, pattern=ID_PATTERN)]
 PLATFORM_CHANNEL = "platform"
@@ -122,20 +119,8 @@ def protocol_router(
             transcript=clean.transcript,
             withheld=clean.receipt,
         )
-        try:
-            await client_of(request).start_workflow(
-                WORKFLOW_TYPE,
-                start_input(settings, rid, PLATFORM_CHANNEL, peer=peer, context=Context(**clean.context.model_dump())),
-                id=workflow_id(rid),
-                task_queue=settings.task_queue,
-                task_timeout=WORKFLOW_TASK_TIMEOUT,
-                id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-                search_attributes=initial_attributes(PLATFORM_CHANNEL),
-                static_summary=f"Handed to {agent_id} by {envelope.source.platform}",
-            )
-        except WorkflowAlreadyStartedError:
-            pass  # the same handoff, delivered again after its conversation ended: already done
+        await start_handed(client_of(request), settings, rid, PLATFORM_CHANNEL, peer,
+                           Context(**clean.context.model_dump()), f"Handed to {agent_id} by {envelope.source.platform}")
         answer = HandoffAccepted(remote_conversation_id=rid)
         registry().remember(agent_id, webhook_id, answer.model_dump_json())
         return JSONResponse(status_code=202, content=answer.model_dump())

@@ -13,13 +13,19 @@ from temporalio.api.common.v1 import WorkflowExecution
 from temporalio.api.enums.v1 import WorkflowExecutionStatus
 from temporalio.api.workflowservice.v1 import ResetStickyTaskQueueRequest
 from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
-from temporalio.common import SearchAttributePair, TypedSearchAttributes
-from temporalio.exceptions import ApplicationError
+from temporalio.common import (
+    SearchAttributePair,
+    TypedSearchAttributes,
+    WorkflowIDConflictPolicy,
+    WorkflowIDReusePolicy,
+)
+from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from models.conversation import CommandResult, ConversationInput
-from models.names import Errors, SearchAttributes, workflow_id
+from models.conversation import CommandResult, Context, ConversationInput, PeerLink
+from models.names import WORKFLOW_TYPE, Errors, SearchAttributes, workflow_id
 from runtime.settings import Settings
+from runtime.temporal import WORKFLOW_TASK_TIMEOUT
 
 T = TypeVar("T")
 
@@ -168,3 +174,25 @@ def initial_attributes(channel: str) -> TypedSearchAttributes:
         [SearchAttributePair(sa.STATE, "ai"), SearchAttributePair(sa.CHANNEL, channel),
          SearchAttributePair(sa.OWNER, "ai"), SearchAttributePair(sa.HANDOFFS, 0)]
     )
+
+
+async def start_handed(
+    client: Client, settings: Settings, conversation_id: str, channel: str, peer: PeerLink, context: Context,
+    summary: str,
+) -> None:
+    """Start a conversation another platform handed to our local agent (over the platform protocol or A2A): once
+    per id, so the same handoff delivered again opens nothing new, also after its conversation ended."""
+    try:
+        await client.start_workflow(
+            WORKFLOW_TYPE,
+            start_input(settings, conversation_id, channel, peer=peer, context=context),
+            id=workflow_id(conversation_id),
+            task_queue=settings.task_queue,
+            task_timeout=WORKFLOW_TASK_TIMEOUT,
+            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+            search_attributes=initial_attributes(channel),
+            static_summary=summary,
+        )
+    except WorkflowAlreadyStartedError:
+        pass  # delivered again after its conversation ended: already done
