@@ -132,8 +132,9 @@ def task_id_for(agent_id: str, context_id: str, message_id: str) -> str:
 
 
 def _plain(value: Any) -> Any:
-    """A data part as JSON had it: protobuf's Value makes every number a float; whole ones are ints again (so the
-    filter sees a card number sent as a number as the number it is)."""
+    """A data part as JSON had it: protobuf's Value makes every number a float, so a client's 42 would be 42.0 here;
+    whole ones are ints again. (A card number sent as a number is redacted either way: the filter checks whole
+    floats too.)"""
     if isinstance(value, dict):
         return {k: _plain(v) for k, v in value.items()}
     if isinstance(value, list):
@@ -155,6 +156,11 @@ def task_state(snap: Snapshot, since_user: list[TranscriptEntry]) -> str:
     if any(e.role in (Role.LIVE_AGENT, Role.EXTERNAL_AGENT) for e in since_user):
         return INPUT_REQUIRED
     return WORKING
+
+
+def _ended(snap: Snapshot) -> str:
+    """How a closed conversation's task ended, in words: `completed` or `canceled`."""
+    return task_state(snap, []).removeprefix("TASK_STATE_").lower()
 
 
 def agent_card(settings: Settings, agent_id: str, name: str) -> dict[str, Any]:
@@ -258,8 +264,6 @@ class BatonA2AHandler(RequestHandler):
         """Check the message, then start the conversation or pass the user's message on; subscribed to the task's
         changes before either, so no change is missed."""
         message = params.message
-        if not message.message_id:
-            raise InvalidParamsError(message="message.messageId is required")
         if message.role == A2ARole.ROLE_AGENT:
             raise InvalidParamsError(message="message.role must be ROLE_USER (the user's side of the conversation)")
         text = "\n".join(p.text for p in message.parts if p.WhichOneof("content") == "text").strip()
@@ -268,7 +272,7 @@ class BatonA2AHandler(RequestHandler):
         if len(text) > MAX_TEXT:
             raise InvalidParamsError(message=f"message: the text is longer than {MAX_TEXT} characters")
         if not _ID.match(message.message_id):
-            raise InvalidParamsError(message="message.messageId: 1 to 200 printable ASCII characters, no spaces")
+            raise InvalidParamsError(message="message.messageId: 1 to 196 printable ASCII characters, no spaces")
         if message.context_id and not _CONTEXT_ID.match(message.context_id):
             raise InvalidParamsError(message="message.contextId: 1 to 256 printable ASCII characters, no spaces")
         wait = not (params.configuration.return_immediately if params.HasField("configuration") else False)
@@ -286,8 +290,7 @@ class BatonA2AHandler(RequestHandler):
                 if (seq := await self._seq_of(task_id, mid)) is not None:
                     return _Taken(task_id, seq, limit, False, None)  # a retry of its last message
                 raise UnsupportedOperationError(
-                    message=f"task {task_id} is {task_state(snap, []).removeprefix('TASK_STATE_').lower()}; "
-                    "send a message without a taskId to start a new one")
+                    message=f"task {task_id} is {_ended(snap)}; send a message without a taskId to start a new one")
             said, found = redact_text(text)
             command = UserMessage(message_id=mid, text=said[:MAX_TEXT], redacted=sorted({k for k, _ in found})[:20],
                                   via_agent=agent_id)
@@ -408,8 +411,7 @@ class BatonA2AHandler(RequestHandler):
         agent_id: str = context.state["agent_id"]
         snap = await self._snapshot(agent_id, params.id)
         if snap.state is State.CLOSED:
-            raise TaskNotCancelableError(message=f"task {params.id} is already "
-                                         f"{task_state(snap, []).removeprefix('TASK_STATE_').lower()}")
+            raise TaskNotCancelableError(message=f"task {params.id} is already {_ended(snap)}")
         try:
             await self._command(params.id, Updates.SUBMIT_CLOSE, CloseRequest(reason=CANCELED))
         except (UnsupportedOperationError, InvalidParamsError) as err:
@@ -421,24 +423,21 @@ class BatonA2AHandler(RequestHandler):
         """`after`: the seq of the client's latest message; what follows it is the status message."""
         peer = snap.peer or {}
         task_id, context_id = self._ids(snap)
-
-        def message(mid: str, role: Role, texts: list[str]) -> Message:
-            return _message(mid, role, texts[0], task_id, context_id)
-
         # An entry that ends our stretch (`hand_back` / `close`) is Baton's word to the sender, which the task's state
         # says (over the platform protocol it is that callback's type, not a message).
         entries = [e for e in entries if e.event is None]
-        history = [message(e.message_id.removeprefix(USER_IDS) if e.role is Role.USER else e.message_id, e.role,
-                           [e.text]) for e in entries]
+        history = [_message(e.message_id.removeprefix(USER_IDS) if e.role is Role.USER else e.message_id, e.role,
+                            e.text, task_id, context_id) for e in entries]
         if entries and entries[0].seq == 1 and peer.get("handoff_id"):
             # The client's first message is the handoff itself (its reason), not a transcript entry.
-            history.insert(0, message(peer["handoff_id"], Role.USER, [peer.get("reason") or ""]))
+            history.insert(0, _message(peer["handoff_id"], Role.USER, peer.get("reason") or "", task_id, context_id))
         replies = [e for e in entries if e.seq > after and e.role is not Role.USER]
         status = TaskStatus(state=TaskState.Value(state))
         status.timestamp.FromDatetime(snap.last_activity_at)
         if replies:
             # The latest reply, under its own id; all of them (each under its own id) are in `history`.
-            status.message.CopyFrom(message(replies[-1].message_id, replies[-1].role, [replies[-1].text]))
+            last = replies[-1]
+            status.message.CopyFrom(_message(last.message_id, last.role, last.text, task_id, context_id))
         return Task(id=task_id, context_id=context_id, status=status, history=history[-limit:] if limit else [])
 
     @staticmethod
@@ -476,10 +475,7 @@ class BatonA2AHandler(RequestHandler):
         A state computed from an older snapshot would call a conversation whose person has replied still waiting."""
         snap = snap or await self._snapshot(agent_id, task_id)
         for _ in range(4):
-            try:
-                entries = await read_entries(self.client(), task_id, max(0, after))
-            except (RPCError, WorkflowQueryFailedError, HTTPException) as err:
-                raise self._unavailable(err if isinstance(err, RPCError) else None) from None
+            entries = await self._entries(task_id, after)
             top = max([after, *(e.seq for e in entries)])
             if top == snap.seq or (not entries and snap.seq <= after):
                 break
@@ -489,14 +485,16 @@ class BatonA2AHandler(RequestHandler):
 
     async def _seq_of(self, task_id: str, message_id: str) -> int | None:
         """The seq of the user's message `message_id` (sent again: the workflow had it already), if this run has it."""
-        try:
-            entries = await read_entries(self.client(), task_id, 0)
-        except (RPCError, WorkflowQueryFailedError, HTTPException) as err:
-            raise self._unavailable(err if isinstance(err, RPCError) else None) from None
-        for e in reversed(entries):
+        for e in reversed(await self._entries(task_id, 0)):
             if e.message_id == message_id:
                 return e.seq
         return None
+
+    async def _entries(self, task_id: str, after: int) -> list[TranscriptEntry]:
+        try:
+            return await read_entries(self.client(), task_id, max(0, after))
+        except (RPCError, WorkflowQueryFailedError, HTTPException) as err:
+            raise self._unavailable(err if isinstance(err, RPCError) else None) from None
 
     async def _command(self, task_id: str, name: str, arg: Any) -> Any:
         try:

@@ -98,25 +98,46 @@ async def sla_expiry_walks_the_fallbacks(client, settings, cid, **_):
     return h
 
 
+async def say(http, cid: str, text: str) -> None:
+    """The user's message, through the chat-backend API (a fresh message id)."""
+    r = await http.post(f"/v1/conversations/{cid}/messages", json={"message_id": uuid.uuid4().hex, "text": text})
+    assert r.status_code == 202, r.text
+
+
+async def state(http, cid: str) -> dict:
+    """The conversation's snapshot, through the API."""
+    return (await http.get(f"/v1/conversations/{cid}")).json()
+
+
+async def handed_to(http, cid: str, agent_id: str, reason: str) -> dict:
+    """Hand the conversation to an external agent through the API; its snapshot once the agent owns it."""
+    r = await http.post(f"/v1/conversations/{cid}/handoff",
+                        json={"reason": reason, "target": {"external_agent": agent_id}})
+    assert r.status_code == 200, r.text
+    while (snap := await state(http, cid))["state"] != "external_agent":
+        await asyncio.sleep(0.05)
+    return snap
+
+
+async def closed(client, http, cid: str):
+    """Close the conversation through the API and wait for its run to end; its handle, for the history."""
+    await http.post(f"/v1/conversations/{cid}/close")
+    handle = client.get_workflow_handle(workflow_id(cid))
+    await handle.result()
+    return handle
+
+
 async def external_handoff_and_hand_back(client, settings, cid, http, **_):
     """The embedded demo's path: this install hands the conversation to its own `tech-support` over loopback.
     Returns both conversations: ours, and the one the receiving side opened."""
-
-    async def say(text):
-        r = await http.post(f"/v1/conversations/{cid}/messages", json={"message_id": uuid.uuid4().hex, "text": text})
-        assert r.status_code == 202, r.text
-
-    async def state(conversation):
-        return (await http.get(f"/v1/conversations/{conversation}")).json()
-
     await http.put(f"/v1/conversations/{cid}/context", json={"profile": {"name": "Ada"}, "auth": {"token": "t"}})
-    await say("The app crashes with an error")
-    while (snap := await state(cid))["state"] != "external_agent":
+    await say(http, cid, "The app crashes with an error")
+    while (snap := await state(http, cid))["state"] != "external_agent":
         await asyncio.sleep(0.1)
     rid = snap["external"]["remote_conversation_id"]
-    await say("version 2.3.1")
-    await say("it works now, thanks")
-    while (await state(cid))["state"] != "ai" or (await state(rid))["state"] != "closed":
+    await say(http, cid, "version 2.3.1")
+    await say(http, cid, "it works now, thanks")
+    while (await state(http, cid))["state"] != "ai" or (await state(http, rid))["state"] != "closed":
         await asyncio.sleep(0.1)
     await http.post(f"/v1/conversations/{cid}/close")
     ours = client.get_workflow_handle(workflow_id(cid))
@@ -177,10 +198,7 @@ async def ladder_with_business_hours(client, settings, cid, http, **_):
 
     await until(back_with_the_ai)
     await asyncio.sleep(1.0)  # the AI answers the message written while waiting
-    await http.post(f"/v1/conversations/{cid}/close")
-    h = client.get_workflow_handle(workflow_id(cid))
-    await h.result()
-    return h
+    return await closed(client, http, cid)
 
 
 async def continue_as_new_while_waiting(client, settings, cid, http, **_):
@@ -286,10 +304,7 @@ async def routed_intent_claim_release(client, settings, cid, http, **_):
     assert (await http.post(f"/v1/desk/conversations/{cid}/release", headers=agent)).status_code == 200
     await http.post(f"/v1/conversations/{cid}/messages", json={"message_id": "u3", "text": "thanks"})
     await asyncio.sleep(0.5)
-    await http.post(f"/v1/conversations/{cid}/close")
-    h = client.get_workflow_handle(workflow_id(cid))
-    await h.result()
-    return h
+    return await closed(client, http, cid)
 
 
 async def ladder_then_cancel(client, settings, cid, http, **_):
@@ -302,10 +317,7 @@ async def ladder_then_cancel(client, settings, cid, http, **_):
     await http.post(f"/v1/conversations/{cid}/messages", json={"message_id": "u2", "text": "Never mind"})
     while (await http.get(f"/v1/conversations/{cid}")).json()["state"] != "ai":
         await asyncio.sleep(0.05)
-    await http.post(f"/v1/conversations/{cid}/close")
-    h = client.get_workflow_handle(workflow_id(cid))
-    await h.result()
-    return h
+    return await closed(client, http, cid)
 
 
 async def desk_accepts_and_completes(client, settings, cid, http, desk, **_):
@@ -334,10 +346,7 @@ async def desk_accepts_and_completes(client, settings, cid, http, desk, **_):
         await asyncio.sleep(0.05)
     await event({"type": "completed", "handoff_id": handoff_id})
     await asyncio.sleep(0.5)
-    await http.post(f"/v1/conversations/{cid}/close")
-    h = client.get_workflow_handle(workflow_id(cid))
-    await h.result()
-    return h
+    return await closed(client, http, cid)
 
 
 async def bounds_and_run_length(client, settings, cid, **_):
@@ -367,49 +376,28 @@ async def a2a_agent_answers_and_hands_back(client, settings, cid, http, registry
     second handoff it rejects walks the ladder to a queue, where the chat is closed."""
     from tests.test_a2a import TOKEN, version_agent
 
-    async def say(text):
-        r = await http.post(f"/v1/conversations/{cid}/messages", json={"message_id": uuid.uuid4().hex, "text": text})
-        assert r.status_code == 202, r.text
-
-    async def state():
-        return (await http.get(f"/v1/conversations/{cid}")).json()
-
     async with version_agent() as (base, _):
         r = await http.post("/v1/admin/agents/external", headers={"Authorization": f"Bearer {settings.admin_key}"},
                             json={"agent_id": "versions", "protocol": "a2a", "domain": base, "credential": TOKEN})
         assert r.status_code == 201, r.text
-        await say("hello")
-        r = await http.post(f"/v1/conversations/{cid}/handoff",
-                            json={"reason": "versions", "target": {"external_agent": "versions"}})
-        assert r.status_code == 200, r.text
-        while (await state())["state"] != "external_agent":
-            await asyncio.sleep(0.05)
-        await say("2.5")
-        while (await state())["state"] != "ai":
+        await say(http, cid, "hello")
+        await handed_to(http, cid, "versions", "versions")
+        await say(http, cid, "2.5")
+        while (await state(http, cid))["state"] != "ai":
             await asyncio.sleep(0.05)
         r = await http.post(f"/v1/conversations/{cid}/handoff",
                             json={"reason": "please reject", "target": {"external_agent": "versions"},
                                   "fallback": [{"queue": "general"}]})
         assert r.status_code == 200, r.text
-        while (await state())["queue"] != "general":
+        while (await state(http, cid))["queue"] != "general":
             await asyncio.sleep(0.05)
-    await http.post(f"/v1/conversations/{cid}/close")
-    handle = client.get_workflow_handle(workflow_id(cid))
-    await handle.result()
-    return handle
+    return await closed(client, http, cid)
 
 
 async def a2a_to_another_baton(client, settings, cid, http, registry, **_):
     """Baton hands a conversation over A2A to a local agent of a Baton (itself, on loopback): the sending side is an
     external agent with `protocol: a2a`, the receiving side a conversation an A2A client handed to `tech-support`
     (no callback: the answers go back in the responses). The user answers, the agent hands back."""
-    async def say(text):
-        r = await http.post(f"/v1/conversations/{cid}/messages", json={"message_id": uuid.uuid4().hex, "text": text})
-        assert r.status_code == 202, r.text
-
-    async def state():
-        return (await http.get(f"/v1/conversations/{cid}")).json()
-
     from activities.webhooks import a2a_token
 
     token = a2a_token(registry.verifying_secrets("tech-support")[0])
@@ -418,16 +406,11 @@ async def a2a_to_another_baton(client, settings, cid, http, registry, **_):
                               "domain": f"{settings.public_url}/a2a/tech-support"})
     assert r.status_code == 201, r.text
     await http.put(f"/v1/conversations/{cid}/context", json={"profile": {"name": "Ada"}})
-    await say("hello")
-    r = await http.post(f"/v1/conversations/{cid}/handoff",
-                        json={"reason": "the app crashes", "target": {"external_agent": "support-a2a"}})
-    assert r.status_code == 200, r.text
-    while (await state())["state"] != "external_agent":
-        await asyncio.sleep(0.05)
-    task_id = (await state())["external"]["remote_conversation_id"]
-    await say("version 2.5")
-    await say("it works now, thanks")
-    while (await state())["state"] != "ai":
+    await say(http, cid, "hello")
+    task_id = (await handed_to(http, cid, "support-a2a", "the app crashes"))["external"]["remote_conversation_id"]
+    await say(http, cid, "version 2.5")
+    await say(http, cid, "it works now, thanks")
+    while (await state(http, cid))["state"] != "ai":
         await asyncio.sleep(0.05)
     await http.post(f"/v1/conversations/{cid}/close")
     sender, receiver = client.get_workflow_handle(workflow_id(cid)), client.get_workflow_handle(workflow_id(task_id))
