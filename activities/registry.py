@@ -44,6 +44,8 @@ class LiveAgentInfo(BaseModel):
     name: str
     queues: list[str]
     skills: list[str] = []
+    # How many conversations they take at once (claims and push offers stop there).
+    capacity: int = 3
     created_at: datetime
 
 
@@ -66,7 +68,7 @@ class AgentRegistry(Protocol):
     def remember(self, agent_id: str, webhook_id: str, response: str) -> None: ...
     # Live agents (the desk): a bearer token each, stored only as its SHA-256.
     def create_live_agent(
-        self, agent_id: str, name: str, queues: list[str], skills: list[str] | None = None
+        self, agent_id: str, name: str, queues: list[str], skills: list[str] | None = None, capacity: int = 3
     ) -> tuple[LiveAgentInfo, str]: ...
     def live_agent_by_token(self, token: str) -> LiveAgentInfo | None: ...
     def list_live_agents(self) -> list[LiveAgentInfo]: ...
@@ -129,9 +131,13 @@ def _token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+_LIVE_COLUMNS = "agent_id, name, queues, skills, created_at, capacity"
+
+
 def _live_agent(row: tuple) -> LiveAgentInfo:
     return LiveAgentInfo(
-        agent_id=row[0], name=row[1], queues=json.loads(row[2]), skills=json.loads(row[3]), created_at=row[4]
+        agent_id=row[0], name=row[1], queues=json.loads(row[2]), skills=json.loads(row[3]), created_at=row[4],
+        capacity=row[5],
     )
 
 # Longer than any sender retries a request; older ids are forgotten (their timestamps are long stale anyway).
@@ -176,6 +182,9 @@ class SqliteRegistry:
             self._db.execute("ALTER TABLE agents ADD COLUMN protocol TEXT NOT NULL DEFAULT 'baton'")
         if "a2a" not in columns:
             self._db.execute("ALTER TABLE agents ADD COLUMN a2a TEXT")
+        # A registry from before capacities: every live agent takes three at once (the default).
+        if "capacity" not in {row[1] for row in self._db.execute("PRAGMA table_info(live_agents)")}:
+            self._db.execute("ALTER TABLE live_agents ADD COLUMN capacity INTEGER NOT NULL DEFAULT 3")
         self._lock = threading.Lock()
 
     def close(self) -> None:
@@ -317,7 +326,7 @@ class SqliteRegistry:
     # ---- live agents (the desk) ----------------------------------------------------------------------
 
     def create_live_agent(
-        self, agent_id: str, name: str, queues: list[str], skills: list[str] | None = None
+        self, agent_id: str, name: str, queues: list[str], skills: list[str] | None = None, capacity: int = 3
     ) -> tuple[LiveAgentInfo, str]:
         """A new live agent and its bearer token, returned this once: only the token's SHA-256 is stored."""
         token = LIVE_TOKEN_PREFIX + secrets.token_urlsafe(24)
@@ -326,13 +335,15 @@ class SqliteRegistry:
         with self._lock:
             try:
                 self._db.execute(
-                    "INSERT INTO live_agents (agent_id, name, queues, skills, token_hash, created_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?)",
-                    (agent_id, name, json.dumps(queues), json.dumps(skills), _token_hash(token), now.isoformat()),
+                    "INSERT INTO live_agents (agent_id, name, queues, skills, token_hash, created_at, capacity) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (agent_id, name, json.dumps(queues), json.dumps(skills), _token_hash(token), now.isoformat(),
+                     capacity),
                 )
             except sqlite3.IntegrityError:
                 raise LiveAgentIdTaken(f"a live agent '{agent_id}' already exists") from None
-        return LiveAgentInfo(agent_id=agent_id, name=name, queues=queues, skills=skills, created_at=now), token
+        return LiveAgentInfo(agent_id=agent_id, name=name, queues=queues, skills=skills, capacity=capacity,
+                             created_at=now), token
 
     def live_agent_by_token(self, token: str) -> LiveAgentInfo | None:
         """The live agent holding `token`, or None. Looked up by the token's hash, so the comparison leaks
@@ -341,7 +352,7 @@ class SqliteRegistry:
             return None
         with self._lock:
             row = self._db.execute(
-                "SELECT agent_id, name, queues, skills, created_at FROM live_agents WHERE token_hash = ?",
+                f"SELECT {_LIVE_COLUMNS} FROM live_agents WHERE token_hash = ?",
                 (_token_hash(token),),
             ).fetchone()
         return _live_agent(row) if row else None
@@ -349,6 +360,6 @@ class SqliteRegistry:
     def list_live_agents(self) -> list[LiveAgentInfo]:
         with self._lock:
             rows = self._db.execute(
-                "SELECT agent_id, name, queues, skills, created_at FROM live_agents ORDER BY created_at, agent_id"
+                f"SELECT {_LIVE_COLUMNS} FROM live_agents ORDER BY created_at, agent_id"
             ).fetchall()
         return [_live_agent(r) for r in rows]

@@ -14,6 +14,7 @@ from zoneinfo import ZoneInfo
 from temporalio import activity
 from temporalio.client import Client
 
+from activities.queues import Queues, needs
 from activities.stream import StreamStore
 
 from models.config import BatonConfig, BusinessHours, Route, When
@@ -51,10 +52,13 @@ COUNT_TIMEOUT = timedelta(seconds=10)
 # ---- the decision -------------------------------------------------------------------------------------
 
 
-def decide(config: BatonConfig, req: RouteRequest, position: int | None = None) -> RouteDecision:
+def decide(
+    config: BatonConfig, req: RouteRequest, position: int | None = None, absent: frozenset[str] = frozenset()
+) -> RouteDecision:
     """Choose the ladder (ai_failure rule, the request's own target, or the first matching route), then walk it
-    at `req.at`: unknown queues and queues closed by business hours are skipped; the first rung left is the
-    target, the rest the fallback. Nothing left: back to the AI with a message saying when the team is back."""
+    at `req.at`: unknown queues, queues closed by business hours and (as the target) queues in `absent` (nobody who
+    could take it is online) are skipped; the first rung left is the target, the rest the fallback. Nothing left:
+    back to the AI with a message saying when the team is back."""
     at = _utc(req.at)
     route: Route | None = None
     if req.requested_by == "ai_failure":
@@ -77,7 +81,8 @@ def decide(config: BatonConfig, req: RouteRequest, position: int | None = None) 
                              ladder=[HandoffTarget(ai=True, message=notices.NO_ROUTE)], position=position)
         rule, why = route.name, ", ".join(matched) or "no conditions"
         ladder = [route.to, *route.fallback]
-    return _decision(config, req, at, rule=rule, why=why, ladder=ladder, route=route, position=position)
+    return _decision(config, req, at, rule=rule, why=why, ladder=ladder, route=route, position=position,
+                     absent=absent)
 
 
 def _decision(
@@ -90,6 +95,7 @@ def _decision(
     ladder: list[HandoffTarget],
     route: Route | None = None,
     position: int | None = None,
+    absent: frozenset[str] = frozenset(),
 ) -> RouteDecision:
     schedules = {rung.label: bh for rung in ladder if (bh := _business_hours(config, rung)) is not None}
     hours = {label: schedule.windows(at, at + HORIZON) for label, schedule in schedules.items()}
@@ -99,9 +105,14 @@ def _decision(
     # The earliest opening among queues skipped for hours, and how to say it.
     back: tuple[datetime, str] | None = None
     closed_for_hours = False
+    nobody_present = False
     for rung in ladder:
         if config.unknown_queue(rung):
             skipped.append(Skipped(target=rung.label, why="unknown queue"))
+            continue
+        if not remaining and rung.label in absent:
+            nobody_present = True
+            skipped.append(Skipped(target=rung.label, why="nobody who could take it is online"))
             continue
         # Only the target must be open now; the fallback is re-checked by the workflow when it gets there.
         windows = hours.get(rung.label)
@@ -123,6 +134,8 @@ def _decision(
             message = notices.AWAY.format(back=f" (back {back[1]})", again="; you can ask again then")
         elif closed_for_hours:
             message = notices.AWAY.format(back="", again="")
+        elif nobody_present:
+            message = notices.NOBODY_PRESENT
         else:
             message = notices.NO_ROUTE
         remaining = [HandoffTarget(ai=True, message=message)]
@@ -130,7 +143,10 @@ def _decision(
     target, fallback = remaining[0], remaining[1:]
     slas = {rung.label: sla_for(config, req, rung) for rung in remaining if rung.waits_for_person}
     allowlist = route.allowlist if route is not None and route.allowlist is not None else config.filter.allowlist
+    priority, skills = needs(route, req.params)
     return RouteDecision(
+        priority=priority,
+        skills=skills,
         rule=rule,
         why=why,
         target=target,
@@ -252,8 +268,17 @@ class Router:
     @activity.defn(name=Activities.ROUTE_HANDOFF)
     async def route_handoff(self, req: RouteRequest) -> RouteDecision:
         decision = decide(self.config, req)
+        if self.stream is not None:
+            decision = await asyncio.to_thread(self.present_or_next, req, decision)
         queue = decision.target.desk_queue
         waits = decision.target.waits_for_person and queue is not None
+        if waits and self.stream is not None:
+            # What the queues need to know of it before it shows in the waiting list: its priority and skills.
+            try:
+                await asyncio.to_thread(Queues(self.stream(), self.config).set_terms, req.conversation_id,
+                                        decision.priority, decision.skills)
+            except Exception as err:  # noqa: BLE001 - the conversation then waits with no priority or skills
+                activity.logger.warning("queue terms not written: %s", type(err).__name__)
         if waits:
             position = await self.position(queue, req.conversation_id, req.at)
             decision = decision.model_copy(update={"position": position})
@@ -262,6 +287,26 @@ class Router:
             # (The workflow's next bell, numbered higher, says the same, or corrects it if the handoff ended.)
             update = {"queue": queue} if waits else {"waiting_since": None, "reason": None}
             await carry_bell(self.stream, req.bell.model_copy(update=update), None)
+        return decision
+
+    def present_or_next(self, req: RouteRequest, decision: RouteDecision) -> RouteDecision:
+        """The decision again without its target while the target is a queue that goes on when nobody who could
+        take the conversation is online (push and sticky queues by default; `when_nobody_present`)."""
+        queues = Queues(self.stream(), self.config)
+        absent: set[str] = set()
+        for _ in range(len(self.config.queues) + 1):
+            name = decision.target.desk_queue
+            queue = self.config.queues.get(name or "")
+            if queue is None or decision.target.label in absent or not queue.skips_when_nobody_present:
+                return decision
+            try:
+                if queues.anyone_present(name, decision.skills):
+                    return decision
+            except Exception as err:  # noqa: BLE001 - presence unknown: the queue is tried as routed
+                activity.logger.warning("presence not read: %s", type(err).__name__)
+                return decision
+            absent.add(decision.target.label)
+            decision = decide(self.config, req, absent=frozenset(absent))
         return decision
 
     @activity.defn(name=Activities.QUEUE_POSITION)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from datetime import timedelta
 from typing import Annotated, Any
 
@@ -29,7 +30,7 @@ from models.config import BatonConfig
 from api.a2a_server import a2a_router
 from api.agents import agent_router
 from api.auth import bearer
-from api.desk import desk_router
+from api.desk import desk_router, sweep_queues
 from api.third_party_desk import third_party_desk_router
 from api.limits import RequestLimits
 from api.messages import Accepted, MessageIn, send_user_message
@@ -104,7 +105,11 @@ def create_app(
             from runtime.temporal import connect
 
             app.state.client = await connect()
+        sweeper = asyncio.create_task(sweep_queues(stream_store, config))
         yield
+        sweeper.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await sweeper
         await app.state.hub.close()
 
     app = FastAPI(

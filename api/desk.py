@@ -6,8 +6,9 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from datetime import datetime
-from typing import Annotated
+import logging
+from datetime import UTC, datetime
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
@@ -15,6 +16,7 @@ from temporalio.client import Client, WorkflowQueryFailedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.filtering import REASONS, redact_text
+from activities.queues import DEFAULT_CAPACITY, Offer, Presence, Queues, Refused
 from activities.registry import AgentRegistry, LiveAgentIdTaken, LiveAgentInfo
 from activities.stream import StreamStore
 from api.auth import bearer
@@ -51,6 +53,17 @@ ConversationPath = Annotated[
     str, Path(min_length=1, max_length=128, pattern=ID_PATTERN, alias="conversation_id")
 ]
 QueuePath = Annotated[str, Path(min_length=1, max_length=128, pattern=NAME_PATTERN)]
+OfferPath = Annotated[str, Path(min_length=23, max_length=23, pattern=r"^of_[0-9a-f]{20}$")]
+# The console repeats its presence this often, or a third of the config's grace when that is shorter (two heartbeats
+# may be lost before the agent is offline).
+HEARTBEAT_SECONDS = 15
+
+
+def heartbeat_seconds(config: BatonConfig) -> int:
+    return max(1, min(HEARTBEAT_SECONDS, config.presence_grace_seconds // 3))
+SWEEP_SECONDS = 0.5
+
+log = logging.getLogger("baton.desk")
 
 # A claim or a read of a conversation that is listed but whose routing decision the workflow has not recorded yet
 # waits this long for it (see routed_snapshot), looking again every ROUTING_POLL_SECONDS.
@@ -73,6 +86,7 @@ class LiveAgentIn(BaseModel):
     name: str = Field(min_length=1, max_length=128)
     queues: list[Name] = Field(min_length=1, max_length=50, description="the queues this agent works")
     skills: list[Name] = Field(default_factory=list, max_length=50)
+    capacity: int = Field(default=DEFAULT_CAPACITY, ge=1, le=1000, description="conversations they take at once")
 
 
 class LiveAgentCreated(BaseModel):
@@ -90,6 +104,8 @@ class Waiting(BaseModel):
     waiting_since: datetime | None
     reason: str
     summary: str | None = Field(default=None, description="the handoff's summary for whoever takes over, once written")
+    priority: int = Field(default=0, description="higher waits ahead")
+    skills: list[str] = Field(default_factory=list, description="what an agent needs to take it")
 
 
 class WaitingList(BaseModel):
@@ -147,6 +163,33 @@ class DeskAgent(BaseModel):
     agent_id: str
     name: str
     queues: list[str]
+    skills: list[str] = []
+    capacity: int = DEFAULT_CAPACITY
+    # How each of their queues assigns (`pull`, `push` or `sticky`), and the wrap-up codes release and close take.
+    assignment: dict[str, str] = {}
+    wrap_up_codes: list[str] = []
+    # How often the console repeats its presence (a heartbeat), and after how long without one the agent is offline.
+    heartbeat_seconds: int = 15
+    presence_grace_seconds: int = 45
+
+
+class PresenceIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    status: Literal["online", "away", "offline"]
+    heartbeat: bool = Field(default=False, description="true: only say the console is still there (the status the "
+                            "agent has now stays; `status` counts only for an agent never seen before)")
+
+
+class OfferList(BaseModel):
+    offers: list[Offer]
+
+
+class DeskReport(BaseModel):
+    """Wrap-up codes counted, ratings per agent, and every agent's presence and load."""
+
+    wrap_ups: dict[str, int]
+    agents: dict[str, dict]
+    presence: list[Presence]
 
 
 def withheld_for(audit: AuditPage, handoff_id: str | None) -> list[ReceiptEntry]:
@@ -188,6 +231,7 @@ def withheld_for(audit: AuditPage, handoff_id: str | None) -> list[ReceiptEntry]
 class ReasonIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     reason: Reason | None = None
+    wrap_up: Name | None = Field(default=None, description="a code from the config's `wrap_up_codes`")
 
 
 def personal_queue(agent_id: str) -> str:
@@ -268,13 +312,40 @@ def desk_router(
         while time.monotonic() < deadline and await listed(conversation_id):
             await asyncio.sleep(LEFT_THE_LIST_POLL_SECONDS)
 
+    def queues() -> Queues:
+        return Queues(stream(), config)
+
+    async def holding(agent: LiveAgentInfo, conversation_id: str, queue: str | None) -> None:
+        try:
+            await asyncio.to_thread(queues().reserve, agent.agent_id, agent.skills, agent.capacity, conversation_id,
+                                    queue)
+        except Refused as err:
+            raise HTTPException(err.status, str(err)) from None
+
+    async def recorded(what: str, write: Callable[[], None]) -> None:
+        """A desk record written after the workflow took the command (a wrap-up code, an accepted offer): best
+        effort, so a store hiccup never turns a command that took into an error (the audit has it either way)."""
+        try:
+            await asyncio.to_thread(write)
+        except Exception as err:  # noqa: BLE001
+            log.warning("the queues' store did not record %s: %s", what, type(err).__name__)
+
+    def wrap_up_code(body: ReasonIn | None) -> str | None:
+        code = body.wrap_up if body else None
+        if code is not None and code not in config.wrap_up_codes:
+            known = ", ".join(config.wrap_up_codes) or "none are configured"
+            raise HTTPException(422, f"wrap_up: '{code}' is not one of the config's wrap_up_codes ({known})")
+        return code
+
     # ---- operators ----------------------------------------------------------------------------------
 
     @router.post("/v1/admin/live-agents", status_code=201, response_model=LiveAgentCreated, dependencies=admin, tags=["admin"])
     def create_live_agent(body: LiveAgentIn) -> LiveAgentCreated:
         """A live agent for the desk. Its token is returned this once only (stored hashed)."""
         try:
-            info, token = registry().create_live_agent(body.agent_id, body.name, body.queues, body.skills)
+            info, token = registry().create_live_agent(
+                body.agent_id, body.name, body.queues, body.skills, body.capacity
+            )
         except LiveAgentIdTaken as err:
             raise HTTPException(409, str(err)) from None
         return LiveAgentCreated(agent_id=info.agent_id, token=token)
@@ -288,8 +359,12 @@ def desk_router(
     @router.get("/v1/desk/me", response_model=DeskAgent, tags=["desk"])
     def me(agent: LiveAgentInfo = agent_dep) -> DeskAgent:
         """The agent this token belongs to (the console signs in with it): 401 for a wrong token."""
+        queues = [*agent.queues, personal_queue(agent.agent_id)]
         return DeskAgent(
-            agent_id=agent.agent_id, name=agent.name, queues=[*agent.queues, personal_queue(agent.agent_id)]
+            agent_id=agent.agent_id, name=agent.name, queues=queues, skills=agent.skills, capacity=agent.capacity,
+            assignment={q: config.queues[q].assignment if q in config.queues else "pull" for q in queues},
+            wrap_up_codes=list(config.wrap_up_codes), heartbeat_seconds=heartbeat_seconds(config),
+            presence_grace_seconds=config.presence_grace_seconds,
         )
 
     @router.get("/v1/desk/queues/{queue}/waiting", response_model=WaitingList, tags=["desk"])
@@ -308,7 +383,7 @@ def desk_router(
         return WaitingList(
             queue=queue, total=total,
             waiting=[Waiting(conversation_id=r.conversation_id, position=r.position, waiting_since=r.waiting_since,
-                             reason=r.reason, summary=r.summary) for r in rows],
+                             reason=r.reason, summary=r.summary, priority=r.priority, skills=r.skills) for r in rows],
         )
 
     @router.post("/v1/desk/conversations/{conversation_id}/claim", response_model=CommandResult, tags=["desk"])
@@ -328,14 +403,16 @@ def desk_router(
             raise HTTPException(
                 403, f"the pending handoff is for {pending.target.label}, not one of {agent.agent_id}'s queues"
             )
+        # A place of the agent's capacity first (and the skills the conversation needs): two claims at once can
+        # never both take an agent's last place.
+        await holding(agent, conversation_id, pending.target.desk_queue)
         try:
             result = await update(
                 client, conversation_id, Updates.ACCEPT_HANDOFF,
                 AcceptHandoff(handoff_id=pending.handoff_id, owner=agent.agent_id),
             )
-            await left_the_list(conversation_id)
-            return result
         except HTTPException as err:
+            await asyncio.to_thread(queues().release, agent.agent_id, conversation_id)
             if err.status_code != 409:
                 raise
             # A lost race: say who won, not only that the handoff is gone.
@@ -343,6 +420,11 @@ def desk_router(
             if now.owner and now.owner != agent.agent_id and now.state is State.LIVE_AGENT:
                 raise HTTPException(409, f"{now.owner} claimed it first ({err.detail})") from None
             raise
+        except BaseException:
+            await asyncio.to_thread(queues().release, agent.agent_id, conversation_id)
+            raise
+        await left_the_list(conversation_id)
+        return result
 
     @router.post(
         "/v1/desk/conversations/{conversation_id}/messages", status_code=202, response_model=DeskMessageAccepted,
@@ -368,6 +450,13 @@ def desk_router(
             raise HTTPException(422, "you already own the conversation: transfer to another agent or a queue")
         target = HandoffTarget(queue=body.queue) if body.queue else HandoffTarget(live_agent=body.agent_id)
         check_targets([("queue" if body.queue else "agent_id", target)], config, registry)
+        queue_config = config.queues.get(body.queue or "")
+        if queue_config is not None and queue_config.skips_when_nobody_present and not await asyncio.to_thread(
+            queues().anyone_present, body.queue, []
+        ):
+            # Routing would pass over it at once (and, with nothing after it, back to the AI): say so instead.
+            raise HTTPException(409, f"nobody who could take it is online in queue '{body.queue}'; the conversation "
+                                     "stays with you")
         request_ = HandoffRequest(
             reason=body.reason or f"transfer by {agent.agent_id}", target=target, by=agent.agent_id
         )
@@ -389,6 +478,11 @@ def desk_router(
             raise HTTPException(
                 403, f"{agent.agent_id} neither owns this conversation nor works the queue it waits in"
             )
+        if snap.owner != agent.agent_id and pending is not None and pending.target is not None:
+            missing = await asyncio.to_thread(queues().lacks, agent.skills, conversation_id, pending.target.desk_queue)
+            if missing:
+                raise HTTPException(403, f"the conversation needs the skill(s) {', '.join(missing)}, which "
+                                         f"{agent.agent_id} lacks")
         page, audit = await asyncio.gather(
             query(
                 client, conversation_id, Queries.TRANSCRIPT, TranscriptQuery(after=after, limit=1000),
@@ -409,15 +503,108 @@ def desk_router(
         agent: LiveAgentInfo = agent_dep,
     ) -> CommandResult:
         """Back to the AI, which speaks up again (the workflow marks the end of the human stretch)."""
-        hand_back = HandBack(reason=(body.reason if body and body.reason else ""), by=agent.agent_id)
-        return await update(temporal(request), conversation_id, Updates.SUBMIT_HAND_BACK, hand_back)
+        code = wrap_up_code(body)
+        question = None
+        if config.rating.enabled:
+            question = config.rating.question.replace("{agent}", agent.name)[:MAX_TEXT]
+        hand_back = HandBack(reason=(body.reason if body and body.reason else ""), by=agent.agent_id, wrap_up=code,
+                             rating_question=question)
+        result = await update(temporal(request), conversation_id, Updates.SUBMIT_HAND_BACK, hand_back)
+        if code is not None:
+            await recorded("a wrap-up code", lambda: queues().wrapped_up(conversation_id, agent.agent_id, "release", code))
+        return result
 
     @router.post("/v1/desk/conversations/{conversation_id}/close", response_model=CommandResult, tags=["desk"])
     async def close(
         conversation_id: ConversationPath, request: Request, body: ReasonIn | None = None,
         agent: LiveAgentInfo = agent_dep,
     ) -> CommandResult:
-        close_request = CloseRequest(reason=(body.reason if body and body.reason else "closed"), by=agent.agent_id)
-        return await update(temporal(request), conversation_id, Updates.SUBMIT_CLOSE, close_request)
+        code = wrap_up_code(body)
+        close_request = CloseRequest(reason=(body.reason if body and body.reason else "closed"), by=agent.agent_id,
+                                     wrap_up=code)
+        result = await update(temporal(request), conversation_id, Updates.SUBMIT_CLOSE, close_request)
+        if code is not None:
+            await recorded("a wrap-up code", lambda: queues().wrapped_up(conversation_id, agent.agent_id, "close", code))
+        return result
+
+    # ---- presence and offers ------------------------------------------------------------------------
+
+    @router.put("/v1/desk/presence", response_model=Presence, tags=["desk"])
+    async def set_presence(body: PresenceIn, agent: LiveAgentInfo = agent_dep) -> Presence:
+        """`online`, `away` or `offline`. The console sends `"heartbeat": true` every `heartbeat_seconds` of
+        `/v1/desk/me`; without one for the config's `presence_grace_seconds` the agent is offline. Going away or
+        offline withdraws the agent's open offers; going online makes them eligible for offers at once."""
+        return await asyncio.to_thread(
+            queues().set_presence, agent.agent_id, agent.name, agent.queues, agent.skills, agent.capacity,
+            body.status, None, body.heartbeat,
+        )
+
+    @router.get("/v1/desk/presence", response_model=Presence, tags=["desk"])
+    async def get_presence(agent: LiveAgentInfo = agent_dep) -> Presence:
+        """The agent's presence and load (conversations owned, claims in flight and open offers) of capacity."""
+        found = await asyncio.to_thread(queues().presence, agent.agent_id)
+        if found is None:
+            return Presence(agent_id=agent.agent_id, status="offline", since=datetime.now(UTC),
+                            capacity=agent.capacity, load=0, skills=agent.skills)
+        return found
+
+    @router.get("/v1/desk/offers", response_model=OfferList, tags=["desk"])
+    async def offers(agent: LiveAgentInfo = agent_dep) -> OfferList:
+        """The agent's open offers (push and sticky queues), oldest first, each with when it lapses."""
+        return OfferList(offers=await asyncio.to_thread(queues().offers, agent.agent_id))
+
+    @router.post("/v1/desk/offers/{offer_id}/accept", response_model=CommandResult, tags=["desk"])
+    async def accept_offer(offer_id: OfferPath, request: Request, agent: LiveAgentInfo = agent_dep) -> CommandResult:
+        """Accepting is the claim: 200 and the conversation is the agent's; 409 when the offer lapsed, was
+        withdrawn or the conversation no longer waits; 404 for an offer that is not the agent's."""
+        book = queues()
+        try:
+            offer = await asyncio.to_thread(book.take_offer, offer_id, agent.agent_id)
+        except Refused as err:
+            raise HTTPException(err.status, str(err)) from None
+        client = temporal(request)
+        try:
+            snap = await routed_snapshot(client, offer.conversation_id)
+            pending = snap.pending_handoff
+            if pending is None or pending.target is None or pending.target.desk_queue != offer.queue:
+                raise HTTPException(409, f"the conversation no longer waits in {offer.queue} (state "
+                                         f"'{snap.state.value}', owner {snap.owner})")
+            result = await update(
+                client, offer.conversation_id, Updates.ACCEPT_HANDOFF,
+                AcceptHandoff(handoff_id=pending.handoff_id, owner=agent.agent_id),
+            )
+        except BaseException:
+            await recorded("a failed accept", lambda: book.end_offer(offer, False))
+            raise
+        await recorded("an accepted offer", lambda: book.end_offer(offer, True))
+        await left_the_list(offer.conversation_id)
+        return result
+
+    @router.post("/v1/desk/offers/{offer_id}/decline", status_code=204, tags=["desk"])
+    async def decline_offer(offer_id: OfferPath, agent: LiveAgentInfo = agent_dep) -> None:
+        """The offer goes to the next agent at once (this agent stays online)."""
+        try:
+            await asyncio.to_thread(queues().decline, offer_id, agent.agent_id)
+        except Refused as err:
+            raise HTTPException(err.status, str(err)) from None
+
+    @router.get("/v1/admin/desk/report", response_model=DeskReport, dependencies=admin, tags=["admin"])
+    async def report() -> DeskReport:
+        """Wrap-up codes counted (in all and per agent), ratings per agent (count, mean), presence and load."""
+        book = queues()
+        counted, presence = await asyncio.gather(asyncio.to_thread(book.report), asyncio.to_thread(book.presences))
+        return DeskReport(**counted, presence=presence)
 
     return router
+
+
+async def sweep_queues(stream: Callable[[], StreamStore], config: BatonConfig, every: float = SWEEP_SECONDS) -> None:
+    """Offers lapse, agents whose heartbeats stopped go offline, and what waits in push queues is offered: one
+    assignment round every `every` seconds, in every API process (a round is one transaction: any number of
+    processes may run them)."""
+    while True:
+        await asyncio.sleep(every)
+        try:
+            await asyncio.to_thread(Queues(stream(), config).assign)
+        except Exception:  # noqa: BLE001 - the next round tries again
+            log.exception("assignment round failed")

@@ -24,6 +24,7 @@ from temporalio.client import Client, WorkflowQueryFailedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.registry import AgentRegistry, LiveAgentInfo
+from activities.queues import Queues
 from activities.stream import Rung, StreamStore
 from api.desk import ConversationPath
 from api.temporal import query as sticky_safe_query
@@ -271,6 +272,8 @@ class DeskStream:
         self.following: set[str] = set()
 
     def concerns(self, r: Rung) -> bool:
+        if r.note is not None:
+            return r.owner == self.agent.agent_id
         if r.entry is not None:
             return r.conversation_id in self.following
         if (r.owner == self.agent.agent_id or r.queue in self.queues) and r.state != State.CLOSED.value:
@@ -287,6 +290,16 @@ class DeskStream:
         rows = self.hub.store.waiting(queue)
         return {"queue": queue, "waiting": [r.model_dump(mode="json") for r in rows]}
 
+    def _desk(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The agent's presence (with their load) and open offers, as `event: presence` and `event: offer` send them."""
+        book = Queues(self.hub.store)
+        found = book.presence(self.agent.agent_id)
+        presence = found.model_dump(mode="json", exclude={"since"}) if found else {
+            "agent_id": self.agent.agent_id, "status": "offline", "capacity": self.agent.capacity, "load": 0,
+            "skills": self.agent.skills}
+        offers = {"offers": [o.model_dump(mode="json") for o in book.offers(self.agent.agent_id)]}
+        return presence, offers
+
     async def _events(self, sub: Subscriber) -> AsyncIterator[str]:
         sent_lists: dict[str, dict[str, Any]] = {}
         seen: dict[str, int] = {}  # conversation -> last seq sent
@@ -296,11 +309,24 @@ class DeskStream:
             for queue in sorted(self.queues):
                 sent_lists[queue] = await asyncio.to_thread(self._waiting, queue)
                 yield sse("waiting", sent_lists[queue])
+            presence, offers = await asyncio.to_thread(self._desk)
+            yield sse("presence", presence)
+            yield sse("offer", offers)
             while True:
                 if not await self.hub.wait(sub):
                     yield ": heartbeat\n\n"
                     continue
                 rungs = sub.take()
+                if any(r.note is not None or self.agent.agent_id in r.owners() for r in rungs):
+                    # Offers and presence (with the load, which the agent's own conversations change).
+                    now_presence, now_offers = await asyncio.to_thread(self._desk)
+                    if now_offers != offers:
+                        offers = now_offers
+                        yield sse("offer", offers)
+                    if now_presence != presence:
+                        presence = now_presence
+                        yield sse("presence", presence)
+                    rungs = [r for r in rungs if r.note is None]
                 for queue in sorted({q for r in rungs for q in r.queues() & self.queues}):
                     listing = await asyncio.to_thread(self._waiting, queue)
                     if listing != sent_lists.get(queue):

@@ -615,7 +615,7 @@ def _count(values: Any) -> dict[str, int]:
 async def create_agents(http: httpx.AsyncClient, names: list[str]) -> dict[str, str]:
     tokens = {}
     for name in names:
-        r = await http.post("/v1/admin/live-agents", json={"agent_id": name, "name": name.title(), "queues": [QUEUE]},
+        r = await http.post("/v1/admin/live-agents", json={"agent_id": name, "name": name.title(), "queues": [QUEUE], "capacity": 1000},
                             headers={"Authorization": f"Bearer {ADMIN_KEY}"})
         if r.status_code != 201:
             raise RuntimeError(f"creating live agent {name}: {r.status_code} {r.text}")

@@ -99,7 +99,19 @@ TARGET_P99_RATIO = 1.5
 PARTS = ("latency", "desk", "idle")
 # "baton": the user's message, through the AI's turn (which decides the handoff); "baton_handoff": the chat backend's
 # POST .../handoff, the same request as the baseline's signal (no AI turn before the trigger).
-DESK_SYSTEMS = ("baton", "baton_handoff", "baseline_upsert", "baseline_start")
+# "baton_push": the chat backend's handoff into a push queue, four agents online: POST -> the offer on an agent's
+# desk stream (issue 13's "push offer -> reaching the agent's console").
+DESK_SYSTEMS = ("baton", "baton_handoff", "baton_push", "baseline_upsert", "baseline_start")
+PUSH_AGENTS = 4
+PUSH_CONFIG = """
+version: 1
+intents:
+  human: {keywords: ["human"], reply: "Of course, I'll bring in a person."}
+queues:
+  general: {assignment: push, offer_seconds: 600, when_nobody_present: wait}
+routes:
+  - {name: default, to: {queue: general}}
+"""
 IDLE_CONDITIONS = ("none", "conv1", "conv_many", "desk1", "length_short", "length_long")
 PERCENTILES = ("p50", "p95", "p99")
 
@@ -199,7 +211,7 @@ async def api_process(env: dict[str, str], home: Path, label: str, streams: int)
 
 
 async def create_agent(http: httpx.AsyncClient, agent_id: str) -> dict[str, str]:
-    r = await http.post("/v1/admin/live-agents", json={"agent_id": agent_id, "name": agent_id, "queues": [QUEUE]},
+    r = await http.post("/v1/admin/live-agents", json={"agent_id": agent_id, "name": agent_id, "queues": [QUEUE], "capacity": 1000},
                         headers={"Authorization": f"Bearer {ADMIN_KEY}"})
     if r.status_code != 201:
         raise RuntimeError(f"creating live agent {agent_id}: {r.status_code} {r.text}")
@@ -231,6 +243,8 @@ class Watch:
         self.lists: dict[str, list[str]] = {}
         self.first_listed: dict[str, float] = {}
         self.first_position: dict[str, int] = {}
+        # push queues: conversation -> first time it was offered to this stream's agent
+        self.first_offered: dict[str, float] = {}
         self.wanted = wanted
         self._pulse = asyncio.Event()
         self.task = asyncio.create_task(self._run())
@@ -262,6 +276,9 @@ class Watch:
                     self.by_mid.setdefault(data["message_id"], (data, ev.at))
             elif ev.event == "state":
                 self.states.append((ev.data, ev.at))
+            elif ev.event == "offer":
+                for offer in ev.data["offers"]:
+                    self.first_offered.setdefault(offer["conversation_id"], ev.at)
             elif ev.event == "waiting":
                 queue = ev.data["queue"]
                 cids = [row["conversation_id"] for row in ev.data["waiting"]]
@@ -674,6 +691,116 @@ async def desk_baton(server: DevServer, receiver: RecordingReceiver, run_no: int
     return out
 
 
+async def desk_push(server: DevServer, receiver: RecordingReceiver, run_no: int, args: argparse.Namespace,
+                    home: Path) -> dict[str, Any]:
+    """The chat backend asks for a person for each of `--burst` conversations at once, into a push queue with four
+    online agents of capacity burst/4: POST sent -> the offer on an agent's desk stream (`event: offer`), and the
+    offers' spread (each conversation offered once, nobody over capacity)."""
+    tag = f"desk-p-r{run_no}-{uuid.uuid4().hex[:6]}"
+    config = home / f"push-{tag}.yaml"
+    config.write_text(PUSH_CONFIG)
+    env = {**part_env(server, receiver, home, tag), "BATON_CONFIG": str(config)}
+    n = args.burst
+    capacity = -(-n // PUSH_AGENTS)
+    cids = [f"{tag}-c{i:03d}" for i in range(n)]
+    async with baton_process("worker", env, home / "worker.log") as worker, \
+            api_process(env, home, "push", n) as api:
+        admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
+        agents: list[dict[str, str]] = []
+        for i in range(PUSH_AGENTS):
+            r = await api.http.post("/v1/admin/live-agents", headers=admin, json={
+                "agent_id": f"agent-{tag}-{i}", "name": f"Agent {i}", "queues": [QUEUE], "capacity": capacity})
+            if r.status_code != 201:
+                raise RuntimeError(f"creating a live agent: {r.status_code} {r.text}")
+            agents.append(as_agent(r.json()["token"]))
+        # Nobody online yet: the warm-up's claims are not offered to anyone (the queue waits when nobody is present).
+        await warm_up(api, receiver, tag, agents[0], f"agent-{tag}-0", args.timeout)
+        await create_conversations(api.http, receiver, cids, args.timeout)
+
+        async def beat() -> None:
+            while True:
+                for agent in agents:
+                    await api.http.put("/v1/desk/presence", json={"status": "online"}, headers=agent)
+                await asyncio.sleep(10)
+
+        beating = asyncio.create_task(beat())
+        progress(f"  baton (push): {n} conversations answered by the AI; {PUSH_AGENTS} agents online, then the burst")
+        async with contextlib.AsyncExitStack() as stack:
+            desks = []
+            for i, agent in enumerate(agents):
+                ds = await stack.enter_async_context(open_stream(api.sse, "/v1/desk/events", headers=agent))
+                desks.append(Watch(f"desk{i}", ds, wanted=set(cids)))
+            try:
+                for desk in desks:
+                    if await desk.wait(lambda d=desk: True if QUEUE in d.lists else None, args.timeout) is None:
+                        raise RuntimeError("a desk stream sent no waiting list")
+                posts: dict[str, tuple[int, float, float]] = {}
+                gate = asyncio.Event()
+
+                async def ask(cid: str) -> None:
+                    await gate.wait()
+                    status, _, sent, returned = await post(api.http, f"/v1/conversations/{cid}/handoff",
+                                                           {"reason": "the user asked for a person",
+                                                            "target": {"queue": QUEUE}})
+                    posts[cid] = (status, sent, returned)
+
+                tasks = [asyncio.create_task(ask(c)) for c in cids]
+                await asyncio.sleep(args.settle)
+                meter = CpuMeter({"worker": worker.ps, "api": api.process.ps, "dev_server": server.process,
+                                  "driver_and_receiver": psutil.Process()})
+                meter.start()
+                t0 = pc()
+                gate.set()
+                await asyncio.gather(*tasks)
+
+                def offered() -> dict[str, float]:
+                    first: dict[str, float] = {}
+                    for d in desks:
+                        for cid, at in d.first_offered.items():
+                            first[cid] = min(at, first.get(cid, at))
+                    return first
+
+                await desks[0].wait(lambda: True if len(offered()) >= n else None, args.timeout)
+                for d in desks[1:]:
+                    await d.wait(lambda: True if len(offered()) >= n else None, 1)
+                wall = pc() - t0
+                cpu = meter.stop()
+                first = offered()
+                per_agent = [len(d.first_offered) for d in desks]
+                twice = sum(1 for cid in cids if sum(cid in d.first_offered for d in desks) > 1)
+                close_errors = await close_conversations(api.http, cids)
+            finally:
+                beating.cancel()
+                for d in desks:
+                    d.task.cancel()
+                await asyncio.gather(beating, *(d.task for d in desks), return_exceptions=True)
+        errors = log_errors(worker, api.process)
+    to_offer = [ms(posts[c][1], first[c]) for c in cids if c in first and c in posts]
+    statuses: dict[str, int] = {}
+    for status, _, _ in posts.values():
+        statuses[str(status)] = statuses.get(str(status), 0) + 1
+    out = {
+        "post_sent_to_offer_ms": distribution(to_offer, points=(50, 95, 99)),
+        "post_call_ms": distribution([ms(s, r) for _, s, r in posts.values()], points=(50, 95, 99)),
+        "wall_s": rnd(wall, 2),
+        "checks": {
+            "post_statuses": statuses,
+            "offered": len(first),
+            "offers_per_agent": per_agent,
+            "offered_to_two_agents": twice,
+            "close_errors": close_errors[:5],
+            "process_log_errors": errors[:10],
+        },
+        "cpu_s": {k: rnd(v, 2) for k, v in cpu.items()},
+        "trigger": "handoff",
+    }
+    out["checks"]["ok"] = (len(first) == n and statuses == {"200": n} and not close_errors and twice == 0
+                           and max(per_agent) <= capacity)
+    d = out["post_sent_to_offer_ms"]
+    progress(f"  baton (push): POST -> offer on a desk stream p50 {d['p50']} p99 {d['p99']} ms; offered {len(first)}/{n}")
+    return out
+
+
 async def desk_baseline(server: DevServer, run_no: int, args: argparse.Namespace, variant: str) -> dict[str, Any]:
     """variant "upsert": N workflows running (listed as state ai), signalled at once, each upserting the desk's
     attributes; "start": N workflows started at once with the attributes already set (bench/desk_load's)."""
@@ -811,7 +938,9 @@ async def part_desk(server: DevServer, receiver: RecordingReceiver, run_no: int,
                     home: Path) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for i, system in enumerate(rotate(DESK_SYSTEMS, run_no), start=1):
-        if system.startswith("baton"):
+        if system == "baton_push":
+            out[system] = await desk_push(server, receiver, run_no, args, home)
+        elif system.startswith("baton"):
             out[system] = await desk_baton(server, receiver, run_no, args, home,
                                            "handoff" if system == "baton_handoff" else "message")
         else:
@@ -1028,6 +1157,11 @@ def summarize(runs: list[dict[str, Any]], args: argparse.Namespace) -> dict[str,
         s["p99_ratio_vs_start_variant"] = ratio(s["baton"]["p99"], s["baseline_start"]["p99"])
         s["p99_ratio_vs_upsert_listing_request"] = ratio(s["baton"]["p99"],
                                                          s["baseline_upsert_to_listing_request"]["p99"])
+        s["baton_push"] = {p: med(desk, "baton_push", "post_sent_to_offer_ms", p) for p in PERCENTILES}
+        s["push_offer_p99_ratio"] = ratio(s["baton_push"]["p99"], s["baseline_upsert"]["p99"])
+        s["push_offer_p99_ratio_per_run"] = [
+            ratio(get(r, "baton_push", "post_sent_to_offer_ms", "p99"),
+                  get(r, "baseline_upsert", "trigger_sent_to_listed_ms", "p99")) for r in desk]
         s["checks_ok_per_run"] = {k: [get(r, k, "checks", "ok") for r in desk] for k in DESK_SYSTEMS}
         # The target is the handoff trigger's (the chat backend's request, like the baseline's signal); the user's
         # message through the AI's turn is reported beside it, with its own ratio.

@@ -282,9 +282,30 @@ class BusinessHours(BaseModel):
 class QueueConfig(Strict):
     # How long a user waits here before the next rung of the ladder (None: config timeouts / the default).
     sla_seconds: int | None = Field(default=None, ge=1, le=MAX_SECONDS)
-    skills: list[Name] = Field(default_factory=list)
+    # Every skill an agent needs to be offered or to claim a conversation waiting here (with the route's and the
+    # handoff's own).
+    skills: list[Name] = Field(default_factory=list, max_length=20)
     # None: always open.
     business_hours: BusinessHours | None = None
+    # How waiting conversations reach agents: `pull` (agents claim, first wins), `push` (offered to the present
+    # agent with free capacity and the skills, longest idle first) or `sticky` (push, offered first to the agent who
+    # last helped in this conversation, while present, within `sticky_minutes`).
+    assignment: Literal["pull", "push", "sticky"] = "pull"
+    # push / sticky: how long an offer stands before it goes to the next agent (the agent is then set `away`).
+    offer_seconds: int = Field(default=30, ge=1, le=3600)
+    sticky_minutes: int = Field(default=60, ge=1, le=30 * 24 * 60)
+    # When nobody who could take a conversation is online as it is routed here: `next` runs the next rung at once
+    # (the user is told), `wait` waits the SLA. None: `next` for push and sticky queues, `wait` for pull queues
+    # (whose agents need not report presence).
+    when_nobody_present: Literal["wait", "next"] | None = None
+
+    @property
+    def pushes(self) -> bool:
+        return self.assignment != "pull"
+
+    @property
+    def skips_when_nobody_present(self) -> bool:
+        return (self.when_nobody_present or ("next" if self.pushes else "wait")) == "next"
 
 
 # ---- desks ------------------------------------------------------------------------------------------
@@ -354,6 +375,19 @@ class Route(Strict):
     fallback: list[HandoffTarget] = Field(default_factory=list, max_length=MAX_FALLBACK)
     # Narrows what the target sees of the context (None: the config's filter allowlist).
     allowlist: Allowlist = None
+    # Skills an agent needs for conversations this route sends to a queue (with the queue's own).
+    skills: list[Name] = Field(default_factory=list, max_length=20)
+    # Higher waits ahead in the queue (a handoff's `params.priority` overrides it).
+    priority: int = Field(default=0, ge=-100, le=100)
+
+
+class Rating(Strict):
+    """A one-question satisfaction rating after a live agent hands a conversation back."""
+
+    enabled: bool = False
+    question: Annotated[str, StringConstraints(min_length=1, max_length=300)] = (
+        "How would you rate the help you got from {agent}? Reply with a number from 1 (poor) to 5 (great)."
+    )
 
 
 class AiFailure(Strict):
@@ -466,6 +500,14 @@ class BatonConfig(Strict):
     ai_failure: AiFailure | None = None
     # Read when BATON_AI_AGENT=openai (the demo agent and a customer's webhook bot ignore it).
     ai_agent: AiAgentConfig = Field(default_factory=AiAgentConfig)
+    # The codes a live agent picks from when releasing or closing a conversation (empty: no code asked for).
+    wrap_up_codes: list[Name] = Field(default_factory=list, max_length=50)
+    rating: Rating = Field(default_factory=Rating)
+    # The desk: an agent whose console stops sending heartbeats is offline after this long.
+    presence_grace_seconds: int = Field(default=45, ge=5, le=3600)
+
+    def pushing_queues(self) -> dict[str, QueueConfig]:
+        return {name: q for name, q in self.queues.items() if q.pushes}
 
     @model_validator(mode="after")
     def _cross_checks(self, info: ValidationInfo) -> BatonConfig:

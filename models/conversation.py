@@ -181,12 +181,17 @@ class HandBack(Contract):
     reason: Reason = ""
     # Who hands back; when given it must be the current owner.
     by: Name | None = None
+    # A live agent's wrap-up code (the config's `wrap_up_codes`), recorded in the audit.
+    wrap_up: Name | None = None
+    # Asked of the user once the live agent's stretch ends (the config's `rating`); a reply 1-5 is their rating.
+    rating_question: Annotated[str, StringConstraints(min_length=1, max_length=MAX_TEXT)] | None = None
 
 
 class CloseRequest(Contract):
     reason: Reason = "closed"
     # Who closes; when given it must be the current owner (an external agent closing through the protocol).
     by: Name | None = None
+    wrap_up: Name | None = None
 
 
 class ContextUpdate(Contract):
@@ -354,6 +359,17 @@ class Work(BaseModel):
     handoff_id: str | None = None
 
 
+class Rating(BaseModel):
+    """A user's rating of a live agent's help (1-5), the conversation's `number`-th."""
+
+    agent: str
+    score: int | None = None
+    number: int
+    # The question's seq once asked (0: due, asked after the AI's turn that follows the release).
+    seq: int
+    question: str | None = None
+
+
 class ConversationState(BaseModel):
     """All workflow state in one object, so continue-as-new hands it on whole."""
 
@@ -391,6 +407,9 @@ class ConversationState(BaseModel):
     # The current handoff's summary for whoever takes over (written from the filtered transcript); kept, like
     # shared_context, while its receiver owns the conversation.
     summary: str | None = None
+    # The rating question asked after a live agent's stretch (None: none open), and the last rating given.
+    rating_asked: Rating | None = None
+    rated: Rating | None = None
 
 
 ConversationInput.model_rebuild()
@@ -499,6 +518,8 @@ class Bell(BaseModel):
     # When the conversation was created: a late bell of a closed conversation (same instant) is told from the first
     # bells of a new conversation under the same id (another instant). The workflow always sets it.
     created: datetime | None = None
+    # The conversation's latest rating of a live agent (the store counts each once).
+    rated: Rating | None = None
 
 
 class AgentTurn(BaseModel):

@@ -33,6 +33,8 @@ LEAVE_MESSAGE = (
 CANCELLED = "OK, I've cancelled your request for a person. The assistant is back with you."
 
 # What the routing decision tells the user when nobody can take the conversation.
+RATED = "Thank you for your rating."
+NOBODY_PRESENT = "Sorry, nobody on the team is available right now. The assistant is back with you."
 NO_ROUTE = "Sorry, nobody can take this conversation right now. The assistant is back with you."
 AWAY = "Our team is away right now{back}. The assistant is back with you{again}."
 

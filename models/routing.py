@@ -66,6 +66,10 @@ class RouteDecision(BaseModel):
     position_update_seconds: int = 0
     # The user's position in the target's queue at decision time (None: not a queue, or unknown).
     position: int | None = None
+    # Higher waits ahead in the queue; the skills it asks for (route and handoff params; the queue's are added where
+    # it waits).
+    priority: int = 0
+    skills: list[str] = Field(default_factory=list)
 
 
 class PositionRequest(BaseModel):

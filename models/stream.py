@@ -16,3 +16,6 @@ class WaitingRow(BaseModel):
     waiting_since: datetime
     reason: str | None = None
     summary: str | None = None
+    # Higher waits ahead; the skills an agent needs to take it (the queue's, the route's and the handoff's).
+    priority: int = 0
+    skills: list[str] = []

@@ -266,6 +266,8 @@ intents:
   human: {keywords: ["human"], reply: "Of course, I'll bring in a person."}
   technical: {keywords: ["crashes", "error"]}
 waiting: {position_update_seconds: 1, cancel_phrases: ["never mind"]}
+wrap_up_codes: [resolved, escalated]
+rating: {enabled: true, question: "How did {agent} do? Reply 1 to 5."}
 desks:
   acme: {url: "DESK_URL", secret_env: ACME_DESK_SECRET}
 queues:
@@ -305,6 +307,40 @@ async def routed_intent_claim_release(client, settings, cid, http, **_):
     await http.post(f"/v1/conversations/{cid}/messages", json={"message_id": "u3", "text": "thanks"})
     await asyncio.sleep(0.5)
     return await closed(client, http, cid)
+
+
+async def wrap_up_and_rating(client, settings, cid, http, **_):
+    """A live agent releases with a wrap-up code; the user is asked to rate and answers 5 (recorded, not an AI turn);
+    then asks for a person again and the agent closes with a code (1.2, the desk-rating patch)."""
+    agent = await live_agent(http, f"rater-{cid}", ["general"])
+    await say(http, cid, "I want a human")
+    await claimed(http, cid, agent)
+    await http.post(f"/v1/desk/conversations/{cid}/messages", headers=agent, json={"message_id": "a1", "text": "Hi"})
+    r = await http.post(f"/v1/desk/conversations/{cid}/release", headers=agent, json={"wrap_up": "resolved"})
+    assert r.status_code == 200, r.text
+    await until(lambda: _asked(http, cid))  # the AI speaks up, then the question is asked
+    await say(http, cid, "5")
+    await until(lambda: _audited(http, cid, "rated"))
+    await say(http, cid, "a human again please")
+    await claimed(http, cid, agent)
+    r = await http.post(f"/v1/desk/conversations/{cid}/close", headers=agent, json={"wrap_up": "escalated"})
+    assert r.status_code == 200, r.text
+    handle = client.get_workflow_handle(workflow_id(cid))
+    await handle.result()
+    return handle
+
+
+async def _asked(http, cid: str) -> bool:
+    entries = (await http.get(f"/v1/conversations/{cid}/transcript")).json()["entries"]
+    return bool(entries) and entries[-1]["text"].startswith("How did")
+
+
+async def _audited(http, cid: str, kind: str) -> bool:
+    entries = (await http.get(f"/v1/conversations/{cid}/audit")).json()["entries"]
+    return any(e["kind"] == kind for e in entries)
+
+
+wrap_up_and_rating.suffixes = ("",)
 
 
 async def ladder_then_cancel(client, settings, cid, http, **_):
@@ -435,6 +471,7 @@ SCENARIOS = {
     "ai_failure_is_routed": ai_failure_is_routed,
     "a2a_agent_answers_and_hands_back": a2a_agent_answers_and_hands_back,
     "a2a_to_another_baton": a2a_to_another_baton,
+    "wrap_up_and_rating": wrap_up_and_rating,
 }
 
 

@@ -32,8 +32,10 @@ def problems(path: Path) -> list[str]:
 
 def test_the_yaml_example_loads_with_what_the_demo_needs() -> None:
     config = load_config(CONFIG_DIR / "baton.yaml")
-    assert [r.name for r in config.routes] == ["human", "technical", "billing", "default"]
-    human, technical, billing, default = config.routes
+    assert [r.name for r in config.routes] == ["human", "technical", "billing", "orders", "default"]
+    human, technical, billing, orders, default = config.routes
+    assert orders.to == HandoffTarget(queue="orders") and config.queues["orders"].assignment == "push"
+    assert config.rating.enabled and "resolved" in config.wrap_up_codes
     assert human.when.intent == ["human"] and human.to == HandoffTarget(queue="general")
     assert technical.to == HandoffTarget(external_agent="tech-support")
     assert technical.fallback == [HandoffTarget(queue="general")]
@@ -182,7 +184,7 @@ def test_unknown_keys_are_errors_at_every_level(tmp_path: Path) -> None:
         """)
     assert problems(path) == [
         f"{path}:2: colour: unknown key (known: version, timeouts, waiting, filter, intents, queues, desks, "
-        "routes, ai_failure, ai_agent)",
+        "routes, ai_failure, ai_agent, wrap_up_codes, rating, presence_grace_seconds)",
         f"{path}:4: waiting.position_update_secs: unknown key",
         f"{path}:8: routes.0.sla: unknown key",
     ]
@@ -310,7 +312,7 @@ def test_toml_problems_find_their_line(tmp_path: Path) -> None:
         """)
     assert problems(path) == [
         f"{path}:2: colour: unknown key (known: version, timeouts, waiting, filter, intents, queues, desks, "
-        "routes, ai_failure, ai_agent)",
+        "routes, ai_failure, ai_agent, wrap_up_codes, rating, presence_grace_seconds)",
         f"{path}:9: queues.billing.business_hours.mon-fri: bad time range '25:00-26:00' (times run from 00:00 "
         "to 24:00)",
         f"{path}:17: routes.1.to.queue: unknown queue 'sales' (declared: billing, general)",

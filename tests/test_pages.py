@@ -539,3 +539,70 @@ async def test_a_reloaded_console_reopens_its_conversations_and_names_what_was_w
         assert CARD not in await hana.page.content() and CARD not in await chat.page.content()
         for page in (chat, hana):
             page.assert_clean()
+
+
+# ---- queues that know: presence, offers, wrap-up and the rating ------------------------------------------------
+
+PUSH_CONFIG = """
+version: 1
+wrap_up_codes: [resolved, escalated]
+rating: {enabled: true, question: "How did {agent} do? Reply 1 to 5."}
+intents:
+  human: {keywords: ["human"], reply: "Of course, I'll bring in a person."}
+queues:
+  general: {assignment: push, offer_seconds: 120}
+routes:
+  - {name: default, to: {queue: general}}
+"""
+
+
+@pytest.fixture
+async def push_demo(dev_env, task_queue, registry, tmp_path):
+    """As `demo`, with queue `general` assigning by push, wrap-up codes and the rating on."""
+    from models.config import load_config
+
+    path = tmp_path / "push.yaml"
+    path.write_text(PUSH_CONFIG)
+    config = load_config(path)
+    settings = settings_for(task_queue, demo_pages=True)
+    async with baton_worker(dev_env.client, settings, registry, config=config), baton_api(
+        dev_env.client, settings, registry, config=config
+    ) as http:
+        yield Demo(settings, http, str(http.base_url).rstrip("/"), None)
+
+
+async def test_an_agent_goes_online_accepts_an_offer_wraps_up_and_the_user_rates_the_help(push_demo, browser):
+    demo = push_demo
+    token = await demo.live_agent("hal")
+    async with (
+        tab(browser, demo.base, "/chat", ChatTab) as chat,
+        tab(browser, demo.base, "/console", ConsoleTab) as console,
+    ):
+        await console.sign_in(token)
+        # Signing in is going online; the load is shown against the capacity.
+        await expect(console.page.get_by_role("combobox", name="Status")).to_have_value("online")
+        await expect(console.page.get_by_role("status").filter(has_text="0 of 3")).to_be_visible()
+        conversation = await chat.conversation_id()
+        await chat.say("I want to talk to a human")
+        offer = console.page.get_by_role("list", name="Offers").get_by_role("listitem").filter(has_text=conversation)
+        await expect(offer).to_be_visible()
+        await expect(offer).to_contain_text("s left")
+        await offer.get_by_role("button", name="Accept", exact=True).click()
+        await expect(console.tab(conversation)).to_have_attribute("aria-selected", "true")
+        await expect(chat.page.get_by_role("status")).to_contain_text("is with you")
+        await expect(console.page.get_by_role("status").filter(has_text="1 of 3")).to_be_visible()
+        await console.reply("Hello, Hal here.")
+        await expect(chat.said_by("live_agent", "Hello, Hal here.")).to_have_count(1)
+        await console.page.get_by_role("combobox", name="Wrap-up code").select_option("resolved")
+        await console.button("Release").click()
+        await expect(chat.entry("How did Hal do? Reply 1 to 5.")).to_be_visible()
+        await chat.say("5")
+        await expect(chat.entry("Thank you for your rating.")).to_be_visible()
+        report = (await demo.http.get("/v1/admin/desk/report", headers=ADMIN)).json()
+        assert report["wrap_ups"] == {"resolved": 1}
+        await console.page.get_by_role("combobox", name="Status").select_option("away")
+        await expect(console.page.get_by_role("status").filter(has_text="Away")).to_be_visible()
+        r = await demo.http.get("/v1/desk/presence", headers={"Authorization": f"Bearer {token}"})
+        assert r.json()["status"] == "away"
+        for page in (chat, console):
+            page.assert_clean()

@@ -104,8 +104,10 @@ async def http(dev_env, task_queue, channel, registry, config):
 
 
 async def live_agent(http, agent_id: str, queues=("general",)) -> str:
+    # The billing queue needs the skill `billing` (a queue's skills are required of whoever takes its conversations).
+    skills = ["billing"] if "billing" in queues else []
     r = await http.post("/v1/admin/live-agents", json={"agent_id": agent_id, "name": agent_id.title(),
-                                                       "queues": list(queues)}, headers=ADMIN)
+                                                       "queues": list(queues), "skills": skills}, headers=ADMIN)
     assert r.status_code == 201, r.text
     return r.json()["token"]
 

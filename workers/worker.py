@@ -27,6 +27,7 @@ from activities.third_party_desk import ThirdPartyDesks
 from activities.filtering import filter_context
 from activities.platform import PlatformActivities
 from activities.registry import AgentRegistry, SqliteRegistry
+from activities.queues import Queues
 from activities.stream import StreamBell, StreamStore, stream_path
 from activities.summaries import Summaries
 from activities.routing import IntentFirst, Router
@@ -95,14 +96,21 @@ def registry_opener(settings: Settings, registry: AgentRegistry | None = None):
     return get
 
 
-def stream_opener(settings: Settings, store: StreamStore | None = None):
-    """The event stream's store, opened on first use (`.baton/stream.db`, shared with the API)."""
+def stream_opener(settings: Settings, store: StreamStore | None = None, config: BatonConfig | None = None):
+    """The event stream's store, opened on first use (`.baton/stream.db`, shared with the API). With push or sticky
+    queues in `config`, every bell written is followed by an assignment round (a conversation that starts waiting is
+    offered at once; a place freed is filled at once)."""
     opened: list[StreamStore] = [store] if store is not None else []
 
     def get() -> StreamStore:
         if not opened:
             opened.append(StreamStore(stream_path(settings.home)))
+            if config is not None and config.pushing_queues():
+                opened[0].after_ring = Queues(opened[0], config).assign
         return opened[0]
+
+    if store is not None and config is not None and config.pushing_queues():
+        store.after_ring = Queues(store, config).assign
 
     return get
 
@@ -139,7 +147,7 @@ def build_worker(
     else:
         bot = WebhookAgent(settings.ai_agent, settings.ai_agent_secret, http)
     # The config's handoff intents ("I want to talk to a human") are matched before the bot is asked.
-    streams = stream_opener(settings, stream)
+    streams = stream_opener(settings, stream, config)
     router = Router(config, lambda: client, settings.task_queue, streams)
     agent = IntentFirst(config, bot.respond, lambda: client, needs_history=settings.ai_agent != "demo", stream=streams,
                         router=router)

@@ -55,6 +55,7 @@ class Story:
     _summaries: bool  # PATCH_HANDOFF_SUMMARY: handoffs get a summary for their receiver
     _answers: bool  # PATCH_A2A_ANSWERS: an agent's answers in a call's response are recorded (owners.py)
     _a2a_peer: bool  # PATCH_A2A_PEER: an A2A client handed us this conversation; it reads, nothing is delivered
+    _rating: bool  # PATCH_DESK_RATING: a live agent's release may ask for a rating; wrap-up codes are audited
 
     async def _send(
         self, activity: str, arg: object, within: timedelta, summary: str, give_up: str

@@ -13,6 +13,7 @@ with workflow.unsafe.imports_passed_through():
         ContextUpdate,
         HandBack,
         HandoffRequest,
+        Rating,
         Role,
         State,
         UserMessage,
@@ -33,7 +34,17 @@ class Commands(Story):
         entry = self._append(Role.USER, message.author, message.text, message.message_id)
         if message.redacted:
             self._audit("redacted_at_ingress", seq=entry.seq, kinds=message.redacted)
-        if self.s.state is State.AI:
+        asked, self.s.rating_asked = self.s.rating_asked, None
+        # A rating only answers the question while it is the last thing said to the user.
+        answers = (asked is not None and asked.seq > 0 and self.s.state is State.AI
+                   and views.only_user_since(self.s.transcript, asked.seq))
+        score = views.rating_in(message.text) if answers else None
+        if score is not None and asked is not None:
+            # The answer to the rating question: recorded, thanked for, and not an AI turn.
+            self.s.rated = asked.model_copy(update={"score": score})
+            self._audit("rated", agent=asked.agent, score=score, number=asked.number, seq=entry.seq)
+            self._say(Role.SYSTEM, "system", notices.RATED)
+        elif self.s.state is State.AI:
             self.s.inbox.append(Work(kind="ai_turn", seq=entry.seq))
         elif (link := self._link()) is not None:
             # Owned by a target its kind's row says the user's messages are passed on to.
@@ -88,9 +99,27 @@ class Commands(Story):
         self._transition(Event.HAND_BACK, owner="ai", queue=None)
         # The marker tells the AI that a human (or another agent) stretch ended, so it speaks up again.
         self.s.human_stretch_ended = True
-        self._audit("handed_back", by=previous_owner, reason=request.reason)
+        if self._rating and request.wrap_up is not None:
+            self._audit("handed_back", by=previous_owner, reason=request.reason, wrap_up=request.wrap_up)
+        else:
+            self._audit("handed_back", by=previous_owner, reason=request.reason)
+        if self._rating and request.rating_question and previous_owner:
+            # Asked once the AI has spoken up (_ask_rating), so the question is the last thing the user reads.
+            number = (self.s.rated.number if self.s.rated else 0) + 1
+            self.s.rating_asked = Rating(agent=previous_owner, number=number, seq=0, question=request.rating_question)
         self.s.inbox.append(Work(kind="ai_resume", seq=self.s.seq))
         self._publish()
+
+    def _ask_rating(self) -> None:
+        """After the AI's turn that follows a release: the rating question, if one is due and nothing intervened."""
+        asked = self.s.rating_asked
+        if asked is None or asked.seq:
+            return
+        if self.s.state is not State.AI or not asked.question:
+            self.s.rating_asked = None
+            return
+        entry = self._say(Role.SYSTEM, "system", asked.question)
+        self.s.rating_asked = asked.model_copy(update={"seq": entry.seq, "question": None})
 
     def _close_refusal(self, request: CloseRequest) -> str | None:
         if (why := refusal(self.s.state, Event.CLOSE)) is not None:
@@ -101,6 +130,10 @@ class Commands(Story):
                 f"(state '{self.s.state.value}')"
             )
         return None
+
+    def _wrap_up(self, request: CloseRequest) -> None:
+        if self._rating and request.wrap_up is not None:
+            self._audit("wrapped_up", by=request.by, code=request.wrap_up)
 
     def _close(self, reason: str, peer_event: str | None = "close") -> None:
         """On a conversation handed to us, the closing entry goes back to the sender as `peer_event`

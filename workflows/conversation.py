@@ -58,6 +58,9 @@ from workflows.owners import Owners  # noqa: E402
 # - PATCH_A2A_PEER ("a2a-peer", 1.1): a conversation an A2A client handed to our local agent (PeerLink protocol
 #   `a2a`, no callback URL) keeps what it says in the transcript, where the client reads it in the answer to its
 #   call (api/a2a_server.py), instead of delivering it to a callback; the snapshot says whether work is in hand.
+# - PATCH_DESK_RATING ("desk-rating", 1.2): a live agent's release may ask the user a one-question rating (the
+#   config's `rating`); a reply 1-5 is recorded (audit `rated`, the bell's `rated`) instead of going to the AI.
+#   Release and close record their wrap-up code in the audit.
 #
 # How a patch is asked matters: ask it once per run, in the run's first activation (at the start of `run`), and
 # keep the answer. Asked for the first time while reacting to an activity's result, a patch produced histories that
@@ -68,6 +71,7 @@ from workflows.owners import Owners  # noqa: E402
 PATCH_HANDOFF_SUMMARY = "handoff-summary"
 PATCH_A2A_ANSWERS = "a2a-answers"
 PATCH_A2A_PEER = "a2a-peer"
+PATCH_DESK_RATING = "desk-rating"
 
 
 class Reject(ApplicationError):
@@ -107,6 +111,7 @@ class Conversation(AiTurns, Commands, Handoffs, Owners, Clock, Outbox):
         self._summaries = False  # PATCH_HANDOFF_SUMMARY, asked at the start of `run`
         self._answers = False  # PATCH_A2A_ANSWERS, likewise
         self._a2a_peer = False  # PATCH_A2A_PEER, likewise
+        self._rating = False  # PATCH_DESK_RATING, likewise
         if input.carried is None:
             if input.context is not None:
                 self.s.context = input.context.model_copy(deep=True)
@@ -126,6 +131,7 @@ class Conversation(AiTurns, Commands, Handoffs, Owners, Clock, Outbox):
     async def run(self, input: ConversationInput) -> Snapshot:
         self._summaries = workflow.patched(PATCH_HANDOFF_SUMMARY)
         self._answers = workflow.patched(PATCH_A2A_ANSWERS)
+        self._rating = workflow.patched(PATCH_DESK_RATING)
         if self.s.peer is not None and self.s.peer.protocol == "a2a":
             self._a2a_peer = workflow.patched(PATCH_A2A_PEER)
         self._publish()
@@ -182,6 +188,8 @@ class Conversation(AiTurns, Commands, Handoffs, Owners, Clock, Outbox):
     async def _do(self, work: Work) -> None:
         if work.kind in ("ai_turn", "ai_resume", "ai_welcome"):
             await self._ai_turn(work)
+            if work.kind == "ai_resume":
+                self._ask_rating()
         elif work.kind == "deliver_handoff":
             await self._deliver_handoff(work.handoff_id or "")
         elif work.kind == "forward":
@@ -226,6 +234,7 @@ class Conversation(AiTurns, Commands, Handoffs, Owners, Clock, Outbox):
     @workflow.signal(name=Signals.CLOSE)
     def on_close(self, request: CloseRequest) -> None:
         if (why := self._close_refusal(request)) is None:
+            self._wrap_up(request)
             self._close(request.reason)
         else:
             self._audit("signal_rejected", signal=Signals.CLOSE, reason=why)
@@ -307,6 +316,7 @@ class Conversation(AiTurns, Commands, Handoffs, Owners, Clock, Outbox):
 
     @workflow.update(name=Updates.SUBMIT_CLOSE)
     def submit_close(self, request: CloseRequest) -> CommandResult:
+        self._wrap_up(request)
         self._close(request.reason)
         return self._result()
 

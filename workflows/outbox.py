@@ -60,7 +60,7 @@ class Outbox(Story):
             reason=s.pending.reason if waiting else None, summary=s.summary if waiting else None,
             at=workflow.now(), number=s.bells,
             entries=[e for e in entries if e.seq != omits] if omits is not None else entries, omits=omits,
-            created=s.created_at,
+            created=s.created_at, rated=s.rated,
         )
 
     def _take_bell(self, carried: int | None = None, fresh: bool = False) -> Bell | None:

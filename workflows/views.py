@@ -6,6 +6,8 @@ through instead of recompiling it for every conversation."""
 
 from __future__ import annotations
 
+import re
+
 from models.conversation import (
     CARRY_AUDIT_BYTES,
     CARRY_IDS_BYTES,
@@ -196,3 +198,22 @@ def carry(s: ConversationState, run_id: str) -> ConversationState:
     carried.audit = tail(carried.audit, CARRY_AUDIT, CARRY_AUDIT_BYTES)
     carried.earlier_runs = carried.earlier_runs[-CARRY_EARLIER_RUNS:]
     return carried
+
+
+_RATING = re.compile(r"^\s*([1-5])\s*(?:/\s*5|of 5|stars?)?\s*[.!]?\s*$", re.IGNORECASE)
+
+
+def rating_in(text: str) -> int | None:
+    """The score 1-5 a reply to the rating question gives ("4", "5/5", "3 stars"), or None (not a rating)."""
+    found = _RATING.match(text)
+    return int(found.group(1)) if found else None
+
+
+def only_user_since(transcript: list[TranscriptEntry], seq: int) -> bool:
+    """Whether every entry after `seq` is the user's (the question at `seq` is still the last thing said to them)."""
+    for entry in reversed(transcript):
+        if entry.seq <= seq:
+            return True
+        if entry.role.value != "user":
+            return False
+    return True

@@ -21,6 +21,10 @@ const queueSections = $("queue-sections");
 const tabs = $("tabs");
 const panels = $("panels");
 const noConversation = $("no-conversation");
+const statusSelect = $("status");
+const loadLine = $("load");
+const offersSection = $("offers-section");
+const offersList = $("offers");
 
 let token = null;
 let me = null; // {agent_id, name, queues}
@@ -29,6 +33,8 @@ let nextId = 0;
 const queues = new Map(); // queue -> {section, list, empty, count, items: Map(conversation_id -> item)}
 const open = new Map(); // conversation_id -> Conversation
 let active = null;
+let heartbeat = null;
+const offers = new Map(); // offer_id -> {li, left, offer}
 
 const uid = (prefix) => `${prefix}-${++nextId}`;
 
@@ -80,12 +86,23 @@ async function signIn(candidate) {
   whoami.hidden = false;
   whoami.textContent = `${me.name} (${me.agent_id})`;
   for (const queue of me.queues) queueFor(queue);
+  // Signing in is going online (push queues offer conversations to agents who are); the heartbeat keeps it so.
+  setPresence("online");
+  heartbeat = setInterval(() => {
+    if (token && statusSelect.value !== "offline") setPresence(statusSelect.value, true);
+  }, (me.heartbeat_seconds || 15) * 1000);
   connectDesk();
   for (const conversationId of storedOpen()) openConversation(conversationId, {}, false);
   return true;
 }
 
 function signOut(why) {
+  if (token && !why) api("PUT", "/v1/desk/presence", { status: "offline" }).catch(() => {});
+  if (heartbeat) clearInterval(heartbeat);
+  heartbeat = null;
+  for (const o of offers.values()) o.li.remove();
+  offers.clear();
+  offersSection.hidden = true;
   if (stream) stream.stop();
   stream = null;
   token = null;
@@ -149,6 +166,8 @@ function connectDesk() {
       const value = parseJSON(data);
       if (!value) return;
       if (type === "waiting") renderWaiting(value.queue, value.waiting || []);
+      else if (type === "offer") renderOffers(value.offers || []);
+      else if (type === "presence") renderPresence(value);
       else if (type === "entry") onEntry(value);
       else if (type === "state") open.get(value.conversation_id)?.applyState(value);
     },
@@ -162,6 +181,98 @@ function onEntry(entry) {
   for (const queue of queues.values()) {
     const item = queue.items.get(entry.conversation_id);
     if (item) show(item.last, `Latest: ${entry.text}`);
+  }
+}
+
+// ---- presence and offers --------------------------------------------------------------------------------------
+
+async function setPresence(status, heartbeat = false) {
+  let response;
+  try {
+    response = await api("PUT", "/v1/desk/presence", heartbeat ? { status, heartbeat } : { status });
+  } catch (err) {
+    if (!(err instanceof SignedOut)) show(deskError, "Your status could not be set: the server cannot be reached.");
+    return;
+  }
+  if (!response.ok) {
+    show(deskError, `Your status could not be set: ${await errorDetail(response)}`);
+    return;
+  }
+  renderPresence(await response.json());
+}
+
+function renderPresence(presence) {
+  if (!presence || !presence.status) return;
+  statusSelect.value = presence.status;
+  loadLine.textContent = `${presence.status[0].toUpperCase()}${presence.status.slice(1)}: ` +
+    `${presence.load} of ${presence.capacity} conversations`;
+}
+
+statusSelect.addEventListener("change", () => setPresence(statusSelect.value));
+
+function secondsLeft(expiresAt) {
+  return Math.max(0, Math.round((Date.parse(expiresAt) - Date.now()) / 1000));
+}
+
+function renderOffers(rows) {
+  const keep = new Set(rows.map((r) => r.offer_id));
+  for (const [offerId, o] of offers) {
+    if (!keep.has(offerId)) {
+      o.li.remove();
+      offers.delete(offerId);
+    }
+  }
+  for (const row of rows) {
+    if (offers.has(row.offer_id)) continue;
+    const idId = uid("offer");
+    const left = el("span", { class: "left" });
+    const accept = el("button", { type: "button", class: "primary small", "aria-describedby": idId, text: "Accept" });
+    const decline = el("button", { type: "button", class: "small", "aria-describedby": idId, text: "Decline" });
+    const li = el(
+      "li",
+      { class: "waiting-item offer", dataset: { offer: row.offer_id } },
+      el("div", { class: "line" }, el("span", { class: "cid", id: idId, text: row.conversation_id }),
+        el("span", { class: "position", text: `from ${row.queue}` }), left),
+      el("div", { class: "offer-actions" }, accept, decline),
+      row.reason ? el("p", { class: "reason", text: `Reason: ${row.reason}` }) : "",
+      row.summary ? el("p", { class: "summary", text: `Summary: ${row.summary}` }) : "",
+    );
+    const o = { li, left, offer: row };
+    accept.addEventListener("click", () => answerOffer(o, "accept", accept));
+    decline.addEventListener("click", () => answerOffer(o, "decline", decline));
+    offers.set(row.offer_id, o);
+    offersList.append(li);
+  }
+  tickOffers();
+  offersSection.hidden = offers.size === 0;
+}
+
+function tickOffers() {
+  for (const o of offers.values()) o.left.textContent = `${secondsLeft(o.offer.expires_at)} s left`;
+}
+
+setInterval(tickOffers, 1000);
+
+async function answerOffer(o, action, button) {
+  button.disabled = true;
+  let response;
+  try {
+    response = await api("POST", `/v1/desk/offers/${encodeURIComponent(o.offer.offer_id)}/${action}`);
+  } catch (err) {
+    if (!(err instanceof SignedOut)) show(deskError, "The server cannot be reached.");
+    button.disabled = false;
+    return;
+  }
+  o.li.remove();
+  offers.delete(o.offer.offer_id);
+  offersSection.hidden = offers.size === 0;
+  if (!response.ok) {
+    show(deskError, `Could not ${action} the offer of ${o.offer.conversation_id}: ${await errorDetail(response)}`);
+    return;
+  }
+  show(deskError, "");
+  if (action === "accept") {
+    openConversation(o.offer.conversation_id, { reason: o.offer.reason, summary: o.offer.summary }, true);
   }
 }
 
@@ -476,10 +587,19 @@ class Conversation {
       this.transfer();
     });
 
+    // The wrap-up code release and close send (when the config lists codes).
+    const wrapId = uid("wrap");
+    this.wrapUp = el("select", { id: wrapId });
+    this.wrapUp.append(el("option", { value: "", text: "(none)" }));
+    for (const code of me.wrap_up_codes || []) this.wrapUp.append(el("option", { value: code, text: code }));
+    const wrapUpField = (me.wrap_up_codes || []).length
+      ? el("span", { class: "wrap-up" }, el("label", { for: wrapId, text: "Wrap-up code" }), this.wrapUp)
+      : "";
+    const ending = () => (this.wrapUp.value ? { wrap_up: this.wrapUp.value } : undefined);
     this.releaseButton = el("button", { type: "button", text: "Release" });
-    this.releaseButton.addEventListener("click", () => this.command("release", "Released to the assistant."));
+    this.releaseButton.addEventListener("click", () => this.command("release", "Released to the assistant.", ending()));
     this.closeButton = el("button", { type: "button", class: "danger", text: "Close" });
-    this.closeButton.addEventListener("click", () => this.command("close", "You closed the conversation."));
+    this.closeButton.addEventListener("click", () => this.command("close", "You closed the conversation.", ending()));
 
     this.panel = el(
       "section",
@@ -502,7 +622,7 @@ class Conversation {
           { class: "talk" },
           this.log,
           this.replyForm,
-          el("div", { class: "actions" }, this.transferForm, this.releaseButton, this.closeButton),
+          el("div", { class: "actions" }, this.transferForm, wrapUpField, this.releaseButton, this.closeButton),
         ),
       ),
     );

@@ -1,0 +1,546 @@
+"""Queues that know (activities/queues.py), over real loopback HTTP against the dev server and a real worker:
+presence and its grace, push offers (to the idle matching agent; lapsing to the next, whose holder goes away; a
+decline), capacity under a burst of concurrent handoffs, skills and priority, sticky assignment, nobody present (the
+next rung at once), the exact waiting list after a burst with cancels and closes, wrap-up codes and the rating."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from pathlib import Path
+
+import pytest
+
+from activities.stream import StreamStore, stream_path
+from models.config import load_config
+from models import notices
+from tests.harness import baton_api, baton_worker, eventually, settings_for
+
+ADMIN = {"Authorization": "Bearer ba_test_admin"}
+
+CONFIG = """
+version: 1
+wrap_up_codes: [resolved, escalated]
+rating: {enabled: true, question: "How did {agent} do? Reply 1 to 5."}
+presence_grace_seconds: 5
+waiting: {position_update_seconds: 0}
+queues:
+  general: {}
+  skilled: {skills: [de]}
+  push: {assignment: push, offer_seconds: 4}
+  sticky: {assignment: sticky, offer_seconds: 30, sticky_minutes: 10}
+  sales: {assignment: push, sla_seconds: 600}
+routes:
+  - name: vip
+    when: {params: {tier: [vip]}}
+    to: {queue: general}
+    priority: 10
+  - name: sales
+    when: {params: {topic: [sales]}}
+    to: {queue: sales}
+    fallback: [{queue: general}]
+  - name: sales-only
+    when: {params: {topic: [sales-only]}}
+    to: {queue: sales}
+  - name: default
+    to: {queue: general}
+"""
+
+
+@pytest.fixture
+def config(tmp_path: Path):
+    path = tmp_path / "baton.yaml"
+    path.write_text(CONFIG)
+    return load_config(path)
+
+
+@pytest.fixture
+async def baton(dev_env, task_queue, channel, registry, config):
+    settings = settings_for(task_queue, channel_url=channel.url, channel_secret=channel.secret)
+    async with baton_worker(dev_env.client, settings, registry, config=config), baton_api(
+        dev_env.client, settings, registry, config=config
+    ) as http:
+        yield http, settings
+
+
+@pytest.fixture
+def http(baton):
+    return baton[0]
+
+
+def as_agent(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def live_agent(http, agent_id: str, queues=("push",), status: str | None = "online", **more) -> str:
+    r = await http.post("/v1/admin/live-agents", json={"agent_id": agent_id, "name": agent_id.title(),
+                                                       "queues": list(queues), **more}, headers=ADMIN)
+    assert r.status_code == 201, r.text
+    token = r.json()["token"]
+    if status:
+        await presence(http, token, status)
+    return token
+
+
+async def presence(http, token: str, status: str) -> dict:
+    r = await http.put("/v1/desk/presence", json={"status": status}, headers=as_agent(token))
+    assert r.status_code == 200, r.text
+    assert r.json()["status"] == status
+    return r.json()
+
+
+async def heartbeats(http, tokens) -> None:
+    """What the console does: repeat each agent's status (the config's grace here is 5 s)."""
+    async def repeat(token):
+        r = await http.put("/v1/desk/presence", json={"status": "online", "heartbeat": True}, headers=as_agent(token))
+        assert r.status_code == 200, r.text
+    while True:
+        await asyncio.gather(*(repeat(t) for t in tokens))
+        await asyncio.sleep(1)
+
+
+async def started(http) -> str:
+    conversation = f"q-{uuid.uuid4().hex[:12]}"
+    r = await http.post(f"/v1/conversations/{conversation}/messages", json={"message_id": "u1", "text": "hello"})
+    assert r.status_code == 202, r.text
+    return conversation
+
+
+async def hand_off(http, conversation: str, queue: str | None = None, **params) -> None:
+    body = {"reason": "needs a person", "params": params}
+    if queue:
+        body["target"] = {"queue": queue}
+    r = await http.post(f"/v1/conversations/{conversation}/handoff", json=body)
+    assert r.status_code == 200, r.text
+
+
+async def snap(http, conversation) -> dict:
+    r = await http.get(f"/v1/conversations/{conversation}")
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+async def offers(http, token) -> list[dict]:
+    r = await http.get("/v1/desk/offers", headers=as_agent(token))
+    assert r.status_code == 200, r.text
+    return r.json()["offers"]
+
+
+async def offered(http, token, conversation=None, timeout=15) -> dict:
+    async def one():
+        found = [o for o in await offers(http, token) if conversation in (None, o["conversation_id"])]
+        return found[0] if found else None
+    return await eventually(one, timeout=timeout)
+
+
+async def waiting(http, queue, token) -> list[dict]:
+    r = await http.get(f"/v1/desk/queues/{queue}/waiting", headers=as_agent(token), params={"limit": 500})
+    assert r.status_code == 200, r.text
+    return r.json()["waiting"]
+
+
+async def audit(http, conversation) -> list[dict]:
+    r = await http.get(f"/v1/conversations/{conversation}/audit")
+    assert r.status_code == 200, r.text
+    return r.json()["entries"]
+
+
+async def test_presence_is_set_and_repeated_and_lapses_after_the_grace(http):
+    token = await live_agent(http, "ann", status=None)
+    r = await http.get("/v1/desk/presence", headers=as_agent(token))
+    assert r.status_code == 200 and r.json()["status"] == "offline" and r.json()["capacity"] == 3
+    first = await presence(http, token, "online")
+    assert first["load"] == 0
+    # A heartbeat keeps the status the agent has (it never undoes an away set meanwhile).
+    await presence(http, token, "away")
+    r = await http.put("/v1/desk/presence", json={"status": "online", "heartbeat": True}, headers=as_agent(token))
+    assert r.status_code == 200 and r.json()["status"] == "away"
+    bad = await http.put("/v1/desk/presence", json={"status": "busy"}, headers=as_agent(token))
+    assert bad.status_code == 422 and "status" in bad.text
+    assert (await http.put("/v1/desk/presence", json={"status": "online"})).status_code == 401
+    # No heartbeat for the grace (5 s): offline, without anyone asking.
+    await eventually(lambda: _status(http, token, "offline"), timeout=12)
+
+
+async def _status(http, token, status):
+    r = await http.get("/v1/desk/presence", headers=as_agent(token))
+    return r.json()["status"] == status
+
+
+async def test_push_offers_the_idle_agent_lapses_to_the_next_and_accepting_is_the_claim(http, channel):
+    ann = await live_agent(http, "ann")
+    await asyncio.sleep(0.05)
+    bob = await live_agent(http, "bob")
+    away = await live_agent(http, "cat", status="away")
+    beating = asyncio.create_task(heartbeats(http, [ann, bob, away]))
+    try:
+        await push_walk(http, ann, bob, away)
+    finally:
+        beating.cancel()
+
+
+async def push_walk(http, ann, bob, away) -> None:
+    conversation = await started(http)
+    await hand_off(http, conversation, "push")
+    # Ann has been idle longest: the offer is hers; nobody else has one.
+    offer = await offered(http, ann, conversation)
+    assert offer["queue"] == "push" and offer["reason"] == "needs a person"
+    assert await offers(http, bob) == [] and await offers(http, away) == []
+    # She lets it lapse (4 s): it goes to Bob, and Ann is set away (not at her desk).
+    second = await offered(http, bob, conversation)
+    assert second["offer_id"] != offer["offer_id"]
+    # While it is offered to Bob, nobody else can claim it (Bob's offer stands 4 s: two requests, then his accept).
+    claim = await http.post(f"/v1/desk/conversations/{conversation}/claim", headers=as_agent(away))
+    assert claim.status_code == 409 and "offered to bob" in claim.json()["detail"]
+    ok = await http.post(f"/v1/desk/offers/{second['offer_id']}/accept", headers=as_agent(bob))
+    assert ok.status_code == 200, ok.text
+    s = await snap(http, conversation)
+    assert s["state"] == "live_agent" and s["owner"] == "bob"
+    assert (await http.get("/v1/desk/presence", headers=as_agent(ann))).json()["status"] == "away"
+    late = await http.post(f"/v1/desk/offers/{offer['offer_id']}/accept", headers=as_agent(ann))
+    assert late.status_code == 409 and "lapsed" in late.json()["detail"]
+    # Someone else's offer is not found; a malformed id is a 422; an accepted offer cannot be accepted again.
+    assert (await http.post(f"/v1/desk/offers/{second['offer_id']}/accept", headers=as_agent(ann))).status_code == 404
+    assert (await http.post("/v1/desk/offers/nope/accept", headers=as_agent(bob))).status_code == 422
+    assert await offers(http, bob) == []
+    again = await http.post(f"/v1/desk/offers/{second['offer_id']}/accept", headers=as_agent(bob))
+    assert again.status_code == 409
+    me = (await http.get("/v1/desk/presence", headers=as_agent(bob))).json()
+    assert me["load"] == 1 and me["status"] == "online"
+
+
+async def test_a_decline_sends_the_offer_on_at_once_and_going_offline_withdraws_it(http):
+    ann = await live_agent(http, "ann", queues=("sticky",))
+    await asyncio.sleep(0.05)
+    bob = await live_agent(http, "bob", queues=("sticky",))
+    beating = asyncio.create_task(heartbeats(http, [ann, bob]))
+    try:
+        await decline_walk(http, ann, bob)
+    finally:
+        beating.cancel()
+
+
+async def decline_walk(http, ann, bob) -> None:
+    conversation = await started(http)
+    await hand_off(http, conversation, "sticky")
+    offer = await offered(http, ann, conversation)
+    r = await http.post(f"/v1/desk/offers/{offer['offer_id']}/decline", headers=as_agent(ann))
+    assert r.status_code == 204
+    to_bob = await offered(http, bob, conversation, timeout=5)  # at once, not after the 30 s offer
+    # Bob goes offline mid-offer: withdrawn, and back to Ann (who declined, but is the only one left).
+    await presence(http, bob, "offline")
+    assert await offers(http, bob) == []
+    back = await offered(http, ann, conversation, timeout=5)
+    assert back["offer_id"] not in (offer["offer_id"], to_bob["offer_id"])
+    assert (await http.get("/v1/desk/presence", headers=as_agent(ann))).json()["status"] == "online"
+
+
+async def test_capacity_is_never_exceeded_under_fifty_concurrent_handoffs(http):
+    agents = {name: await live_agent(http, name, queues=("sales",), capacity=2) for name in ("ann", "bob", "cat")}
+    beating = asyncio.create_task(heartbeats(http, agents.values()))
+    conversations = await asyncio.gather(*(started(http) for _ in range(50)))
+    await asyncio.gather(*(hand_off(http, c, "sales") for c in conversations))
+    served: dict[str, list[str]] = {name: [] for name in agents}
+    most = 0
+
+    async def work(name: str, token: str) -> None:
+        nonlocal most
+        while sum(len(v) for v in served.values()) < len(conversations):
+            for offer in await offers(http, token):
+                r = await http.post(f"/v1/desk/offers/{offer['offer_id']}/accept", headers=as_agent(token))
+                if r.status_code == 200:
+                    served[name].append(offer["conversation_id"])
+            mine = await presence(http, token, "online")  # the console's heartbeat
+            most = max(most, mine["load"])
+            assert mine["load"] <= 2, mine
+            owned = [c for c in served[name] if (await snap(http, c))["state"] == "live_agent"]
+            assert len(owned) <= 2
+            for c in owned:
+                r = await http.post(f"/v1/desk/conversations/{c}/close", headers=as_agent(token),
+                                    json={"wrap_up": "resolved"})
+                assert r.status_code == 200, r.text
+            await asyncio.sleep(0.05)
+
+    try:
+        await asyncio.wait_for(asyncio.gather(*(work(n, t) for n, t in agents.items())), timeout=240)
+    finally:
+        beating.cancel()
+    every = [c for v in served.values() for c in v]
+    assert sorted(every) == sorted(conversations)  # each served once
+    assert most == 2 and all(served.values())
+    report = (await http.get("/v1/admin/desk/report", headers=ADMIN)).json()
+    assert report["wrap_ups"] == {"resolved": 50}
+
+
+async def test_skills_exclude_and_priority_waits_ahead(http):
+    plain = await live_agent(http, "ann", queues=("general", "skilled"), status=None)
+    german = await live_agent(http, "bob", queues=("general", "skilled"), skills=["de"], status=None)
+    needs_de = await started(http)
+    await hand_off(http, needs_de, "skilled")
+    await eventually(lambda: _listed(http, "skilled", plain, needs_de))
+    refused = await http.post(f"/v1/desk/conversations/{needs_de}/claim", headers=as_agent(plain))
+    assert refused.status_code == 403 and "de" in refused.json()["detail"]
+    assert (await http.post(f"/v1/desk/conversations/{needs_de}/claim", headers=as_agent(german))).status_code == 200
+    # A handoff's params may ask for a skill too.
+    asks = await started(http)
+    await hand_off(http, asks, "general", skills="de")
+    await eventually(lambda: _listed(http, "general", plain, asks))
+    assert (await http.post(f"/v1/desk/conversations/{asks}/claim", headers=as_agent(plain))).status_code == 403
+
+    # Priority: the route's (vip: 10) and the params' own put a later conversation ahead.
+    first, second, third = [await started(http) for _ in range(3)]
+    await hand_off(http, first)
+    await eventually(lambda: _listed(http, "general", plain, first))
+    await hand_off(http, second, tier="vip")
+    await eventually(lambda: _listed(http, "general", plain, second))
+    await hand_off(http, third, priority=50)
+    await eventually(lambda: _listed(http, "general", plain, third))
+    order = [w["conversation_id"] for w in await waiting(http, "general", plain)]
+    assert order.index(third) < order.index(second) < order.index(first)
+    rows = {w["conversation_id"]: w for w in await waiting(http, "general", plain)}
+    assert rows[second]["priority"] == 10 and rows[third]["priority"] == 50 and rows[first]["priority"] == 0
+    assert [rows[c]["position"] for c in (third, second)] == [order.index(third) + 1, order.index(second) + 1]
+    assert (await snap(http, first))["pending_handoff"]["position"] >= 1
+
+
+async def _listed(http, queue, token, conversation):
+    return any(w["conversation_id"] == conversation for w in await waiting(http, queue, token))
+
+
+async def test_sticky_prefers_the_last_helper_while_present(http):
+    bob = await live_agent(http, "bob", queues=("sticky",))
+    await asyncio.sleep(0.05)
+    ann = await live_agent(http, "ann", queues=("sticky",))
+    beating = asyncio.create_task(heartbeats(http, [bob, ann]))
+    try:
+        await sticky_walk(http, bob, ann)
+    finally:
+        beating.cancel()
+
+
+async def sticky_walk(http, bob, ann) -> None:
+    conversation = await started(http)
+    await hand_off(http, conversation, "sticky")
+    offer = await offered(http, bob, conversation)  # longest idle
+    assert (await http.post(f"/v1/desk/offers/{offer['offer_id']}/accept", headers=as_agent(bob))).status_code == 200
+    r = await http.post(f"/v1/desk/conversations/{conversation}/release", headers=as_agent(bob))
+    assert r.status_code == 200
+    await eventually(lambda: _state(http, conversation, "ai"))
+    # Ann is idle longer now, but Bob helped this conversation: the next handoff is offered to him.
+    await hand_off(http, conversation, "sticky")
+    again = await offered(http, bob, conversation)
+    assert await offers(http, ann) == []
+    assert (await http.post(f"/v1/desk/offers/{again['offer_id']}/accept", headers=as_agent(bob))).status_code == 200
+    await http.post(f"/v1/desk/conversations/{conversation}/release", headers=as_agent(bob))
+    await eventually(lambda: _state(http, conversation, "ai"))
+    # Bob declines this time: it goes to Ann at once, not back to Bob.
+    await hand_off(http, conversation, "sticky")
+    declined = await offered(http, bob, conversation)
+    assert (await http.post(f"/v1/desk/offers/{declined['offer_id']}/decline", headers=as_agent(bob))).status_code == 204
+    taken = await offered(http, ann, conversation, timeout=5)
+    assert await offers(http, bob) == []
+    assert (await http.post(f"/v1/desk/offers/{taken['offer_id']}/accept", headers=as_agent(ann))).status_code == 200
+    await http.post(f"/v1/desk/conversations/{conversation}/release", headers=as_agent(ann))
+    await eventually(lambda: _state(http, conversation, "ai"))
+    # Ann helped last now; she is away: not her (sticky only while present), Bob.
+    await presence(http, ann, "away")
+    await hand_off(http, conversation, "sticky")
+    await offered(http, bob, conversation)
+    assert await offers(http, ann) == []
+
+
+async def _state(http, conversation, state):
+    return (await snap(http, conversation))["state"] == state
+
+
+async def test_nobody_present_runs_the_next_rung_at_once_and_the_user_is_told(http, channel):
+    await live_agent(http, "ann", queues=("general",), status=None)
+    conversation = await started(http)
+    await hand_off(http, conversation, topic="sales")
+    await eventually(lambda: _pending_in(http, conversation, "general"))
+    routed = [e["detail"] for e in await audit(http, conversation) if "skipped" in e["detail"]]
+    skipped = routed[-1]["skipped"]
+    assert any(k["target"] == "queue:sales" and "nobody" in k["why"] for k in skipped), skipped
+    # Nothing left after the push queue: back to the AI, and the user is told why.
+    alone = await started(http)
+    await hand_off(http, alone, topic="sales-only")
+    await eventually(lambda: _state(http, alone, "ai"))
+
+    async def told():
+        return any(m["text"] == notices.NOBODY_PRESENT for m in channel.delivered() if m["conversation_id"] == alone)
+    await eventually(told)
+    # Someone present: it waits there.
+    await live_agent(http, "bob", queues=("sales",))
+    present = await started(http)
+    await hand_off(http, present, topic="sales")
+    await eventually(lambda: _pending_in(http, present, "sales"))
+
+
+async def _pending_in(http, conversation, queue):
+    s = await snap(http, conversation)
+    return s["state"] == "handoff_pending" and s["queue"] == queue and s
+
+
+async def test_the_waiting_list_is_exactly_who_waits_after_a_burst_with_cancels_and_closes(baton):
+    http, settings = baton
+    token = await live_agent(http, "ann", queues=("general",), status=None)
+    conversations = await asyncio.gather(*(started(http) for _ in range(30)))
+    await asyncio.gather(*(hand_off(http, c, "general") for c in conversations))
+    cancel, close, stay = conversations[:8], conversations[8:16], conversations[16:]
+    await asyncio.gather(*(http.delete(f"/v1/conversations/{c}/handoff") for c in cancel),
+                         *(http.post(f"/v1/conversations/{c}/close", json={}) for c in close))
+
+    async def exact():
+        listed = await waiting(http, "general", token)
+        pending = [c for c in conversations if (await snap(http, c))["state"] == "handoff_pending"]
+        return sorted(w["conversation_id"] for w in listed) == sorted(pending) == sorted(stay) and listed
+    listed = await eventually(exact, timeout=30)
+    assert [w["position"] for w in listed] == list(range(1, len(stay) + 1))
+    since = [w["waiting_since"] for w in listed]
+    assert since == sorted(since)
+    # The store is a file: another process (a restarted API) reads the same list, in the same order.
+    other = StreamStore(stream_path(settings.home))
+    try:
+        assert [r.conversation_id for r in other.waiting("general")] == [w["conversation_id"] for w in listed]
+    finally:
+        other.close()
+
+
+async def test_wrap_up_codes_and_the_rating_are_recorded(http, channel):
+    token = await live_agent(http, "ann", queues=("general",), status=None)
+    conversation = await started(http)
+    await hand_off(http, conversation, "general")
+    await eventually(lambda: _pending_in(http, conversation, "general"))
+    assert (await http.post(f"/v1/desk/conversations/{conversation}/claim", headers=as_agent(token))).status_code == 200
+    bad = await http.post(f"/v1/desk/conversations/{conversation}/release", headers=as_agent(token),
+                          json={"wrap_up": "nonsense"})
+    assert bad.status_code == 422 and "resolved, escalated" in bad.json()["detail"]
+    assert (await snap(http, conversation))["state"] == "live_agent"  # changed nothing
+    r = await http.post(f"/v1/desk/conversations/{conversation}/release", headers=as_agent(token),
+                        json={"wrap_up": "resolved", "reason": "done"})
+    assert r.status_code == 200, r.text
+
+    def said():
+        return [m["text"] for m in channel.delivered() if m["conversation_id"] == conversation]
+    await eventually(lambda: _true("How did Ann do? Reply 1 to 5." in said()))
+    r = await http.post(f"/v1/conversations/{conversation}/messages", json={"message_id": "rate", "text": "4"})
+    assert r.status_code == 202
+    await eventually(lambda: _true(notices.RATED in said()))
+    kinds = {e["kind"]: e["detail"] for e in await audit(http, conversation)}
+    assert kinds["handed_back"]["wrap_up"] == "resolved"
+    assert kinds["rated"]["agent"] == "ann" and kinds["rated"]["score"] == 4
+
+    async def counted():
+        report = (await http.get("/v1/admin/desk/report", headers=ADMIN)).json()
+        return report["agents"].get("ann", {}).get("ratings") == 1 and report
+    report = await eventually(counted)
+    assert report["agents"]["ann"]["mean_rating"] == 4 and report["wrap_ups"] == {"resolved": 1}
+    # The AI spoke up before the question (the question is the last thing the user read); the next "5" is the AI's
+    # again: a rating is asked once.
+    texts = [(e["role"], e["text"]) for e in await transcript(http, conversation)]
+    question = texts.index(("system", "How did Ann do? Reply 1 to 5."))
+    assert texts[question - 1][0] == "ai" and texts[question + 1] == ("user", "4")
+    ai_before = sum(1 for role, _ in texts if role == "ai")
+    r = await http.post(f"/v1/conversations/{conversation}/messages", json={"message_id": "after", "text": "5"})
+    assert r.status_code == 202
+
+    async def answered():
+        entries = await transcript(http, conversation)
+        return sum(1 for e in entries if e["role"] == "ai") > ai_before
+    await eventually(answered)
+    assert sum(1 for e in await audit(http, conversation) if e["kind"] == "rated") == 1
+
+
+async def transcript(http, conversation) -> list[dict]:
+    r = await http.get(f"/v1/conversations/{conversation}/transcript")
+    assert r.status_code == 200, r.text
+    return r.json()["entries"]
+
+
+async def _true(value):
+    return value
+
+
+async def test_a_push_offer_goes_only_to_an_agent_with_the_skills(http):
+    idle = await live_agent(http, "ann")  # idle longest, but without the skill
+    await asyncio.sleep(0.05)
+    german = await live_agent(http, "bob", skills=["de"])
+    conversation = await started(http)
+    await hand_off(http, conversation, "push", skills="de")
+    await offered(http, german, conversation)
+    assert await offers(http, idle) == []
+    plain = await started(http)
+    await hand_off(http, plain, "push")
+    await offered(http, idle, plain)
+
+
+async def test_a_transfer_to_a_push_queue_nobody_is_online_in_is_refused_and_changes_nothing(http):
+    token = await live_agent(http, "ann", queues=("general",), status=None)
+    conversation = await started(http)
+    await hand_off(http, conversation, "general")
+    await eventually(lambda: _pending_in(http, conversation, "general"))
+    assert (await http.post(f"/v1/desk/conversations/{conversation}/claim", headers=as_agent(token))).status_code == 200
+    r = await http.post(f"/v1/desk/conversations/{conversation}/transfer", headers=as_agent(token),
+                        json={"queue": "push"})
+    assert r.status_code == 409 and "nobody" in r.json()["detail"]
+    s = await snap(http, conversation)
+    assert s["state"] == "live_agent" and s["owner"] == "ann"
+
+
+# ---- the store's decisions, without Temporal ------------------------------------------------------------------
+
+
+def _bell(cid: str, number: int, state: str, queue: str | None, since=None, owner=None):
+    from datetime import UTC, datetime
+
+    from models.conversation import Bell, State
+
+    return Bell(conversation_id=cid, number=number, seq=number, state=State(state), owner=owner, queue=queue,
+                waiting_since=since, reason="r", at=datetime.now(UTC), created=datetime(2026, 1, 1, tzinfo=UTC))
+
+
+def test_a_claims_place_ends_with_the_wait_it_was_taken_for_whatever_order_bells_land_in(tmp_path, config):
+    from datetime import UTC, datetime, timedelta
+
+    from activities.queues import Queues, Refused
+
+    store = StreamStore(tmp_path / "stream.db")
+    book = Queues(store, config)
+    t1 = datetime.now(UTC) - timedelta(minutes=1)
+    store.ring(_bell("c1", 1, "handoff_pending", "general", t1))
+    book.reserve("bob", [], 1, "c1", "general")
+    assert book.presence("bob") is None and book._load_of("bob") == 1
+    with pytest.raises(Refused) as err:
+        book.reserve("ann", [], 3, "c1", "general")
+    assert err.value.status == 409 and "bob claimed it first" in str(err.value)
+    # Bob's claim took and he transferred it at once: the bell of the transfer (3) lands before the claim's (2),
+    # which is then dropped as older. The place Bob held is over all the same, for him and for others.
+    store.ring(_bell("c1", 3, "handoff_pending", "tier2", t1 + timedelta(seconds=30)))
+    store.ring(_bell("c1", 2, "live_agent", "general", owner="bob"))
+    assert book._load_of("bob") == 0
+    book.reserve("ann", [], 3, "c1", "tier2")
+    # Capacity: Bob (1) holds c2; c3 is refused.
+    store.ring(_bell("c2", 1, "handoff_pending", "general", t1))
+    store.ring(_bell("c3", 1, "handoff_pending", "general", t1))
+    book.reserve("bob", [], 1, "c2", "general")
+    with pytest.raises(Refused) as err:
+        book.reserve("bob", [], 1, "c3", "general")
+    assert err.value.status == 409 and "capacity" in str(err.value)
+    store.close()
+
+
+def test_a_rating_is_a_digit_answering_the_last_thing_said():
+    from datetime import UTC, datetime
+
+    from models.conversation import Role, TranscriptEntry
+    from workflows.views import only_user_since, rating_in
+
+    assert [rating_in(t) for t in ("4", " 5/5 ", "3 stars", "1.", "2 of 5")] == [4, 5, 3, 1, 2]
+    assert [rating_in(t) for t in ("6", "0", "45", "4 please call me", "", "five")] == [None] * 6
+
+    def entry(seq, role):
+        return TranscriptEntry(seq=seq, message_id=str(seq), role=role, author="x", text="t", at=datetime.now(UTC))
+
+    said = [entry(1, Role.AI), entry(2, Role.SYSTEM), entry(3, Role.USER)]
+    assert only_user_since(said, 2)
+    assert not only_user_since([*said, entry(4, Role.AI), entry(5, Role.USER)], 2)
