@@ -354,11 +354,36 @@ class StreamStore:
             f" coalesce(t.skills, '[]') FROM {_WAITING} ORDER BY {_ORDER} LIMIT ?",
             (queue, limit),
         ).fetchall()
+        # Built without validation: every value comes from this store's own columns (a 500-row page is read often).
         return [
-            WaitingRow(conversation_id=cid, position=i, waiting_since=datetime.fromisoformat(since), reason=reason,
-                       summary=summary, priority=priority, skills=json.loads(skills))
+            WaitingRow.model_construct(conversation_id=cid, position=i, waiting_since=datetime.fromisoformat(since),
+                                       reason=reason, summary=summary, priority=priority,
+                                       skills=json.loads(skills) if skills != "[]" else [])
             for i, (cid, since, reason, summary, priority, skills) in enumerate(rows, start=1)
         ]
+
+    def waiting_json(self, queue: str, limit: int = 500, total: bool = False) -> tuple[list[dict], int | None]:
+        """The waiting list as the API and the desk stream send it (WaitingRow's JSON, built straight from the
+        columns: a 500-row page is read on every change of a queue), and, with `total`, how many wait in all."""
+        with self._lock:
+            self._db.execute("BEGIN")
+            try:
+                rows = self._db.execute(
+                    "SELECT c.conversation_id, c.waiting_since, c.reason, c.summary, coalesce(t.priority, 0),"
+                    f" coalesce(t.skills, '[]') FROM {_WAITING} ORDER BY {_ORDER} LIMIT ?",
+                    (queue, limit),
+                ).fetchall()
+                count = self._db.execute(
+                    f"SELECT count(*) FROM conversations WHERE queue = ? AND {_WAITS}", (queue,)
+                ).fetchone()[0] if total else None
+            finally:
+                self._db.execute("COMMIT")
+        return [
+            # Stored as UTC ISO 8601 (_iso); sent as pydantic sends a UTC datetime.
+            {"conversation_id": cid, "position": i, "waiting_since": since.replace("+00:00", "Z"), "reason": reason,
+             "summary": summary, "priority": priority, "skills": json.loads(skills) if skills != "[]" else []}
+            for i, (cid, since, reason, summary, priority, skills) in enumerate(rows, start=1)
+        ], count
 
     def waiting(self, queue: str, limit: int = 500) -> list[WaitingRow]:
         """The queue's waiting list, oldest first, exact as of the last bell of each conversation."""

@@ -287,8 +287,7 @@ class DeskStream:
         return StreamingResponse(self._events(sub), media_type="text/event-stream", headers=SSE_HEADERS)
 
     def _waiting(self, queue: str) -> dict[str, Any]:
-        rows = self.hub.store.waiting(queue)
-        return {"queue": queue, "waiting": [r.model_dump(mode="json") for r in rows]}
+        return {"queue": queue, "waiting": self.hub.store.waiting_json(queue)[0]}
 
     def _desk(self) -> tuple[dict[str, Any], dict[str, Any]]:
         """The agent's presence (with their load) and open offers, as `event: presence` and `event: offer` send them."""
