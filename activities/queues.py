@@ -121,6 +121,10 @@ class Queues:
     # ---- terms (written by the routing decision) ------------------------------------------------------------
 
     def set_terms(self, conversation_id: str, priority: int, skills: list[str]) -> None:
+        if not priority and not skills:
+            with self.store.reading() as db:
+                if db.execute("SELECT 1 FROM terms WHERE conversation_id = ?", (conversation_id,)).fetchone() is None:
+                    return  # the default, and nothing earlier to replace: no write (most handoffs)
         with self.store.writing() as db:
             db.execute(
                 "INSERT INTO terms (conversation_id, priority, skills) VALUES (?, ?, ?) ON CONFLICT (conversation_id)"
@@ -376,6 +380,11 @@ class Queues:
         to whoever can take it. Returns how many offers were made. Idempotent: any process may run it any time."""
         now = now or _now()
         pushing = self.config.pushing_queues()
+        # Most rounds have nothing to do (nobody reports presence, nothing is offered): found out with a read, which
+        # never waits for the store's write lock, so a burst of bells is not slowed by rounds that change nothing.
+        with self.store.reading() as db:
+            if not self._work_to_do(db, now, list(pushing)):
+                return 0
         with self.store.writing() as db:
             self._lapse(db, now)
             if not pushing:
@@ -387,6 +396,30 @@ class Queues:
                     continue
                 made += self._offer_round(db, name, queue, free, now)
             return made
+
+    def _work_to_do(self, db: sqlite3.Connection, now: datetime, pushing: list[str]) -> bool:
+        """Whether a round would change anything: an offer to lapse or withdraw, an agent past the grace, or (push
+        queues) an online agent while something waits there unoffered."""
+        cutoff = _iso(now - timedelta(seconds=self.config.presence_grace_seconds))
+        if db.execute("SELECT 1 FROM presence WHERE status != 'offline' LIMIT 1").fetchone() is None and \
+                db.execute("SELECT 1 FROM offers WHERE status IN ('open', 'accepting') LIMIT 1").fetchone() is None:
+            return False  # nobody has reported presence, nothing is offered
+        checks = [
+            ("SELECT 1 FROM offers WHERE status = 'open' AND expires_at <= ? LIMIT 1", (_iso(now),)),
+            ("SELECT 1 FROM offers WHERE status = 'accepting' AND ended_at < ? LIMIT 1", (_iso(now - ACCEPT_HOLD),)),
+            ("SELECT 1 FROM presence WHERE status != 'offline' AND heartbeat_at < ? LIMIT 1", (cutoff,)),
+            ("SELECT 1 FROM offers o LEFT JOIN conversations c ON c.conversation_id = o.conversation_id WHERE"
+             " o.status = 'open' AND (c.conversation_id IS NULL OR c.state != 'handoff_pending' OR c.queue IS NOT"
+             " o.queue OR c.waiting_since IS NOT o.waiting_since) LIMIT 1", ()),
+        ]
+        if pushing:
+            marks = ", ".join("?" for _ in pushing)
+            checks.append((
+                f"SELECT 1 FROM conversations c WHERE c.queue IN ({marks}) AND c.state = 'handoff_pending' AND"
+                " c.waiting_since IS NOT NULL AND NOT EXISTS (SELECT 1 FROM offers o WHERE o.conversation_id ="
+                " c.conversation_id AND o.status IN ('open', 'accepting')) AND EXISTS (SELECT 1 FROM presence p"
+                " WHERE p.status = 'online' AND p.heartbeat_at >= ?) LIMIT 1", (*pushing, cutoff)))
+        return any(db.execute(sql, args).fetchone() is not None for sql, args in checks)
 
     def _lapse(self, db: sqlite3.Connection, now: datetime) -> None:
         lapsed = db.execute(
