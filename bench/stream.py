@@ -218,6 +218,14 @@ async def create_agent(http: httpx.AsyncClient, agent_id: str) -> dict[str, str]
     return as_agent(r.json()["token"])
 
 
+def status_counts(posts: dict[str, tuple[int, float, float]]) -> dict[str, int]:
+    """How many of the burst's POSTs answered each status."""
+    statuses: dict[str, int] = {}
+    for status, _, _ in posts.values():
+        statuses[str(status)] = statuses.get(str(status), 0) + 1
+    return statuses
+
+
 def log_errors(*procs: BatonProcess) -> list[str]:
     return [line for p in procs for line in p.log_tail(400).splitlines() if " ERROR " in line or "Traceback" in line]
 
@@ -662,9 +670,7 @@ async def desk_baton(server: DevServer, receiver: RecordingReceiver, run_no: int
     listed = desk.first_listed
     sent_to_listed = [ms(posts[c][1], listed[c]) for c in cids if c in listed and c in posts]
     returned_to_listed = [ms(posts[c][2], listed[c]) for c in cids if c in listed and c in posts]
-    statuses: dict[str, int] = {}
-    for status, _, _ in posts.values():
-        statuses[str(status)] = statuses.get(str(status), 0) + 1
+    statuses = status_counts(posts)
     out = {
         "post_sent_to_waiting_list_ms": distribution(sent_to_listed, points=(50, 95, 99)),
         "post_returned_to_waiting_list_ms": distribution(returned_to_listed, points=(50, 95, 99)),
@@ -776,9 +782,7 @@ async def desk_push(server: DevServer, receiver: RecordingReceiver, run_no: int,
                 await asyncio.gather(beating, *(d.task for d in desks), return_exceptions=True)
         errors = log_errors(worker, api.process)
     to_offer = [ms(posts[c][1], first[c]) for c in cids if c in first and c in posts]
-    statuses: dict[str, int] = {}
-    for status, _, _ in posts.values():
-        statuses[str(status)] = statuses.get(str(status), 0) + 1
+    statuses = status_counts(posts)
     out = {
         "post_sent_to_offer_ms": distribution(to_offer, points=(50, 95, 99)),
         "post_call_ms": distribution([ms(s, r) for _, s, r in posts.values()], points=(50, 95, 99)),
