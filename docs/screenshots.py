@@ -4,9 +4,9 @@
 
 It starts `baton dev` (a temporary home, free ports, no Temporal Web UI), creates a live agent, plays one
 conversation through the demo chat page and the agent console in headless Chromium (Debian's /usr/bin/chromium,
-driven by Playwright; nothing is downloaded), with two more conversations waiting, and takes both pictures at the
-moment a person would want to see. All data is made up ("Ada", order BT-4417, 12 Example Street). Everything it
-starts is stopped when it ends, also on an error.
+driven by Playwright; nothing is downloaded), with two more conversations waiting and one offered to the agent by
+the push queue `orders`, and takes both pictures at the moment a person would want to see. All data is made up
+("Ada", order BT-4417, 12 Example Street). Everything it starts is stopped when it ends, also on an error.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ CHAT_SIZE = {"width": 900, "height": 780}
 WAIT_MS = 60_000
 BANNER_WITHIN = 180
 
-AGENT = {"agent_id": "Sam", "name": "Sam Rivera", "queues": ["general"]}
+AGENT = {"agent_id": "Sam", "name": "Sam Rivera", "queues": ["general", "orders"]}
 # What the chat backend knows of Ada: the agent sees the profile, slots and metadata, never `auth` or
 # `internal_notes` (the console lists them as withheld, with the reason).
 ADA_CONTEXT = {
@@ -47,8 +47,8 @@ ADA_CONTEXT = {
 }
 # Two more conversations waiting in the same queue, asked for by the chat backend with a reason of its own.
 OTHERS = [
-    ("web-5521", "Hello, can I still change the delivery address of an order that has shipped?",
-     "delivery address change for a shipped order"),
+    ("web-5521", "Hello, can I still change where my lamp is sent? It has left the warehouse.",
+     "address change after dispatch"),
     ("app-3308", "My kettle stopped heating after two weeks, I have photos of the label.",
      "warranty claim, customer has photos"),
 ]
@@ -56,6 +56,8 @@ OTHERS = [
 OTHERS_WAITED = 50
 OTHERS_APART = 12
 
+# Asked about an order (the demo config's `orders` queue assigns by push): offered to Sam, who works it.
+OFFERED = ("web-7710", "Where is my parcel? It should have arrived on Monday.")
 # Written by the user of web-5521 while the agent looks at the list: the console shows it as "Latest".
 LATEST = ("web-5521", "It should go to my office instead: 12 Example Street.")
 
@@ -209,6 +211,14 @@ async def shoot(dev: BatonDev) -> None:
             r.raise_for_status()
             await expect(waiting.get_by_role("listitem").filter(has_text=conversation)).to_contain_text("Latest")
             await expect(chat.get_by_role("status")).to_contain_text("Sam is with you")
+
+            # A question about an order: the `orders` queue offers it to Sam, with the seconds left to accept.
+            conversation, text = OFFERED
+            r = await backend.post(f"/v1/conversations/{conversation}/messages",
+                                   json={"message_id": f"{conversation}-1", "text": text})
+            r.raise_for_status()
+            offers = console.get_by_role("list", name="Offers")
+            await expect(offers.get_by_role("listitem").filter(has_text=conversation)).to_be_visible()
 
             IMAGES.mkdir(parents=True, exist_ok=True)
             for page, name in ((console, "console.png"), (chat, "chat.png")):
