@@ -29,6 +29,7 @@ from typing import Literal
 
 from pydantic import BaseModel
 
+from activities.registry import LiveAgentInfo
 from activities.stream import StreamStore
 from models.config import BatonConfig, Route
 
@@ -40,6 +41,8 @@ ACCEPT_HOLD = timedelta(seconds=30)
 # At most this many waiting conversations of one queue are looked at per assignment round.
 SCAN = 500
 DEFAULT_CAPACITY = 3
+# Present and able to take work: online, and the console's heartbeat within the grace (the cutoff).
+_ONLINE = "status = 'online' AND heartbeat_at >= ?"
 # A claim's or accept's place counts while it is fresh and the conversation still waits as it did when the place was
 # taken: its next bell (owned, moved, cancelled) ends it, whatever order bells land in.
 _HELD = ("r.at > ? AND EXISTS (SELECT 1 FROM conversations c2 WHERE c2.conversation_id = r.conversation_id"
@@ -143,7 +146,7 @@ class Queues:
         cutoff = _iso((now or _now()) - timedelta(seconds=self.config.presence_grace_seconds))
         with self.store.reading() as db:
             rows = db.execute(
-                "SELECT queues, skills FROM presence WHERE status = 'online' AND heartbeat_at >= ?", (cutoff,)
+                f"SELECT queues, skills FROM presence WHERE {_ONLINE}", (cutoff,)
             ).fetchall()
         return any(queue in json.loads(q) and set(skills) <= set(json.loads(s)) for q, s in rows)
 
@@ -178,8 +181,15 @@ class Queues:
                     self._withdraw(db, "agent_id = ?", (agent_id,), now)
                 self._note(db, "presence", agent_id, now)
         self.assign(now)
-        return self.presence(agent_id, now) or Presence(
-            agent_id=agent_id, status=status, since=now, capacity=capacity, load=0, skills=skills)
+        found = self.presence(agent_id, now)
+        assert found is not None  # written above
+        return found
+
+    def presence_of(self, agent: LiveAgentInfo) -> Presence:
+        """The agent's presence and load; `offline` (since now) for an agent who never reported one."""
+        return self.presence(agent.agent_id) or Presence(
+            agent_id=agent.agent_id, status="offline", since=_now(), capacity=agent.capacity, load=0,
+            skills=agent.skills)
 
     def presence(self, agent_id: str, now: datetime | None = None) -> Presence | None:
         now = now or _now()
@@ -417,8 +427,8 @@ class Queues:
             checks.append((
                 f"SELECT 1 FROM conversations c WHERE c.queue IN ({marks}) AND c.state = 'handoff_pending' AND"
                 " c.waiting_since IS NOT NULL AND NOT EXISTS (SELECT 1 FROM offers o WHERE o.conversation_id ="
-                " c.conversation_id AND o.status IN ('open', 'accepting')) AND EXISTS (SELECT 1 FROM presence p"
-                " WHERE p.status = 'online' AND p.heartbeat_at >= ?) LIMIT 1", (*pushing, cutoff)))
+                " c.conversation_id AND o.status IN ('open', 'accepting')) AND EXISTS (SELECT 1 FROM presence"
+                f" WHERE {_ONLINE}) LIMIT 1", (*pushing, cutoff)))
         return any(db.execute(sql, args).fetchone() is not None for sql, args in checks)
 
     def _lapse(self, db: sqlite3.Connection, now: datetime) -> None:
@@ -462,8 +472,7 @@ class Queues:
     def _free_agents(self, db: sqlite3.Connection, now: datetime) -> dict[str, dict]:
         cutoff = _iso(now - timedelta(seconds=self.config.presence_grace_seconds))
         rows = db.execute(
-            "SELECT agent_id, capacity, skills, queues, idle_since FROM presence WHERE status = 'online'"
-            " AND heartbeat_at >= ?", (cutoff,),
+            f"SELECT agent_id, capacity, skills, queues, idle_since FROM presence WHERE {_ONLINE}", (cutoff,),
         ).fetchall()
         agents = {}
         for agent_id, capacity, skills, queues, idle in rows:

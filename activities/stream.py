@@ -335,33 +335,6 @@ class StreamStore:
             ).fetchall()
         return [Rung(r) for r in rows]
 
-    def waiting_page(self, queue: str, limit: int) -> tuple[list[WaitingRow], int]:
-        """The queue's oldest `limit` and how many wait in all, read together."""
-        with self._lock:
-            self._db.execute("BEGIN")
-            try:
-                rows = self._waiting_rows(queue, limit)
-                total = self._db.execute(
-                    f"SELECT count(*) FROM conversations WHERE queue = ? AND {_WAITS}", (queue,)
-                ).fetchone()[0]
-            finally:
-                self._db.execute("COMMIT")
-        return rows, total
-
-    def _waiting_rows(self, queue: str, limit: int) -> list[WaitingRow]:
-        rows = self._db.execute(
-            "SELECT c.conversation_id, c.waiting_since, c.reason, c.summary, coalesce(t.priority, 0),"
-            f" coalesce(t.skills, '[]') FROM {_WAITING} ORDER BY {_ORDER} LIMIT ?",
-            (queue, limit),
-        ).fetchall()
-        # Built without validation: every value comes from this store's own columns (a 500-row page is read often).
-        return [
-            WaitingRow.model_construct(conversation_id=cid, position=i, waiting_since=datetime.fromisoformat(since),
-                                       reason=reason, summary=summary, priority=priority,
-                                       skills=json.loads(skills) if skills != "[]" else [])
-            for i, (cid, since, reason, summary, priority, skills) in enumerate(rows, start=1)
-        ]
-
     def waiting_json(self, queue: str, limit: int = 500, total: bool = False) -> tuple[list[dict], int | None]:
         """The waiting list as the API and the desk stream send it (WaitingRow's JSON, built straight from the
         columns: a 500-row page is read on every change of a queue), and, with `total`, how many wait in all."""
@@ -385,10 +358,14 @@ class StreamStore:
             for i, (cid, since, reason, summary, priority, skills) in enumerate(rows, start=1)
         ], count
 
+    def waiting_page(self, queue: str, limit: int) -> tuple[list[WaitingRow], int]:
+        """The queue's first `limit` and how many wait in all, read together, as models."""
+        rows, total = self.waiting_json(queue, limit, total=True)
+        return [WaitingRow.model_validate(r) for r in rows], total or 0
+
     def waiting(self, queue: str, limit: int = 500) -> list[WaitingRow]:
-        """The queue's waiting list, oldest first, exact as of the last bell of each conversation."""
-        with self._lock:
-            return self._waiting_rows(queue, limit)
+        """The queue's waiting list (highest priority, then oldest first), exact as of each conversation's last bell."""
+        return [WaitingRow.model_validate(r) for r in self.waiting_json(queue, limit)[0]]
 
     def position(self, conversation_id: str) -> int | None:
         """The conversation's place in its queue while it waits for a person, else None."""

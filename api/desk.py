@@ -8,7 +8,7 @@ import json
 import time
 from collections.abc import Callable
 import logging
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Request, Response
@@ -17,7 +17,7 @@ from temporalio.client import Client, WorkflowQueryFailedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.filtering import REASONS, redact_text
-from activities.queues import DEFAULT_CAPACITY, Offer, Presence, Queues, Refused
+from activities.queues import DEFAULT_CAPACITY, Offer, Presence, Queues, Refused, personal_queue
 from activities.registry import AgentRegistry, LiveAgentIdTaken, LiveAgentInfo
 from activities.stream import StreamStore
 from api.auth import bearer
@@ -235,11 +235,6 @@ class ReasonIn(BaseModel):
     wrap_up: Name | None = Field(default=None, description="a code from the config's `wrap_up_codes`")
 
 
-def personal_queue(agent_id: str) -> str:
-    """A transfer to a named agent waits in their personal queue (`agent:<id>`), which only they work."""
-    return f"agent:{agent_id}"
-
-
 def works(agent: LiveAgentInfo, queue: str | None) -> bool:
     return queue is not None and (queue in agent.queues or queue == personal_queue(agent.agent_id))
 
@@ -411,17 +406,13 @@ def desk_router(
                 client, conversation_id, Updates.ACCEPT_HANDOFF,
                 AcceptHandoff(handoff_id=pending.handoff_id, owner=agent.agent_id),
             )
-        except HTTPException as err:
+        except BaseException as err:
             await asyncio.to_thread(queues().release, agent.agent_id, conversation_id)
-            if err.status_code != 409:
-                raise
-            # A lost race: say who won, not only that the handoff is gone.
-            now = await snapshot(client, conversation_id)
-            if now.owner and now.owner != agent.agent_id and now.state is State.LIVE_AGENT:
-                raise HTTPException(409, f"{now.owner} claimed it first ({err.detail})") from None
-            raise
-        except BaseException:
-            await asyncio.to_thread(queues().release, agent.agent_id, conversation_id)
+            if isinstance(err, HTTPException) and err.status_code == 409:
+                # A lost race: say who won, not only that the handoff is gone.
+                now = await snapshot(client, conversation_id)
+                if now.owner and now.owner != agent.agent_id and now.state is State.LIVE_AGENT:
+                    raise HTTPException(409, f"{now.owner} claimed it first ({err.detail})") from None
             raise
         await left_the_list(conversation_id)
         return result
@@ -542,11 +533,7 @@ def desk_router(
     @router.get("/v1/desk/presence", response_model=Presence, tags=["desk"])
     async def get_presence(agent: LiveAgentInfo = agent_dep) -> Presence:
         """The agent's presence and load (conversations owned, claims in flight and open offers) of capacity."""
-        found = await asyncio.to_thread(queues().presence, agent.agent_id)
-        if found is None:
-            return Presence(agent_id=agent.agent_id, status="offline", since=datetime.now(UTC),
-                            capacity=agent.capacity, load=0, skills=agent.skills)
-        return found
+        return await asyncio.to_thread(queues().presence_of, agent)
 
     @router.get("/v1/desk/offers", response_model=OfferList, tags=["desk"])
     async def offers(agent: LiveAgentInfo = agent_dep) -> OfferList:

@@ -292,10 +292,7 @@ class DeskStream:
     def _desk(self) -> tuple[dict[str, Any], dict[str, Any]]:
         """The agent's presence (with their load) and open offers, as `event: presence` and `event: offer` send them."""
         book = Queues(self.hub.store)
-        found = book.presence(self.agent.agent_id)
-        presence = found.model_dump(mode="json", exclude={"since"}) if found else {
-            "agent_id": self.agent.agent_id, "status": "offline", "capacity": self.agent.capacity, "load": 0,
-            "skills": self.agent.skills}
+        presence = book.presence_of(self.agent).model_dump(mode="json", exclude={"since"})
         offers = {"offers": [o.model_dump(mode="json") for o in book.offers(self.agent.agent_id)]}
         return presence, offers
 
