@@ -150,6 +150,36 @@ class Queues:
             ).fetchall()
         return any(queue in json.loads(q) and set(skills) <= set(json.loads(s)) for q, s in rows)
 
+    def stranded(self, now: datetime | None = None) -> list[tuple[str, str, str]]:
+        """(conversation_id, queue, waiting_since) of conversations waiting in a queue that goes on when nobody is
+        present (`when_nobody_present`) while no online agent could take them: the last one who could went away or
+        offline after they were routed there. Read only; a few indexed queries per such queue."""
+        skipping = [name for name, q in self.config.queues.items() if q.skips_when_nobody_present]
+        if not skipping:
+            return []
+        cutoff = _iso((now or _now()) - timedelta(seconds=self.config.presence_grace_seconds))
+        found: list[tuple[str, str, str]] = []
+        with self.store.reading() as db:
+            online = [(set(json.loads(q)), set(json.loads(s))) for q, s in db.execute(
+                f"SELECT queues, skills FROM presence WHERE {_ONLINE}", (cutoff,))]
+            for name in skipping:
+                base = set(self.config.queues[name].skills)
+                able = [skills for queues, skills in online if name in queues and base <= skills]
+                # With somebody able to take the queue's plain conversations, only those needing more skills can be
+                # stranded (few: most handoffs ask for none).
+                rows = db.execute(
+                    "SELECT c.conversation_id, c.waiting_since, coalesce(t.skills, '[]') FROM conversations c"
+                    " LEFT JOIN terms t ON t.conversation_id = c.conversation_id WHERE c.queue = ? AND"
+                    " c.state = 'handoff_pending' AND c.waiting_since IS NOT NULL"
+                    + (" AND t.skills IS NOT NULL AND t.skills != '[]'" if able else ""),
+                    (name,),
+                ).fetchall()
+                for cid, since, skills in rows:
+                    need = base | set(json.loads(skills))
+                    if not any(need <= have for have in able):
+                        found.append((cid, name, since))
+        return found
+
     # ---- presence --------------------------------------------------------------------------------------------
 
     def set_presence(

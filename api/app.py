@@ -105,7 +105,7 @@ def create_app(
             from runtime.temporal import connect
 
             app.state.client = await connect()
-        sweeper = asyncio.create_task(sweep_queues(stream_store, config))
+        sweeper = asyncio.create_task(sweep_queues(stream_store, config, client=lambda: app.state.client))
         yield
         sweeper.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):

@@ -39,6 +39,7 @@ from models.conversation import (
     MessageId,
     Name,
     Reason,
+    RejectHandoff,
     ReceiptEntry,
     Role,
     Snapshot,
@@ -585,13 +586,69 @@ def desk_router(
     return router
 
 
-async def sweep_queues(stream: Callable[[], StreamStore], config: BatonConfig, every: float = SWEEP_SECONDS) -> None:
+async def sweep_queues(
+    stream: Callable[[], StreamStore], config: BatonConfig, every: float = SWEEP_SECONDS,
+    client: Callable[[], Client | None] | None = None,
+) -> None:
     """Offers lapse, agents whose heartbeats stopped go offline, and what waits in push queues is offered: one
     assignment round every `every` seconds, in every API process (a round is one transaction: any number of
-    processes may run them)."""
-    while True:
-        await asyncio.sleep(every)
+    processes may run them). Then conversations stranded in a queue that goes on when nobody is present (the last
+    agent who could take them went away or offline) are passed to their next rung (`pass_on_stranded`)."""
+    tried: dict[tuple[str, str, str], float] = {}
+    passing: asyncio.Task | None = None  # its own task: a slow Temporal never holds up the assignment rounds
+    try:
+        while True:
+            await asyncio.sleep(every)
+            try:
+                book = Queues(stream(), config)
+                await asyncio.to_thread(book.assign)
+                temporal = client() if client is not None else None
+                if temporal is not None and (passing is None or passing.done()):
+                    passing = asyncio.create_task(pass_on_stranded(temporal, book, tried))
+            except Exception:  # noqa: BLE001 - the next round tries again
+                log.exception("assignment round failed")
+    finally:
+        if passing is not None:
+            passing.cancel()
+
+
+# A stranded conversation whose pass-on failed (Temporal unreachable, its routing still being recorded) is tried again
+# after this long; one that moved on leaves the waiting list and is not found again.
+RETRY_STRANDED_SECONDS = 5.0
+
+
+async def pass_on_stranded(client: Client, book: Queues, tried: dict[tuple[str, str, str], float]) -> int:
+    """The next rung for each conversation waiting in a queue where nobody who could take it is online any more:
+    the `reject_handoff` update with the handoff's id, as a receiver that cannot take it would send, so the workflow's
+    own ladder runs (the next rung, or the AI with "nobody is available" at the end), and the audit says why. The
+    update's validator refuses a handoff that moved on meanwhile, so two API processes passing on the same
+    conversation change it once. Returns how many were passed on."""
+    try:
+        stranded = await asyncio.to_thread(book.stranded)
+    except Exception:  # noqa: BLE001 - the next round reads again
+        log.exception("reading stranded conversations failed")
+        return 0
+    now = time.monotonic()
+    for key, at in list(tried.items()):
+        if now - at > RETRY_STRANDED_SECONDS:
+            del tried[key]
+    passed = 0
+    for key in stranded:
+        if key in tried:
+            continue
+        tried[key] = now
+        conversation_id, queue, _ = key
         try:
-            await asyncio.to_thread(Queues(stream(), config).assign)
-        except Exception:  # noqa: BLE001 - the next round tries again
-            log.exception("assignment round failed")
+            snap = await query(client, conversation_id, Queries.SNAPSHOT, result_type=Snapshot)
+            pending = snap.pending_handoff
+            if pending is None or not pending.routed or pending.target is None or pending.target.desk_queue != queue:
+                continue  # moved on, or its routing is still being recorded: looked at again later
+            reason = f"nobody who could take it is online in queue '{queue}'"
+            await update(client, conversation_id, Updates.REJECT_HANDOFF,
+                         RejectHandoff(handoff_id=pending.handoff_id, reason=reason))
+            passed += 1
+        except HTTPException:
+            continue  # closed, or the handoff moved on meanwhile (409): nothing to pass on
+        except Exception as err:  # noqa: BLE001 - tried again after RETRY_STRANDED_SECONDS
+            log.warning("passing on %s failed: %s", conversation_id, type(err).__name__)
+    return passed

@@ -294,9 +294,9 @@ class QueueConfig(Strict):
     # push / sticky: how long an offer stands before it goes to the next agent (the agent is then set `away`).
     offer_seconds: int = Field(default=30, ge=1, le=3600)
     sticky_minutes: int = Field(default=60, ge=1, le=30 * 24 * 60)
-    # When nobody who could take a conversation is online as it is routed here: `next` runs the next rung at once
-    # (the user is told), `wait` waits the SLA. None: `next` for push and sticky queues, `wait` for pull queues
-    # (whose agents need not report presence).
+    # When nobody who could take a conversation is online as it is routed here (or later, while it waits here):
+    # `next` runs the next rung at once (the user is told), `wait` waits the SLA. None: `next` for push and sticky
+    # queues, `wait` for pull queues (whose agents need not report presence).
     when_nobody_present: Literal["wait", "next"] | None = None
 
     @property

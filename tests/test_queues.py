@@ -370,10 +370,31 @@ async def test_nobody_present_runs_the_next_rung_at_once_and_the_user_is_told(ht
         return any(m["text"] == notices.NOBODY_PRESENT for m in channel.delivered() if m["conversation_id"] == alone)
     await eventually(told)
     # Someone present: it waits there.
-    await live_agent(http, "bob", queues=("sales",))
+    bob = await live_agent(http, "bob", queues=("sales",))
     present = await started(http)
     await hand_off(http, present, topic="sales")
     await eventually(lambda: _pending_in(http, present, "sales"))
+    # The last agent who could take it goes offline while it waits: its next rung at once, not after the queue's
+    # 600 s SLA, and the audit says why.
+    await presence(http, bob, "offline")
+    await eventually(lambda: _pending_in(http, present, "general"), timeout=10)
+    failed = [e["detail"] for e in await audit(http, present) if e["kind"] == "handoff_failed"]
+    assert len(failed) == 1 and failed[0]["target"] == "queue:sales", failed
+    assert "nobody who could take it is online in queue 'sales'" in failed[0]["reason"]
+    # With no rung after it: back to the AI, and the user is told nobody is available.
+    await presence(http, bob, "online")
+    last = await started(http)
+    await hand_off(http, last, topic="sales-only")
+    await eventually(lambda: _pending_in(http, last, "sales"))
+    await presence(http, bob, "away")
+    await eventually(lambda: _state(http, last, "ai"), timeout=10)
+
+    async def given_up():
+        return any(m["text"] == notices.GIVE_UP for m in channel.delivered() if m["conversation_id"] == last)
+    await eventually(given_up)
+    # The general queue (pull, waits) keeps what moved there: nobody is passed on from it.
+    await asyncio.sleep(1.5)
+    assert await _pending_in(http, present, "general")
 
 
 async def _pending_in(http, conversation, queue):
@@ -526,6 +547,36 @@ def test_a_claims_place_ends_with_the_wait_it_was_taken_for_whatever_order_bells
     with pytest.raises(Refused) as err:
         book.reserve("bob", [], 1, "c3", "general")
     assert err.value.status == 409 and "capacity" in str(err.value)
+    store.close()
+
+
+def test_stranded_are_those_nobody_online_could_take_in_queues_that_go_on(tmp_path, config):
+    from datetime import UTC, datetime, timedelta
+
+    from activities.queues import Queues
+
+    store = StreamStore(tmp_path / "stream.db")
+    book = Queues(store, config)
+    t1 = datetime.now(UTC) - timedelta(minutes=1)
+    # push (goes on when nobody is present), general (pull: waits), skilled (pull, needs de: waits too).
+    store.ring(_bell("p1", 1, "handoff_pending", "push", t1))
+    store.ring(_bell("p2", 1, "handoff_pending", "push", t1 + timedelta(seconds=1)))
+    store.ring(_bell("g1", 1, "handoff_pending", "general", t1))
+    book.set_terms("p2", 0, ["fr"])
+    assert sorted(c for c, _, _ in book.stranded()) == ["p1", "p2"]
+    # Ann works push without French: p1 is hers to take, p2 still has nobody.
+    book.set_presence("ann", "Ann", ["push"], ["de"], 3, "online")
+    assert [(c, q) for c, q, _ in book.stranded()] == [("p2", "push")]
+    book.set_presence("bob", "Bob", ["push"], ["fr"], 3, "online")
+    assert book.stranded() == []
+    # Away is not present; a heartbeat older than the grace (5 s here) is not either.
+    book.set_presence("bob", "Bob", ["push"], ["fr"], 3, "away")
+    assert [c for c, _, _ in book.stranded()] == ["p2"]
+    later = datetime.now(UTC) + timedelta(seconds=6)
+    assert sorted(c for c, _, _ in book.stranded(now=later)) == ["p1", "p2"]
+    # Claimed: no longer waiting, so not stranded.
+    store.ring(_bell("p2", 2, "live_agent", None, owner="bob"))
+    assert book.stranded() == []
     store.close()
 
 
