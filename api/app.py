@@ -30,6 +30,7 @@ from models.config import BatonConfig
 from api.a2a_server import a2a_router
 from api.agents import agent_router
 from api.auth import bearer
+from api.codec import codec_router
 from api.desk import desk_router, sweep_queues
 from api.third_party_desk import third_party_desk_router
 from api.limits import RequestLimits
@@ -145,6 +146,8 @@ def create_app(
     app.state.hub = Hub(stream_store, **(stream_options or {}))
     app.include_router(a2a_router(agents, settings, lambda: app.state.client, app.state.hub))
     app.include_router(pages_router(settings))
+    origins = [o.strip().rstrip("/") for o in settings.codec_cors_origins.split(",") if o.strip()]
+    app.include_router(codec_router(settings.admin_key, lambda: app.state.client, origins))
     app.state.config = config
 
     @app.exception_handler(RequestValidationError)

@@ -19,6 +19,7 @@ from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
 from fastapi.responses import FileResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from activities import sealing
 from api.messages import Accepted, MessageIn, send_user_message
 from api.stream import conversation_events, resume_point
 from models.conversation import MAX_TEXT, MessageId
@@ -58,8 +59,8 @@ class DemoMessageIn(BaseModel):
 
 
 def session_key(secret_key: str) -> bytes:
-    """A key of its own for demo sessions, derived from BATON_SECRET_KEY (never the sealing key itself)."""
-    return hmac.new(secret_key.encode(), SESSION_LABEL, hashlib.sha256).digest()
+    """A key of its own for demo sessions, derived from BATON_SECRET_KEY's sealing key (never that key itself)."""
+    return hmac.new(sealing.first_key(secret_key).encode(), SESSION_LABEL, hashlib.sha256).digest()
 
 
 def _mac(key: bytes, conversation_id: str) -> str:

@@ -635,6 +635,17 @@ class WorkerSpec:
     sandbox: bool | None = None
     # kind "baton_openai": the OpenAI-compatible endpoint its AI agent calls (bench/fake_model.py).
     ai_url: str | None = None
+    # BATON_PAYLOAD_KEYS for this worker's client (runtime.codec): history encrypted.
+    payload_keys: str | None = None
+
+
+def encrypting(client: Client, payload_keys: str | None) -> Client:
+    """`client` as it is, or (payload_keys) the same connection with Baton's encrypting converter."""
+    if not payload_keys:
+        return client
+    from runtime.codec import EncryptionCodec, data_converter, parse_keys
+
+    return Client(**{**client.config(), "data_converter": data_converter(EncryptionCodec(parse_keys(payload_keys)))})
 
 
 class ProfilingRunner(WorkflowRunner):
@@ -821,9 +832,9 @@ async def _serve_worker(spec: WorkerSpec, ready: Any, stop: Any, runner: Profili
         runtime = Runtime(
             telemetry=TelemetryConfig(metrics=PrometheusConfig(bind_address=f"127.0.0.1:{spec.metrics_port}"))
         )
-    client = await Client.connect(
+    client = encrypting(await Client.connect(
         spec.target, namespace=spec.namespace, data_converter=pydantic_data_converter, runtime=runtime
-    )
+    ), spec.payload_keys)
     parent = os.getppid()
     options = dict(spec.options)
     if runner is not None:

@@ -30,6 +30,7 @@ from bench.common import (
     LoopbackReceiver,
     WorkerProcess,
     WorkerSpec,
+    encrypting,
     dev_server,
     free_port,
     machine_info,
@@ -115,7 +116,9 @@ def worker_metrics(before: dict[str, float], after: dict[str, float], replies: i
 # The systems compared: name -> (worker kind, baseline's respond step as a local activity).
 SYSTEMS = {"baton": ("baton", False), "baseline": ("baseline", False), "baseline_local": ("baseline", True),
            # bench/llm.py: Baton with the OpenAI-compatible adapter against bench/fake_model.py (args.ai_url)
-           "baton_openai": ("baton_openai", False)}
+           "baton_openai": ("baton_openai", False),
+           # bench/encryption.py: Baton with BATON_PAYLOAD_KEYS (args.payload_keys): worker and driver encrypt
+           "baton_encrypted": ("baton", False)}
 
 
 async def run_system(server: Any, receiver: LoopbackReceiver, system: str, load: Load, run_no: int,
@@ -128,8 +131,10 @@ async def run_system(server: Any, receiver: LoopbackReceiver, system: str, load:
                       profile=profile[0] if profile else None, profile_path=profile[1] if profile else None,
                       sandbox={"default": None, "on": True, "off": False}[args.sandbox],
                       ai_url=getattr(args, "ai_url", None))
+    if system == "baton_encrypted":
+        spec.payload_keys = args.payload_keys
     if kind in ("baton", "baton_openai"):
-        driver: Any = BatonDriver(server.client, task_queue)
+        driver: Any = BatonDriver(encrypting(server.client, spec.payload_keys), task_queue)
     else:
         driver = BaselineDriver(server.client, task_queue, local_respond=local_respond)
     async with WorkerProcess(spec) as worker:
@@ -179,6 +184,11 @@ async def run_system(server: Any, receiver: LoopbackReceiver, system: str, load:
         "cpu_s": {k: rnd(v, 2) for k, v in cpu.items()},
         "worker_metrics": worker_metrics(metrics0, metrics1, replies),
     }
+    if spec.payload_keys and cids:
+        # What the server stores for one conversation: encrypted payloads only (read without the codec).
+        stored = (await server.client.get_workflow_handle(driver.workflow_id(cids[0])).fetch_history())
+        raw = b"".join(e.SerializeToString() for e in stored.events)
+        out["history_encrypted"] = b"binary/encrypted" in raw and b"supposed to arrive yesterday" not in raw
     progress(
         f"{load.name} run {run_no} {system:14s}: {out['replies_per_s']} replies/s, p50 {out['p50_ms']} ms, "
         f"p99 {out['p99_ms']} ms, lost {lost}, dup {out['duplicates']}, worker cpu/reply "

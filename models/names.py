@@ -63,6 +63,9 @@ class Routes:
     CLOSE = "/v1/conversations/{conversation_id}/close"
     HEALTHZ = "/healthz"
     READYZ = "/readyz"
+    # The payload codec's endpoints for the Temporal UI and CLI (`--codec-endpoint <api>/codec`).
+    CODEC_ENCODE = "/codec/encode"
+    CODEC_DECODE = "/codec/decode"
     # The platform protocol (on the receiving platform, except EVENTS which is the sender's callback).
     AGENT_VERIFY = "/v1/agents/{agent_id}/verify"
     AGENT_HANDOFFS = "/v1/agents/{agent_id}/handoffs"

@@ -10,6 +10,7 @@ from pathlib import Path
 from pydantic import BaseModel, Field, SecretStr
 
 from activities import sealing, webhooks
+from runtime import codec
 from models.names import TASK_QUEUE
 
 KEYS_FILE = "keys.env"
@@ -37,6 +38,9 @@ class Settings(BaseModel):
     demo_tech_agent: str | None = None
     # Serve the demo chat page (`/chat`) and its demo sessions (`/demo/...`); `baton dev` turns it on.
     demo_pages: bool = False
+    # Origins allowed to call /codec/* from a browser (the Temporal UI's, e.g. http://localhost:8233), comma
+    # separated; none by default.
+    codec_cors_origins: str = ""
     inactivity_timeout_seconds: int = Field(default=1800, ge=10)
     handoff_sla_seconds: int = Field(default=300, ge=1)
     # The routing config file (YAML or TOML, see config/baton.yaml); None: models.config.default_config().
@@ -70,6 +74,7 @@ class Settings(BaseModel):
             "handoff_sla_seconds": "BATON_HANDOFF_SLA",
             "config": "BATON_CONFIG",
             "workflow_sandbox": "BATON_WORKFLOW_SANDBOX",
+            "codec_cors_origins": "BATON_CODEC_CORS_ORIGINS",
         }
         return cls(**{field: env[var] for field, var in names.items() if env.get(var)})
 
@@ -89,7 +94,15 @@ class Settings(BaseModel):
         if missing:
             raise SystemExit(f"baton: set {', '.join(missing)} (`baton dev` generates them into .baton/)")
         if self.secret_key:
-            sealing.check_key(self.secret_key)
+            try:
+                sealing.check_key(self.secret_key)
+            except ValueError as err:
+                raise SystemExit(f"baton: {err}") from None
+        if payload_keys := os.environ.get(codec.ENV):
+            try:
+                codec.parse_keys(payload_keys)
+            except codec.PayloadKeysError as err:
+                raise SystemExit(f"baton: {err}") from None
         if self.channel_secret and not self.channel_secret.startswith("whsec_"):
             raise SystemExit("baton: BATON_CHANNEL_SECRET must be a whsec_<base64> secret")
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 from datetime import timedelta
 
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.envconfig import ClientConfig
+
+from runtime.codec import codec_from_env, data_converter
 
 # Conversations are started (by the API, the platform protocol, a bench) with a workflow task timeout this long;
 # Temporal's default is 10 s, which held a crashed worker's conversations back for 8 s after a restart
@@ -17,11 +18,12 @@ WORKFLOW_TASK_TIMEOUT = timedelta(seconds=3)
 
 
 async def connect(target: str | None = None, namespace: str | None = None) -> Client:
-    """TEMPORAL_ADDRESS, TEMPORAL_NAMESPACE, TEMPORAL_API_KEY, TLS... via the SDK's envconfig."""
+    """TEMPORAL_ADDRESS, TEMPORAL_NAMESPACE, TEMPORAL_API_KEY, TLS... via the SDK's envconfig; BATON_PAYLOAD_KEYS
+    turns on the payload codec (runtime.codec): every client and so every worker made from it encrypts."""
     config = ClientConfig.load_client_connect_config()
     if target:
         config["target_host"] = target
     if namespace:
         config["namespace"] = namespace
     config.setdefault("target_host", "localhost:7233")
-    return await Client.connect(**config, data_converter=pydantic_data_converter)
+    return await Client.connect(**config, data_converter=data_converter(codec_from_env()))

@@ -244,6 +244,18 @@ def test_checksum_failures_and_invalid_ranges_are_not_redacted() -> None:
     assert result.transcript[0].text == " ; ".join(decoys) and result.receipt == []
 
 
+def test_ibans_of_every_registry_country_are_redacted_kosovo_russia_el_salvador_included() -> None:
+    # Countries missing from Baton's own length table before python-stdnum's registry replaced it; written as a
+    # customer pastes them (grouped in fours) and compact.
+    ibans = ["XK05 1212 0123 4567 8906", "RU0304452522540817810538091310419", "SV62 CENR 0000 0000 0000 0070 0025"]
+    result = apply_filter(FilterRequest(transcript=[entry(1, "pay to " + " or ".join(ibans) + " please")]))
+    assert result.transcript[0].text == "pay to [redacted:iban] or [redacted:iban] or [redacted:iban] please"
+    # Their check digits changed: not account numbers, not redacted.
+    wrong = ["XK06 1212 0123 4567 8906", "RU0404452522540817810538091310419"]
+    result = apply_filter(FilterRequest(transcript=[entry(1, " ; ".join(wrong))]))
+    assert result.transcript[0].text == " ; ".join(wrong) and result.receipt == []
+
+
 def test_each_kind_is_redacted_with_its_reason() -> None:
     samples = {
         "card (Luhn)": ("card number (Luhn)", "378282246310005"),

