@@ -392,6 +392,14 @@ class StreamStore:
             (queue, conversation_id, mine, mine, *older_args),
         ).fetchone()[0]
 
+    def waiting_counts(self) -> dict[str, int]:
+        """How many conversations wait in each queue (`/metrics`' baton_conversations_waiting)."""
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT queue, count(*) FROM conversations WHERE queue IS NOT NULL AND {_WAITS} GROUP BY queue"
+            ).fetchall()
+        return dict(rows)
+
     def ahead(self, queue: str, conversation_id: str, since: datetime) -> int:
         """How many others wait in `queue` since before `since` (the routing decision's position, minus one)."""
         with self._lock:

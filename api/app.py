@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from datetime import timedelta
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, ConfigDict
-from temporalio.api.workflowservice.v1 import GetSystemInfoRequest
 from temporalio.client import (
     Client,
     WithStartWorkflowOperation,
@@ -37,6 +35,7 @@ from api.limits import RequestLimits
 from api.messages import Accepted, MessageIn, send_user_message
 from api.pages import pages_router
 from api.protocol import protocol_router
+from api import readiness as readiness_
 from api.readiness import Readiness
 from api.targets import check_targets
 from api.temporal import (
@@ -63,7 +62,7 @@ from models.conversation import (
     json_size,
 )
 from models.names import WORKFLOW_TYPE, Queries, Routes, Updates, workflow_id
-from runtime import routing_config
+from runtime import metrics, routing_config
 from runtime.temporal import WORKFLOW_TASK_TIMEOUT
 from workflows import views
 from runtime.settings import Settings
@@ -92,12 +91,12 @@ class TranscriptOut(BaseModel):
 def create_app(
     settings: Settings, client: Client | None = None, registry: AgentRegistry | None = None,
     config: BatonConfig | None = None, readiness: Readiness | None = None,
-    stream_options: dict[str, Any] | None = None,
+    stream_options: dict[str, Any] | None = None, metrics_url: str | None = None,
 ) -> FastAPI:
     """`client` is connected at start-up when not given (tests pass their own); the agent registry is opened
     (`.baton/agents.db`) on first use when not given; the routing config is read from BATON_CONFIG when not given.
     `readiness` holds the host process's own start-up steps that `/readyz` waits for (`baton dev`: the worker, the
-    demo agent)."""
+    demo agent). `metrics_url`: the SDK runtime's Prometheus export that `/metrics` includes (runtime.metrics)."""
     if config is None:
         config = routing_config.load(settings)
 
@@ -105,7 +104,8 @@ def create_app(
         if app.state.client is None:
             from runtime.temporal import connect
 
-            app.state.client = await connect()
+            runtime, app.state.metrics_url = metrics.sdk_runtime()
+            app.state.client = await connect(runtime=runtime)
         sweeper = asyncio.create_task(sweep_queues(stream_store, config, client=lambda: app.state.client))
         yield
         sweeper.cancel()
@@ -121,6 +121,7 @@ def create_app(
     )
     app.add_middleware(RequestLimits)
     app.state.client = client
+    app.state.metrics_url = metrics_url
     app.state.registry = registry
     app.state.readiness = readiness or Readiness()
 
@@ -291,33 +292,25 @@ def create_app(
 
     @app.get(Routes.HEALTHZ, tags=["operations"])
     async def healthz(request: Request) -> JSONResponse:
-        try:
-            await temporal(request).workflow_service.get_system_info(GetSystemInfoRequest(), timeout=timedelta(seconds=3))
-        except Exception as err:  # any failure means "not reachable" for a health check
-            return JSONResponse(status_code=503, content={"ok": False, "temporal": f"unreachable: {type(err).__name__}"})
-        return JSONResponse(content={"ok": True, "temporal": "reachable"})
+        reached = await readiness_.temporal_reachable(temporal(request))
+        ok = reached == "reachable"
+        return JSONResponse(status_code=200 if ok else 503, content={"ok": ok, "temporal": reached})
+
+    @app.get(Routes.METRICS, tags=["operations"], response_class=PlainTextResponse)
+    async def get_metrics(request: Request) -> PlainTextResponse:
+        """Prometheus text: the Temporal SDK's metrics of this process and Baton's (baton_handoffs_total,
+        baton_handoff_wait_seconds, baton_deliveries_total, baton_redactions_total when this process runs the worker
+        too), and baton_conversations_waiting per queue. No personal data: ids of rules, kinds and queues only."""
+        text = await metrics.render(
+            request.app.state.metrics_url, lambda: asyncio.to_thread(lambda: stream_store().waiting_counts()))
+        return PlainTextResponse(text, media_type="text/plain; version=0.0.4; charset=utf-8")
 
     @app.get(Routes.READYZ, tags=["operations"])
     async def readyz(request: Request) -> JSONResponse:
         """200 only when this process can do its job: Temporal reachable, the store open, and every start-up step
         of the host process finished (in `baton dev`: the worker polling and the demo agent connected). 503 says
         what is still missing. `/healthz` stays the liveness probe."""
-        checks: dict[str, str] = {}
-        try:
-            await temporal(request).workflow_service.get_system_info(GetSystemInfoRequest(), timeout=timedelta(seconds=3))
-            checks["temporal"] = "reachable"
-        except Exception as err:  # any failure means "not reachable"
-            checks["temporal"] = f"unreachable: {type(err).__name__}"
-        try:
-            await asyncio.to_thread(lambda: agents().list())
-            checks["store"] = "open"
-        except HTTPException as err:
-            checks["store"] = f"unavailable: {err.detail}"
-        except Exception as err:  # a store that cannot be read is not ready, whatever the cause
-            checks["store"] = f"unavailable: {type(err).__name__}"
-        for step, why in request.app.state.readiness.pending.items():
-            checks[step] = why
-        ok = checks["temporal"] == "reachable" and checks["store"] == "open" and request.app.state.readiness.ready
+        ok, checks = await readiness_.report(temporal(request), lambda: agents().list(), request.app.state.readiness)
         return JSONResponse(status_code=200 if ok else 503, content={"ok": ok, **checks})
 
     return app

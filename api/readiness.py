@@ -3,6 +3,13 @@ job (in `baton dev`: the in-process worker polling, the demo agent connected thr
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+from temporalio.api.workflowservice.v1 import GetSystemInfoRequest
+
 
 class Readiness:
     """Steps still to finish, each with what it is waiting for (or why it failed). Ready when none is left."""
@@ -23,3 +30,27 @@ class Readiness:
     @property
     def ready(self) -> bool:
         return not self._pending
+
+
+async def temporal_reachable(client: Any) -> str:
+    """"reachable", or why not (the liveness and readiness probes' Temporal check)."""
+    try:
+        await client.workflow_service.get_system_info(GetSystemInfoRequest(), timeout=timedelta(seconds=3))
+        return "reachable"
+    except Exception as err:  # any failure means "not reachable"
+        return f"unreachable: {type(err).__name__}"
+
+
+async def report(client: Any, store_check: Callable[[], Any], readiness: Readiness) -> tuple[bool, dict[str, str]]:
+    """`/readyz`'s answer, on the API and the worker alike: Temporal reachable, the store open (`store_check` reads
+    it, in a thread), and every start-up step of the process finished."""
+    checks: dict[str, str] = {"temporal": await temporal_reachable(client)}
+    try:
+        await asyncio.to_thread(store_check)
+        checks["store"] = "open"
+    except Exception as err:  # a store that cannot be read is not ready, whatever the cause
+        detail = getattr(err, "detail", None)
+        checks["store"] = f"unavailable: {detail or type(err).__name__}"
+    checks.update(readiness.pending)
+    ok = checks["temporal"] == "reachable" and checks["store"] == "open" and readiness.ready
+    return ok, checks

@@ -63,6 +63,7 @@ class Routes:
     CLOSE = "/v1/conversations/{conversation_id}/close"
     HEALTHZ = "/healthz"
     READYZ = "/readyz"
+    METRICS = "/metrics"
     # The payload codec's endpoints for the Temporal UI and CLI (`--codec-endpoint <api>/codec`).
     CODEC_ENCODE = "/codec/encode"
     CODEC_DECODE = "/codec/decode"

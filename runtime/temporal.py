@@ -6,6 +6,7 @@ from datetime import timedelta
 
 from temporalio.client import Client
 from temporalio.envconfig import ClientConfig
+from temporalio.runtime import Runtime
 
 from runtime.codec import codec_from_env, data_converter
 
@@ -17,13 +18,14 @@ from runtime.codec import codec_from_env, data_converter
 WORKFLOW_TASK_TIMEOUT = timedelta(seconds=3)
 
 
-async def connect(target: str | None = None, namespace: str | None = None) -> Client:
+async def connect(target: str | None = None, namespace: str | None = None, runtime: Runtime | None = None) -> Client:
     """TEMPORAL_ADDRESS, TEMPORAL_NAMESPACE, TEMPORAL_API_KEY, TLS... via the SDK's envconfig; BATON_PAYLOAD_KEYS
-    turns on the payload codec (runtime.codec): every client and so every worker made from it encrypts."""
+    turns on the payload codec (runtime.codec): every client and so every worker made from it encrypts. `runtime`: the
+    SDK runtime whose metrics `/metrics` shows (runtime.metrics.sdk_runtime)."""
     config = ClientConfig.load_client_connect_config()
     if target:
         config["target_host"] = target
     if namespace:
         config["namespace"] = namespace
     config.setdefault("target_host", "localhost:7233")
-    return await Client.connect(**config, data_converter=data_converter(codec_from_env()))
+    return await Client.connect(**config, data_converter=data_converter(codec_from_env()), runtime=runtime)

@@ -20,7 +20,7 @@ from activities import sealing, webhooks
 from api.readiness import Readiness
 from api.serve import EmbeddedServer
 from models.names import Routes
-from runtime import codec, routing_config
+from runtime import codec, metrics, routing_config
 from runtime.settings import KEYS_FILE, Settings, ensure_dev_keys, read_keys_file
 
 log = logging.getLogger("baton")
@@ -35,26 +35,46 @@ def _stop_event() -> asyncio.Event:
 
 
 async def _serve_worker(
-    settings: Settings, client, stop: asyncio.Event, config=None, readiness: Readiness | None = None
+    settings: Settings, client, stop: asyncio.Event, config=None, readiness: Readiness | None = None,
+    metrics_url: str | None = None,
 ) -> None:
-    from workers.worker import build_worker, http_client
+    from workers.worker import build_worker, http_client, registry_opener
 
-    async with http_client() as http:
-        worker = build_worker(client, settings, http, config=config)
-        async with worker:
-            log.info("worker polling task queue %r", settings.task_queue)
-            if readiness is not None:
-                readiness.done("worker")
-            await stop.wait()
+    # With BATON_METRICS_PORT: the worker's own /metrics, /readyz and /healthz (workers/ops.py).
+    own = Readiness("worker") if settings.metrics_port else None
+    ops = None
+    if own is not None:
+        from workers.ops import ops_app
+
+        registry = registry_opener(settings)
+        ops = EmbeddedServer(uvicorn.Config(
+            ops_app(client, own, lambda: registry().list(), metrics_url), host=settings.api_host,
+            port=settings.metrics_port, log_level="warning"))
+        serving = asyncio.create_task(ops.serve())
+    try:
+        async with http_client() as http:
+            worker = build_worker(client, settings, http, config=config)
+            async with worker:
+                log.info("worker polling task queue %r", settings.task_queue)
+                for steps in (readiness, own):
+                    if steps is not None:
+                        steps.done("worker")
+                await stop.wait()
+    finally:
+        if ops is not None:
+            ops.should_exit = True
+            await serving
 
 
 async def _serve_api(
-    settings: Settings, client, stop: asyncio.Event, routing=None, readiness: Readiness | None = None
+    settings: Settings, client, stop: asyncio.Event, routing=None, readiness: Readiness | None = None,
+    metrics_url: str | None = None,
 ) -> None:
     from api.app import create_app
 
     config = uvicorn.Config(
-        create_app(settings, client, config=routing, readiness=readiness), host=settings.api_host, port=settings.api_port,
+        create_app(settings, client, config=routing, readiness=readiness, metrics_url=metrics_url), host=settings.api_host,
+        port=settings.api_port,
         log_level="warning", timeout_graceful_shutdown=API_SHUTDOWN_SECONDS,
     )
     server = EmbeddedServer(config)
@@ -69,7 +89,8 @@ async def _serve_api(
 
 
 async def _run_parts(
-    settings: Settings, client, parts: list[str], stop: asyncio.Event, config=None, readiness: Readiness | None = None
+    settings: Settings, client, parts: list[str], stop: asyncio.Event, config=None, readiness: Readiness | None = None,
+    metrics_url: str | None = None,
 ) -> None:
     # Stopping both in one process: the API first (it stops taking requests and finishes those in flight, which
     # may wait on the worker: an update needs a workflow task), then the worker (it drains its activities). The
@@ -78,9 +99,9 @@ async def _run_parts(
     tasks = []
     api = None
     if "worker" in parts:
-        tasks.append(asyncio.create_task(_serve_worker(settings, client, worker_stop, config, readiness)))
+        tasks.append(asyncio.create_task(_serve_worker(settings, client, worker_stop, config, readiness, metrics_url)))
     if "api" in parts:
-        api = asyncio.create_task(_serve_api(settings, client, stop, config, readiness))
+        api = asyncio.create_task(_serve_api(settings, client, stop, config, readiness, metrics_url))
         tasks.append(api)
     try:
         # Any part ending (a stop, or an error) ends them all.
@@ -125,12 +146,14 @@ async def _dev(args: argparse.Namespace) -> None:
     server = DevServer(settings.home, port=args.temporal_port, ui_port=None if args.no_ui else args.ui_port)
     await server.start()
     try:
-        client = await connect(server.address, "default")
+        runtime, metrics_url = metrics.sdk_runtime()
+        client = await connect(server.address, "default", runtime=runtime)
         # Nothing is announced before it works: the banner waits for /readyz, which waits for the worker to poll
         # and for the demo agent's Verify & Save (a message sent at once is then routed to tech-support).
         demo = settings.demo_tech_agent == DEMO_AGENT
         readiness = Readiness("worker", *(["demo"] if demo else []))
-        parts = asyncio.create_task(_run_parts(settings, client, ["worker", "api"], stop, config, readiness))
+        parts = asyncio.create_task(_run_parts(settings, client, ["worker", "api"], stop, config, readiness,
+                                                       metrics_url))
         helpers = [asyncio.create_task(_connect_demo_agent(settings, readiness))] if demo else []
         announce = asyncio.create_task(_announce_when_ready(settings, server, keys, parts, stop))
         try:
@@ -272,8 +295,9 @@ async def _component(parts: list[str]) -> None:
     config = routing_config.load(settings)
     settings = routing_config.apply_timeouts(settings, config)
     stop = _stop_event()
-    client = await connect()
-    await _run_parts(settings, client, parts, stop, config)
+    runtime, metrics_url = metrics.sdk_runtime()
+    client = await connect(runtime=runtime)
+    await _run_parts(settings, client, parts, stop, config, metrics_url=metrics_url)
 
 
 def _agents(args: argparse.Namespace) -> int:

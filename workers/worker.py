@@ -33,6 +33,7 @@ from activities.summaries import Summaries
 from activities.routing import IntentFirst, Router
 from models.config import BatonConfig
 from runtime import routing_config
+from runtime.metrics import CountOutcomes
 from runtime.settings import Settings
 from workflows.conversation import Conversation
 
@@ -166,7 +167,8 @@ def build_worker(
     # conversation needs a full replay; with the SDK's 100 at once each took longer than the 10 s task timeout,
     # timed out, and was replayed again (bench/worker_crash.py). A few at a time each finish in time.
     options.setdefault("max_concurrent_workflow_tasks", MAX_CONCURRENT_WORKFLOW_TASKS)
-    options["interceptors"] = [HeartbeatWhileSlow(), *options.get("interceptors", [])]
+    # Deliveries and redactions counted for /metrics (runtime.metrics; a no-op without a metrics runtime).
+    options["interceptors"] = [HeartbeatWhileSlow(), CountOutcomes(), *options.get("interceptors", [])]
     options.setdefault("build_id", build_id())
     if not settings.workflow_sandbox:
         # The SDK's sandbox re-imports the workflow module for every run and enters it for every payload: a cold

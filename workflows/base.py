@@ -33,6 +33,7 @@ with workflow.unsafe.imports_passed_through():
         is_open,
         window_at,
     )
+    from models import metrics
     from models.names import SearchAttributes
     from models.routing import RouteDecision
     from workflows import views
@@ -137,6 +138,18 @@ class Story:
 
     def _audit(self, kind: str, **detail: object) -> None:
         self.s.audit.append(AuditEntry(at=workflow.now(), kind=kind, detail=detail))
+
+    def _count_handoff(self, outcome: str, pending: PendingHandoff, target: HandoffTarget | None) -> None:
+        """`baton_handoffs_total` for the rung that ended, and on an accept the wait since the request (the SDK's
+        meter skips both while replaying: no I/O, no command, nothing counted twice)."""
+        meter = workflow.metric_meter()
+        kind = target.kind.field if target is not None else "none"
+        meter.create_counter(metrics.HANDOFFS, "handoff rungs ended, by rule, target kind and outcome").add(
+            1, {"rule": pending.rule or "none", "target_kind": kind, "outcome": outcome})
+        if outcome == metrics.ACCEPTED:
+            waited = (workflow.now() - pending.requested_at).total_seconds()
+            meter.create_histogram_float(
+                metrics.HANDOFF_WAIT, "a handoff's request to its accept", "s").record(max(waited, 0.0), {"target_kind": kind})
 
     def _result(self, *, seq: int | None = None, duplicate: bool = False, handoff_id: str | None = None) -> CommandResult:
         return CommandResult(

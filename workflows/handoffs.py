@@ -32,7 +32,7 @@ with workflow.unsafe.imports_passed_through():
     from models.names import Activities
     from models.protocol import HandoffDelivery, HandoffOutcome
     from models.routing import RouteDecision, RouteRequest
-    from models import notices
+    from models import metrics, notices
     from workflows import views
     from models.targets import Reach
     from workflows.transitions import Event
@@ -220,6 +220,7 @@ class Handoffs(Story):
     def _give_up(self, pending: PendingHandoff, target: HandoffTarget) -> None:
         """The ladder ended: back to the AI with a message, or a leave-a-message notice."""
         self._transition(Event.GIVE_UP, owner="ai", queue=None)
+        self._count_handoff(metrics.GAVE_UP, pending, target)
         self._back_to_ai(pending)
         if target.leave_message:
             self._audit("leave_message_offered", handoff_id=pending.handoff_id)
@@ -229,6 +230,7 @@ class Handoffs(Story):
         pending = self.s.pending
         assert pending is not None
         self._audit("handoff_cancelled", handoff_id=pending.handoff_id, by=by, reason=reason)
+        self._count_handoff(metrics.CANCELLED, pending, pending.target)
         self._transition(Event.CANCEL, owner="ai", queue=None)
         self.s.pending = None
         self.s.waiting_since = None
@@ -363,6 +365,7 @@ class Handoffs(Story):
             self._fall_back(f"{label} did not accept: {sent.detail}")
             return
         self._transition(ACCEPTED[kind.owner_state], owner=name, queue=None)
+        self._count_handoff(metrics.ACCEPTED, pending, target)
         self.s.external = ExternalLink(
             agent_id=name, remote_conversation_id=outcome.remote_conversation_id, handoff_id=handoff_id
         )
@@ -384,6 +387,7 @@ class Handoffs(Story):
         assert pending is not None
         target = pending.target
         self._audit("handoff_failed", handoff_id=pending.handoff_id, target=target.label if target else None, reason=why)
+        self._count_handoff(metrics.FAILED, pending, target)
         now = workflow.now()
         ladder, skipped, next_target = list(pending.fallback), [], None
         while ladder:
@@ -426,6 +430,7 @@ class Handoffs(Story):
         target = pending.target
         kind = target.kind
         self._transition(ACCEPTED[kind.owner_state], owner=accept.owner, queue=target.desk_queue)
+        self._count_handoff(metrics.ACCEPTED, pending, target)
         self.s.pending = None
         self.s.waiting_since = None
         self._audit("handoff_accepted", handoff_id=pending.handoff_id, target=target.label, owner=accept.owner)
