@@ -50,6 +50,7 @@ async def test_the_worker_and_the_api_report_readiness_and_metrics(dev_env, task
         "TEMPORAL_NAMESPACE": dev_env.client.namespace, "BATON_TASK_QUEUE": task_queue,
         "BATON_CHANNEL_URL": channel.url, "BATON_CHANNEL_SECRET": channel.secret,
         "BATON_SECRET_KEY": settings.secret_key, "BATON_HOME": str(settings.home), "BATON_METRICS_PORT": str(port),
+        "BATON_LOG_FORMAT": "json",
     })
     log = tmp_path / "worker.log"
     worker = subprocess.Popen([str(BATON), "worker"], env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT)
@@ -143,3 +144,10 @@ async def test_the_worker_and_the_api_report_readiness_and_metrics(dev_env, task
         await asyncio.sleep(0.1)
     else:
         raise AssertionError("the worker's ops port still answers after it stopped")
+    # BATON_LOG_FORMAT=json: every line one JSON object, and no conversation's content or secret in any.
+    lines = log.read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    assert any(r["message"].startswith("worker polling task queue") and r["level"] == "info" for r in records)
+    assert all({"ts", "level", "logger", "message"} <= r.keys() for r in records)
+    for leak in ("Ada", "s-1", "hello", settings.secret_key, channel.secret):
+        assert leak not in log.read_text()

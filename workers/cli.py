@@ -20,7 +20,7 @@ from activities import sealing, webhooks
 from api.readiness import Readiness
 from api.serve import EmbeddedServer
 from models.names import Routes
-from runtime import codec, metrics, routing_config
+from runtime import codec, logs, metrics, routing_config
 from runtime.settings import KEYS_FILE, Settings, ensure_dev_keys, read_keys_file
 
 log = logging.getLogger("baton")
@@ -49,7 +49,7 @@ async def _serve_worker(
         registry = registry_opener(settings)
         ops = EmbeddedServer(uvicorn.Config(
             ops_app(client, own, lambda: registry().list(), metrics_url), host=settings.api_host,
-            port=settings.metrics_port, log_level="warning"))
+            port=settings.metrics_port, log_level="warning", log_config=None))
         serving = asyncio.create_task(ops.serve())
     try:
         async with http_client() as http:
@@ -75,7 +75,8 @@ async def _serve_api(
     config = uvicorn.Config(
         create_app(settings, client, config=routing, readiness=readiness, metrics_url=metrics_url), host=settings.api_host,
         port=settings.api_port,
-        log_level="warning", timeout_graceful_shutdown=API_SHUTDOWN_SECONDS,
+        # Uvicorn's loggers go through the root logger's format (BATON_LOG_FORMAT).
+        log_level="warning", log_config=None, timeout_graceful_shutdown=API_SHUTDOWN_SECONDS,
     )
     server = EmbeddedServer(config)
     task = asyncio.create_task(server.serve())
@@ -354,8 +355,7 @@ def main(argv: list[str] | None = None) -> None:
     actions.add_parser("rotate", help="new secret for a local agent; the old one verifies for 7 days").add_argument("agent_id")
     actions.add_parser("remove", help="delete an agent").add_argument("agent_id")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    logging.getLogger("temporalio").setLevel(logging.WARNING)
+    logs.configure(os.environ.get("BATON_LOG_FORMAT"))
     try:
         if args.command == "agents":
             sys.exit(_agents(args))
