@@ -105,7 +105,7 @@ def create_app(
             from runtime.temporal import connect
 
             runtime, app.state.metrics_url = metrics.sdk_runtime()
-            app.state.client = await connect(runtime=runtime)
+            app.state.client = await connect(runtime=runtime, service="baton-api")
         sweeper = asyncio.create_task(sweep_queues(stream_store, config, client=lambda: app.state.client))
         yield
         sweeper.cancel()

@@ -20,7 +20,7 @@ from activities import sealing, webhooks
 from api.readiness import Readiness
 from api.serve import EmbeddedServer
 from models.names import Routes
-from runtime import codec, logs, metrics, routing_config
+from runtime import codec, logs, metrics, routing_config, tracing
 from runtime.settings import KEYS_FILE, Settings, ensure_dev_keys, read_keys_file
 
 log = logging.getLogger("baton")
@@ -148,7 +148,7 @@ async def _dev(args: argparse.Namespace) -> None:
     await server.start()
     try:
         runtime, metrics_url = metrics.sdk_runtime()
-        client = await connect(server.address, "default", runtime=runtime)
+        client = await connect(server.address, "default", runtime=runtime, service="baton-dev")
         # Nothing is announced before it works: the banner waits for /readyz, which waits for the worker to poll
         # and for the demo agent's Verify & Save (a message sent at once is then routed to tech-support).
         demo = settings.demo_tech_agent == DEMO_AGENT
@@ -297,7 +297,7 @@ async def _component(parts: list[str]) -> None:
     settings = routing_config.apply_timeouts(settings, config)
     stop = _stop_event()
     runtime, metrics_url = metrics.sdk_runtime()
-    client = await connect(runtime=runtime)
+    client = await connect(runtime=runtime, service="baton-" + "-".join(parts))
     await _run_parts(settings, client, parts, stop, config, metrics_url=metrics_url)
 
 
@@ -371,4 +371,6 @@ def main(argv: list[str] | None = None) -> None:
             asyncio.run(_component([args.command]))
     except KeyboardInterrupt:
         pass
+    finally:
+        tracing.shutdown()  # spans still buffered are sent
     sys.exit(0)
