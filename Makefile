@@ -20,16 +20,18 @@ run: $(STAMP)
 test: $(STAMP) browsers
 	$(BIN)/python -m pytest
 
-# The page tests drive Debian's chromium and firefox-esr with Playwright (no browser download): both installed from
-# Debian's packages when missing (as root, or with password-less sudo), in one apt-get.
+# The page tests drive Debian's chromium and firefox-esr with Playwright (no browser download), and the store's tests
+# start a throwaway PostgreSQL (devkit/postgres.py): all three installed from Debian's packages when missing (as
+# root, or with password-less sudo), in one apt-get.
 CHROMIUM := /usr/bin/chromium
 FIREFOX := /usr/bin/firefox-esr
 browsers:
 	@missing=; test -x $(CHROMIUM) || missing=chromium; \
 	test -x $(FIREFOX) || missing="$${missing:+$$missing }firefox-esr"; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$${missing:+$$missing }postgresql"; \
 	[ -z "$$missing" ] || { \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; elif sudo -n true 2>/dev/null; then SUDO="sudo -n"; \
-	  else echo "make test: the page tests need Debian's $$missing: run 'sudo apt-get install -y $$missing'" >&2; exit 1; fi; \
+	  else echo "make test: the page and store tests need Debian's $$missing: run 'sudo apt-get install -y $$missing'" >&2; exit 1; fi; \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; }
 
 bench: $(STAMP)

@@ -21,7 +21,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from activities import sealing
 from activities.filtering import clean_ingress
-from activities.registry import AgentRegistry, SqliteRegistry
+from activities.registry import AgentRegistry, open_registry
 from activities.stream import StreamStore, stream_path
 from api.stream import Hub, stream_router
 from models.config import BatonConfig
@@ -94,7 +94,7 @@ def create_app(
     stream_options: dict[str, Any] | None = None, metrics_url: str | None = None,
 ) -> FastAPI:
     """`client` is connected at start-up when not given (tests pass their own); the agent registry is opened
-    (`.baton/agents.db`) on first use when not given; the routing config is read from BATON_CONFIG when not given.
+    (BATON_DATABASE_URL, else `.baton/baton.db`) on first use when not given; the routing config is read from BATON_CONFIG when not given.
     `readiness` holds the host process's own start-up steps that `/readyz` waits for (`baton dev`: the worker, the
     demo agent). `metrics_url`: the SDK runtime's Prometheus export that `/metrics` includes (runtime.metrics)."""
     if config is None:
@@ -129,7 +129,7 @@ def create_app(
         if app.state.registry is None:
             if not settings.secret_key:
                 raise HTTPException(503, "BATON_SECRET_KEY is not set, so agent secrets cannot be stored")
-            app.state.registry = SqliteRegistry(settings.home / "agents.db", settings.secret_key)
+            app.state.registry = open_registry(settings.database_url, settings.home, settings.secret_key)
         return app.state.registry
 
     app.include_router(agent_router(agents, settings.admin_key))

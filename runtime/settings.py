@@ -43,6 +43,8 @@ class Settings(BaseModel):
     codec_cors_origins: str = ""
     # The worker's own /metrics, /readyz and /healthz (unset: none; the API serves /metrics on its port).
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    # Baton's store (activities.database): sqlite:///... or postgresql://...; None: <home>/baton.db.
+    database_url: str | None = None
     inactivity_timeout_seconds: int = Field(default=1800, ge=10)
     handoff_sla_seconds: int = Field(default=300, ge=1)
     # The routing config file (YAML or TOML, see config/baton.yaml); None: models.config.default_config().
@@ -78,6 +80,7 @@ class Settings(BaseModel):
             "workflow_sandbox": "BATON_WORKFLOW_SANDBOX",
             "codec_cors_origins": "BATON_CODEC_CORS_ORIGINS",
             "metrics_port": "BATON_METRICS_PORT",
+            "database_url": "BATON_DATABASE_URL",
         }
         return cls(**{field: env[var] for field, var in names.items() if env.get(var)})
 

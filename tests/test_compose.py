@@ -350,6 +350,8 @@ def test_schema_script_sets_up_both_databases(services, tmp_path):
             f"{base} setup-schema -v 0.0",
             f"{base} update-schema -d /etc/temporal/schema/postgresql/v12/{schema_dir}/versioned",
         ]
+    # Baton's own database on the same server (Baton migrates its tables itself).
+    expected.append(f"temporal-sql-tool --plugin postgres12 --ep postgresql -p 5432 -u {user} --db baton create")
     assert calls == expected
 
 
@@ -416,7 +418,7 @@ def test_api_is_published_and_health_checked(services):
     assert env["BATON_API_HOST"] == "0.0.0.0"
     port = int(env["BATON_API_PORT"])
     assert port == 8000
-    assert published_ports(api)[port]["published"] == "8000"
+    assert published_ports(api)[port]["published"] == "8000-8001" and api["deploy"]["replicas"] == 2
     check = healthcheck_text(api)
     # Readiness, not liveness: the API is healthy for its dependants once Temporal and the store answer.
     assert "/readyz" in check and ("BATON_API_PORT" in check or str(port) in check)
@@ -608,12 +610,17 @@ def test_init_script_refuses_an_attribute_of_another_type(services, dev_server_a
 
 
 def test_worker_and_api_share_the_agent_registry(services):
-    """The worker signs handoffs with secrets the API's Verify & Save stored: same volume, same BATON_HOME."""
-    homes = set()
+    """The worker signs handoffs with secrets the API's Verify & Save stored: one PostgreSQL database (Baton's own,
+    created by the schema one-shot on the compose PostgreSQL), and the same volume and BATON_HOME for the event
+    stream's store."""
+    homes, urls = set(), set()
     for name in ("baton-worker", "baton-api"):
         svc = services[name]
         home = svc["environment"]["BATON_HOME"]
         homes.add(home)
+        urls.add(svc["environment"]["BATON_DATABASE_URL"])
         assert f"baton-data:{home}" in svc["volumes"], svc["volumes"]
         assert svc["environment"]["BATON_SECRET_KEY"]
-    assert len(homes) == 1
+    assert len(homes) == 1 and len(urls) == 1
+    url = urls.pop()
+    assert url.startswith("postgresql://") and url.endswith("@postgresql:5432/baton"), url

@@ -178,10 +178,10 @@ async def _connect_demo_agent(settings: Settings, readiness: Readiness) -> None:
     """The embedded demo's second platform is this one: a local agent `tech-support`, connected as an external
     agent through the real Verify & Save route over loopback, once the API is listening. `/readyz` (and so the
     banner) waits for it."""
-    from activities.registry import SqliteRegistry
+    from activities.registry import open_registry
 
     api = f"http://{settings.api_host}:{settings.api_port}"
-    registry = SqliteRegistry(settings.home / "agents.db", settings.secret_key or "")
+    registry = await asyncio.to_thread(open_registry, settings.database_url, settings.home, settings.secret_key or "")
     try:
         if registry.local(DEMO_AGENT) is None:
             registry.create_local(DEMO_AGENT, DEMO_AGENT)

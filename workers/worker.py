@@ -26,7 +26,7 @@ from activities.channel import ChannelDeliverer
 from activities.third_party_desk import ThirdPartyDesks
 from activities.filtering import filter_context
 from activities.platform import PlatformActivities
-from activities.registry import AgentRegistry, SqliteRegistry
+from activities.registry import AgentRegistry, open_registry
 from activities.queues import Queues
 from activities.stream import StreamBell, StreamStore, stream_path
 from activities.summaries import Summaries
@@ -84,14 +84,14 @@ def http_client() -> httpx.AsyncClient:
 
 
 def registry_opener(settings: Settings, registry: AgentRegistry | None = None):
-    """The agent registry, opened on first use (`.baton/agents.db`, shared with the API)."""
+    """The agent registry, opened on first use (BATON_DATABASE_URL, else `.baton/baton.db`; shared with the API)."""
     opened: list[AgentRegistry] = [registry] if registry is not None else []
 
     def get() -> AgentRegistry:
         if not opened:
             if not settings.secret_key:
                 raise ValueError("BATON_SECRET_KEY is not set, so agent secrets cannot be read")
-            opened.append(SqliteRegistry(settings.home / "agents.db", settings.secret_key))
+            opened.append(open_registry(settings.database_url, settings.home, settings.secret_key))
         return opened[0]
 
     return get

@@ -1,0 +1,114 @@
+"""Baton's store outside Temporal (README, "One store for many hosts"): `BATON_DATABASE_URL`, SQLite or PostgreSQL,
+one schema with versioned migrations (Alembic, activities/migrations) for both, one code path (SQLAlchemy Core).
+
+- `sqlite:///path` (the embedded default: `<BATON_HOME>/baton.db`, no set-up) or `postgresql://user:pass@host/db`
+  (psycopg 3). Any number of API replicas and workers on any number of hosts share one PostgreSQL database.
+- Every process migrates the database to the newest schema as it opens it, under a lock (PostgreSQL: an advisory
+  lock; SQLite: a lock file), so replicas that start at once migrate it once.
+- A store from before (`<BATON_HOME>/agents.db` of Baton up to 1.2) is copied into the new default `baton.db` the
+  first time (SQLite's backup API: consistent even while another process writes it) and migrated there; the old
+  file is left as it was."""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import sqlite3
+from pathlib import Path
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+
+log = logging.getLogger("baton.database")
+MIGRATIONS = Path(__file__).parent / "migrations"
+DEFAULT_FILE = "baton.db"
+LEGACY_FILE = "agents.db"
+# Any fixed 64-bit number, the same in every Baton process: PostgreSQL's advisory lock for migrations.
+_PG_MIGRATION_LOCK = 0x6261746F6E  # "baton"
+
+
+def default_url(home: Path) -> str:
+    """The embedded default, with a store from before carried over."""
+    path = home / DEFAULT_FILE
+    legacy = home / LEGACY_FILE
+    if not path.exists() and legacy.exists():
+        home.mkdir(parents=True, exist_ok=True)
+        adopt_legacy(legacy, path)
+    return f"sqlite:///{path}"
+
+
+def adopt_legacy(legacy: Path, path: Path) -> None:
+    tmp = path.with_suffix(".db.part")
+    source, target = sqlite3.connect(str(legacy)), sqlite3.connect(str(tmp))
+    try:
+        source.backup(target)
+    finally:
+        source.close()
+        target.close()
+    tmp.replace(path)
+    log.info("the store %s was copied into %s (migrated there; the old file is kept)", legacy.name, path.name)
+
+
+def engine_for(url: str) -> sa.Engine:
+    """An engine for `url`, migrated to the newest schema. `postgresql://` means psycopg 3."""
+    if url.startswith(("postgresql://", "postgres://")):
+        url = "postgresql+psycopg://" + url.split("://", 1)[1]
+    if url.startswith("sqlite"):
+        target = sa.engine.make_url(url).database
+        if target and target != ":memory:":
+            Path(target).parent.mkdir(parents=True, exist_ok=True)
+        engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": 5})
+
+        @sa.event.listens_for(engine, "connect")
+        def _pragmas(dbapi_connection, _record) -> None:  # noqa: ANN001 - the DB-API's connection
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            # Processes sharing the file wait for each other's short writes rather than fail.
+            cursor.execute("PRAGMA busy_timeout=5000")
+            cursor.close()
+    else:
+        engine = sa.create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+    migrate(engine)
+    return engine
+
+
+def migrate(engine: sa.Engine) -> None:
+    """Upgrade to the newest revision, once even when several processes start at once."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    if engine.dialect.name == "postgresql":
+        with engine.connect() as connection:
+            connection.execute(sa.text("SELECT pg_advisory_lock(:key)"), {"key": _PG_MIGRATION_LOCK})
+            try:
+                config.attributes["connection"] = connection
+                command.upgrade(config, "head")
+                connection.commit()
+            finally:
+                connection.execute(sa.text("SELECT pg_advisory_unlock(:key)"), {"key": _PG_MIGRATION_LOCK})
+                connection.commit()
+        return
+    database = engine.url.database
+    lock_path = Path(database + ".migrating") if database and database != ":memory:" else None
+    with open(lock_path, "w") if lock_path else _nothing() as lock:
+        if lock is not None:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        with engine.begin() as connection:
+            config.attributes["connection"] = connection
+            command.upgrade(config, "head")
+
+
+class _nothing:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def revision(engine: sa.Engine) -> str | None:
+    """The schema revision the database is at (None before the first migration)."""
+    with engine.connect() as connection:
+        if not sa.inspect(connection).has_table("alembic_version"):
+            return None
+        return connection.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()

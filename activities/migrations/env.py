@@ -1,0 +1,11 @@
+"""Alembic's environment for Baton's store (activities.database runs it; `alembic` on the command line is not needed).
+The connection comes from the caller, which holds the migration lock."""
+
+from __future__ import annotations
+
+from alembic import context
+
+connection = context.config.attributes["connection"]
+context.configure(connection=connection, target_metadata=None, render_as_batch=connection.dialect.name == "sqlite")
+with context.begin_transaction():
+    context.run_migrations()

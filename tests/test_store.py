@@ -1,0 +1,250 @@
+"""Baton's store (activities.database, activities.registry) on SQLite and on a real PostgreSQL (devkit/postgres.py):
+the registry's whole contract on both, the migration of a store from before (`.baton/agents.db`), replicas that
+migrate at once, and two `baton api` processes of one install on one PostgreSQL: Verify & Save on one, the peer's
+signed callbacks on the other, a replayed webhook-id recognised by the other."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from datetime import timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+
+from activities import database, sealing, webhooks
+from activities.registry import AgentIdTaken, LiveAgentIdTaken, SqlRegistry, open_registry
+from devkit.postgres import Postgres
+from devkit.temporal import free_port
+from tests.harness import baton_worker, eventually, settings_for
+from tests.test_two_platforms import ADMIN, platform, remote_of, texts
+
+BATON = Path(sys.executable).parent / "baton"
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    with Postgres() as pg:
+        yield pg
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request, tmp_path):
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'baton.db'}"
+    return request.getfixturevalue("postgres").new_database()
+
+
+def test_the_registry_contract_on_both_databases(store_url):
+    key = sealing.new_key()
+    r = SqlRegistry(store_url, key)
+    try:
+        assert database.revision(r._engine) == "0001"
+        info, secret = r.create_local("billing", "billing")
+        with pytest.raises(AgentIdTaken):
+            r.create_local("again", "billing")
+        assert r.local("billing").name == "billing" and r.verifying_secrets("billing") == [secret]
+        new = r.rotate_local("billing")
+        assert r.verifying_secrets("billing") == [new, secret] and r.rotate_local("nobody") is None
+        # An external agent may share the local one's id; saving again replaces it (upsert).
+        r.save_external("billing", webhooks.generate_secret(), "https://one.example")
+        second = webhooks.generate_secret()
+        r.save_external("billing", second, "https://two.example", protocol="a2a", a2a={"card": "x"})
+        found, sealed = r.external("billing")
+        assert found.domain == "https://two.example" and found.protocol == "a2a" and found.a2a == {"card": "x"}
+        assert sealed == second
+        assert [(a.agent_id, a.kind) for a in r.list()] == [("billing", "local"), ("billing", "external")]
+        # Links: upserted by (agent, remote id).
+        r.link("billing", "rc-1", "c-1", "h-1")
+        r.link("billing", "rc-1", "c-2", "h-2")
+        assert r.linked("billing", "rc-1") == "c-2" and r.linked("billing", "rc-9") is None
+        # Seen webhook ids: the first answer is kept.
+        r.remember("billing", "w-1", '{"ok":1}')
+        r.remember("billing", "w-1", '{"ok":2}')
+        assert r.recall("billing", "w-1") == '{"ok":1}' and r.recall("billing", "w-2") is None
+        # Live agents: the token is stored hashed and finds its agent.
+        live, token = r.create_live_agent("ann", "Ann", ["general", "general"], ["de"], capacity=5)
+        with pytest.raises(LiveAgentIdTaken):
+            r.create_live_agent("ann", "Ann", ["general"])
+        assert live.queues == ["general"] and r.live_agent_by_token(token).capacity == 5
+        assert r.live_agent_by_token(token + "x") is None and r.live_agent_by_token("nope") is None
+        assert [a.agent_id for a in r.list_live_agents()] == ["ann"]
+        assert r.remove("billing", "external") and r.local("billing") is not None
+        assert r.remove("billing") and r.list() == [] and not r.remove("billing")
+    finally:
+        r.close()
+    # Reopened (a restart): what was stored is there; the wrong key opens no secret.
+    again = SqlRegistry(store_url, key)
+    assert again.live_agent_by_token(token).agent_id == "ann" and again.recall("billing", "w-1") == '{"ok":1}'
+    again.close()
+
+
+def test_replicas_that_start_at_once_migrate_the_database_once(store_url):
+    key = sealing.new_key()
+    opened, failed = [], []
+
+    def start():
+        try:
+            opened.append(SqlRegistry(store_url, key))
+        except Exception as err:  # noqa: BLE001 - the assertion reports it
+            failed.append(err)
+
+    threads = [threading.Thread(target=start) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not failed and len(opened) == 6
+    opened[0].create_live_agent("bo", "Bo", ["general"])
+    assert all(r.list_live_agents()[0].agent_id == "bo" for r in opened)
+    assert database.revision(opened[0]._engine) == "0001"
+    for r in opened:
+        r.close()
+
+
+def test_a_store_from_before_is_carried_over_not_lost(tmp_path):
+    """`.baton/agents.db` as Baton 1.2 and older left it: the oldest agents table (one row per id, no protocol or
+    a2a column) and live agents without a capacity."""
+    key = sealing.new_key()
+    legacy = tmp_path / "agents.db"
+    db = sqlite3.connect(legacy)
+    db.executescript("""
+        CREATE TABLE agents (agent_id TEXT PRIMARY KEY, kind TEXT NOT NULL, name TEXT, domain TEXT,
+            secret_sealed TEXT NOT NULL, previous_secret_sealed TEXT, previous_valid_until TEXT,
+            created_at TEXT NOT NULL, verified_at TEXT);
+        CREATE TABLE links (agent_id TEXT NOT NULL, remote_conversation_id TEXT NOT NULL, conversation_id TEXT NOT NULL,
+            handoff_id TEXT NOT NULL, created_at TEXT NOT NULL, PRIMARY KEY (agent_id, remote_conversation_id));
+        CREATE TABLE seen_webhooks (agent_id TEXT NOT NULL, webhook_id TEXT NOT NULL, response TEXT NOT NULL,
+            seen_at TEXT NOT NULL, PRIMARY KEY (agent_id, webhook_id));
+        CREATE TABLE live_agents (agent_id TEXT PRIMARY KEY, name TEXT NOT NULL, queues TEXT NOT NULL,
+            skills TEXT NOT NULL, token_hash TEXT NOT NULL UNIQUE, created_at TEXT NOT NULL);
+    """)
+    secret = webhooks.generate_secret()
+    db.execute("INSERT INTO agents VALUES ('remote-1', 'external', NULL, 'https://b.example', ?, NULL, NULL,"
+               " '2026-01-01T00:00:00+00:00', '2026-01-01T00:00:00+00:00')", (sealing.seal(key, secret),))
+    db.execute("INSERT INTO links VALUES ('remote-1', 'rc-1', 'c-1', 'h-1', '2026-01-01T00:00:00+00:00')")
+    from activities.registry import _token_hash
+    db.execute("INSERT INTO live_agents VALUES ('ann', 'Ann', '[\"general\"]', '[]', ?, '2026-01-01T00:00:00+00:00')",
+               (_token_hash("lat_legacy-token"),))
+    db.commit()
+    db.close()
+    before = legacy.read_bytes()
+    r = open_registry(None, tmp_path, key)
+    try:
+        assert (tmp_path / "baton.db").exists() and legacy.read_bytes() == before  # copied; the old file kept
+        info, sealed = r.external("remote-1")
+        assert info.protocol == "baton" and info.domain == "https://b.example" and sealed == secret
+        assert r.linked("remote-1", "rc-1") == "c-1"
+        assert r.live_agent_by_token("lat_legacy-token").capacity == 3
+        # Re-keyed: a local agent may now share the external one's id.
+        r.create_local("remote-1", "remote-1")
+        assert {a.kind for a in r.list()} == {"local", "external"}
+    finally:
+        r.close()
+    # Opened again: baton.db is the store now (the old file is not copied over it a second time).
+    again = open_registry(None, tmp_path, key)
+    assert {a.kind for a in again.list()} == {"local", "external"}
+    again.close()
+
+
+@pytest.fixture
+def loopback(monkeypatch):
+    monkeypatch.setenv("BATON_ALLOW_PRIVATE_NETWORKS", "1")
+
+
+def spawn_api(dev_env, settings, url: str, port: int, log: Path) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BATON_", "TEMPORAL_"))}
+    env.update({
+        "TEMPORAL_ADDRESS": dev_env.client.service_client.config.target_host,
+        "TEMPORAL_NAMESPACE": dev_env.client.namespace, "BATON_TASK_QUEUE": settings.task_queue,
+        "BATON_API_KEY": settings.api_key, "BATON_ADMIN_KEY": settings.admin_key,
+        "BATON_SECRET_KEY": settings.secret_key, "BATON_API_PORT": str(port), "BATON_PUBLIC_URL": url,
+        "BATON_DATABASE_URL": settings.database_url, "BATON_ALLOW_PRIVATE_NETWORKS": "1",
+        # Each process its own home: the only thing the two share is the PostgreSQL database.
+        "BATON_HOME": str(log.parent / f"home-{port}"),
+    })
+    return subprocess.Popen([str(BATON), "api"], env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT)
+
+
+async def test_two_api_processes_of_one_install_share_one_postgresql(dev_env, postgres, tmp_path, channel, loopback):
+    ports = [free_port(), free_port()]
+    urls = [f"http://127.0.0.1:{p}" for p in ports]
+    # Platform A: two `baton api` processes and a worker, on one PostgreSQL database; its public URL (where
+    # platform B's callbacks go) is the second process.
+    settings = settings_for(f"pg-a-{uuid.uuid4().hex[:8]}", database_url=postgres.new_database(), public_url=urls[1],
+                            channel_url=channel.url, channel_secret=channel.secret, demo_tech_agent="tech-support")
+    registry = SqlRegistry(settings.database_url, settings.secret_key)
+    procs = [spawn_api(dev_env, settings, urls[1], port, tmp_path / f"api-{port}.log") for port in ports]
+    try:
+        async with platform("b", dev_env.client, tmp_path) as b, baton_worker(dev_env.client, settings, registry):
+            a1, a2 = (httpx.AsyncClient(base_url=u, trust_env=False, timeout=30,
+                                        headers={"Authorization": f"Bearer {settings.api_key}"}) for u in urls)
+            try:
+                async def ready():
+                    for p in procs:
+                        assert p.poll() is None, [x.read_text()[-1500:] for x in tmp_path.glob("api-*.log")]
+                    return all([(await c.get("/readyz")).status_code == 200 for c in (a1, a2)])
+                await eventually(ready, timeout=60)
+                created = await b.http.post("/v1/admin/agents/local", headers=ADMIN,
+                                            json={"name": "tech-support", "agent_id": "tech-support"})
+                assert created.status_code == 201, created.text
+                secret = created.json()["secret"]
+                # Verify & Save on the first process ...
+                saved = await a1.post("/v1/admin/agents/external", headers=ADMIN,
+                                      json={"agent_id": "tech-support", "secret": secret, "domain": b.url})
+                assert saved.status_code == 201, saved.text
+                # ... is what the second lists, and what the worker signs the handoff with.
+                listed = (await a2.get("/v1/admin/agents", headers=ADMIN)).json()
+                assert any(x["agent_id"] == "tech-support" and x["kind"] == "external" for x in listed["agents"]), listed
+                conversation = f"pg-{uuid.uuid4().hex[:8]}"
+                r = await a1.post(f"/v1/conversations/{conversation}/messages",
+                                  json={"message_id": "u1", "text": "The app crashes with an error when I open it"})
+                assert r.status_code == 202, r.text
+
+                class A:  # what remote_of reads
+                    async def snapshot(self, cid):
+                        return (await a1.get(f"/v1/conversations/{cid}")).json()
+                rid = await remote_of(A(), conversation)
+                # B's agent answers through its signed callback to the second process, which verifies it with
+                # the secret the first one saved.
+                await channel.wait_for(lambda _: any("I'm the tech-support assistant" in t for t in texts(channel)),
+                                       timeout=20)
+                # A callback signed as B signs them, to the second process; the same webhook-id replayed to the
+                # first is recognised there (it answers as before; handled again it would find the conversation
+                # closed and fail).
+                body = json.dumps({"type": "close", "remote_conversation_id": rid, "message_id": "m-close",
+                                   "reason": "done"}).encode()
+                headers = {**webhooks.headers(secret, "msg_pg_replay", body), "content-type": "application/json"}
+                first = await a2.post("/v1/agents/tech-support/events", content=body, headers=headers)
+                assert first.status_code == 202, first.text
+
+                async def closed():
+                    return (await a1.get(f"/v1/conversations/{conversation}")).json()["state"] == "closed"
+                await eventually(closed)
+                replayed = await a1.post("/v1/agents/tech-support/events", content=body, headers=headers)
+                assert replayed.status_code == 202 and replayed.json() == first.json(), replayed.text
+                assert registry.recall("tech-support", "msg_pg_replay") is not None
+                # The same event under a webhook-id never seen is handled, and fails: the conversation is closed.
+                fresh = {**webhooks.headers(secret, "msg_pg_fresh", body), "content-type": "application/json"}
+                assert (await a1.post("/v1/agents/tech-support/events", content=body, headers=fresh)).status_code != 202
+            finally:
+                await a1.aclose()
+                await a2.aclose()
+    finally:
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(5)
+        registry.close()
