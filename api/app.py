@@ -35,7 +35,7 @@ from api.limits import RequestLimits
 from api.messages import Accepted, MessageIn, send_user_message
 from api.pages import pages_router
 from api.protocol import protocol_router
-from api import readiness as readiness_
+from api import openapi, readiness as readiness_
 from api.readiness import Readiness
 from api.targets import check_targets
 from api.temporal import (
@@ -118,8 +118,12 @@ def create_app(
         version="0.1.0",
         summary="Conversation handoff orchestrator on Temporal",
         lifespan=lifespan,
+        # Short operation ids (the endpoint's name: `post_message`), for generated clients (api/openapi.py).
+        generate_unique_id_function=lambda route: route.name,
     )
     app.add_middleware(RequestLimits)
+    # The exact document (security schemes, Baton's error bodies, signed bodies, webhooks): api/openapi.py.
+    app.openapi = lambda: openapi.exact(app)
     app.state.client = client
     app.state.metrics_url = metrics_url
     app.state.registry = registry
