@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import os
 import shutil
+import signal
+import subprocess
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
@@ -190,3 +193,32 @@ async def skip(env: Any, handle: WorkflowHandle, duration: timedelta) -> None:
         await env.client.test_service.unlock_time_skipping_with_sleep(request, timeout=SKIP_RPC_TIMEOUT)
         await settled(handle)
         left -= step
+
+
+def baton_env(client: Client, settings: Settings, **more: str) -> dict[str, str]:
+    """The environment of a `baton` process of the test's install: this shell's, without its BATON_/TEMPORAL_/OTEL_
+    variables, plus the dev server, the settings' task queue, keys, channel and home, and `more`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BATON_", "TEMPORAL_", "OTEL_"))}
+    env.update({
+        "TEMPORAL_ADDRESS": client.service_client.config.target_host, "TEMPORAL_NAMESPACE": client.namespace,
+        "BATON_TASK_QUEUE": settings.task_queue, "BATON_SECRET_KEY": settings.secret_key or "",
+        "BATON_API_KEY": settings.api_key or "", "BATON_ADMIN_KEY": settings.admin_key or "",
+        "BATON_HOME": str(settings.home),
+    })
+    if settings.channel_url:
+        env.update({"BATON_CHANNEL_URL": settings.channel_url, "BATON_CHANNEL_SECRET": settings.channel_secret or ""})
+    env.update(more)
+    return env
+
+
+def stop_processes(*processes: subprocess.Popen) -> None:
+    """SIGTERM (a graceful stop), then SIGKILL for any still running after 20 s."""
+    for p in processes:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    for p in processes:
+        try:
+            p.wait(20)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(5)

@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -19,7 +17,7 @@ from pathlib import Path
 import httpx
 
 from devkit.temporal import free_port
-from tests.harness import baton_api, eventually, settings_for
+from tests.harness import baton_api, baton_env, eventually, settings_for, stop_processes
 
 BATON = Path(sys.executable).parent / "baton"
 ADMIN = {"Authorization": "Bearer ba_test_admin"}
@@ -44,14 +42,7 @@ def total(text: str, name: str, **want: str) -> float:
 async def test_the_worker_and_the_api_report_readiness_and_metrics(dev_env, task_queue, channel, tmp_path):
     settings = settings_for(task_queue, channel_url=channel.url, channel_secret=channel.secret)
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("BATON_", "TEMPORAL_"))}
-    env.update({
-        "TEMPORAL_ADDRESS": dev_env.client.service_client.config.target_host,
-        "TEMPORAL_NAMESPACE": dev_env.client.namespace, "BATON_TASK_QUEUE": task_queue,
-        "BATON_CHANNEL_URL": channel.url, "BATON_CHANNEL_SECRET": channel.secret,
-        "BATON_SECRET_KEY": settings.secret_key, "BATON_HOME": str(settings.home), "BATON_METRICS_PORT": str(port),
-        "BATON_LOG_FORMAT": "json",
-    })
+    env = baton_env(dev_env.client, settings, BATON_METRICS_PORT=str(port), BATON_LOG_FORMAT="json")
     log = tmp_path / "worker.log"
     worker = subprocess.Popen([str(BATON), "worker"], env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT)
     ops = httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", trust_env=False, timeout=10)
@@ -128,12 +119,7 @@ async def test_the_worker_and_the_api_report_readiness_and_metrics(dev_env, task
                 assert leak not in text and leak not in api_text
     finally:
         await ops.aclose()
-        worker.send_signal(signal.SIGTERM)
-        try:
-            worker.wait(20)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-            worker.wait(5)
+        stop_processes(worker)
     # Stopped: its port is closed with it.
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:

@@ -6,15 +6,11 @@ signed callbacks on the other, a replayed webhook-id recognised by the other."""
 from __future__ import annotations
 
 import json
-import os
-import signal
 import sqlite3
 import subprocess
 import sys
 import threading
-import time
 import uuid
-from datetime import timedelta
 from pathlib import Path
 
 import httpx
@@ -24,7 +20,7 @@ from activities import database, sealing, webhooks
 from activities.registry import AgentIdTaken, LiveAgentIdTaken, SqlRegistry, open_registry
 from devkit.postgres import Postgres
 from devkit.temporal import free_port
-from tests.harness import baton_worker, eventually, settings_for
+from tests.harness import baton_env, baton_worker, eventually, settings_for, stop_processes
 from tests.test_two_platforms import ADMIN, platform, remote_of, texts
 
 BATON = Path(sys.executable).parent / "baton"
@@ -161,16 +157,10 @@ def loopback(monkeypatch):
 
 
 def spawn_api(dev_env, settings, url: str, port: int, log: Path) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("BATON_", "TEMPORAL_"))}
-    env.update({
-        "TEMPORAL_ADDRESS": dev_env.client.service_client.config.target_host,
-        "TEMPORAL_NAMESPACE": dev_env.client.namespace, "BATON_TASK_QUEUE": settings.task_queue,
-        "BATON_API_KEY": settings.api_key, "BATON_ADMIN_KEY": settings.admin_key,
-        "BATON_SECRET_KEY": settings.secret_key, "BATON_API_PORT": str(port), "BATON_PUBLIC_URL": url,
-        "BATON_DATABASE_URL": settings.database_url, "BATON_ALLOW_PRIVATE_NETWORKS": "1",
-        # Each process its own home: the only thing the two share is the PostgreSQL database.
-        "BATON_HOME": str(log.parent / f"home-{port}"),
-    })
+    env = baton_env(dev_env.client, settings, BATON_API_PORT=str(port), BATON_PUBLIC_URL=url,
+                    BATON_DATABASE_URL=settings.database_url, BATON_ALLOW_PRIVATE_NETWORKS="1",
+                    # Each process its own home: the only thing the two share is the PostgreSQL database.
+                    BATON_HOME=str(log.parent / f"home-{port}"))
     return subprocess.Popen([str(BATON), "api"], env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT)
 
 
@@ -239,12 +229,5 @@ async def test_two_api_processes_of_one_install_share_one_postgresql(dev_env, po
                 await a1.aclose()
                 await a2.aclose()
     finally:
-        for p in procs:
-            p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(20)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(5)
+        stop_processes(*procs)
         registry.close()

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import gzip
-import os
-import signal
 import subprocess
 import sys
 import uuid
@@ -24,7 +22,7 @@ from starlette.routing import Route
 
 from api.serve import EmbeddedServer
 from devkit.temporal import free_port
-from tests.harness import eventually, settings_for
+from tests.harness import baton_env, eventually, settings_for, stop_processes
 
 BATON = Path(sys.executable).parent / "baton"
 CANARY = "CANARY-OTEL-7c2e"
@@ -73,15 +71,8 @@ async def test_one_message_is_one_trace_from_the_http_request_to_the_activities(
     api_port = free_port()
     procs: list[subprocess.Popen] = []
     async with Collector() as collector:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("BATON_", "TEMPORAL_", "OTEL_"))}
-        env.update({
-            "TEMPORAL_ADDRESS": dev_env.client.service_client.config.target_host,
-            "TEMPORAL_NAMESPACE": dev_env.client.namespace, "BATON_TASK_QUEUE": task_queue,
-            "BATON_CHANNEL_URL": channel.url, "BATON_CHANNEL_SECRET": channel.secret,
-            "BATON_SECRET_KEY": settings.secret_key, "BATON_HOME": str(settings.home),
-            "BATON_API_KEY": settings.api_key, "BATON_ADMIN_KEY": settings.admin_key, "BATON_API_PORT": str(api_port),
-            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{collector.port}",
-        })
+        env = baton_env(dev_env.client, settings, BATON_API_PORT=str(api_port),
+                        OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{collector.port}")
         try:
             procs.append(spawn("worker", env, tmp_path / "worker.log"))
             procs.append(spawn("api", env, tmp_path / "api.log"))
@@ -117,14 +108,7 @@ async def test_one_message_is_one_trace_from_the_http_request_to_the_activities(
                 except AssertionError:
                     raise AssertionError(sorted({(s['service'], s['name'], s['trace'][:6]) for s in collector.spans}))
         finally:
-            for p in procs:
-                p.send_signal(signal.SIGTERM)
-            for p in procs:
-                try:
-                    p.wait(20)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait(5)
+            stop_processes(*procs)
         by_id = {s["id"]: s for s in spans}
         services = {s["service"] for s in spans}
         assert services == {"baton-api", "baton-worker"}, services
