@@ -11,9 +11,12 @@ one schema with versioned migrations (Alembic, activities/migrations) for both, 
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
+import os
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -34,12 +37,15 @@ def default_url(home: Path) -> str:
     legacy = home / LEGACY_FILE
     if not path.exists() and legacy.exists():
         home.mkdir(parents=True, exist_ok=True)
-        adopt_legacy(legacy, path)
+        # Under the migration lock: an API and a worker starting together copy it once.
+        with _file_lock(path):
+            if not path.exists():
+                adopt_legacy(legacy, path)
     return f"sqlite:///{path}"
 
 
 def adopt_legacy(legacy: Path, path: Path) -> None:
-    tmp = path.with_suffix(".db.part")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.part")
     source, target = sqlite3.connect(str(legacy)), sqlite3.connect(str(tmp))
     try:
         source.backup(target)
@@ -48,6 +54,14 @@ def adopt_legacy(legacy: Path, path: Path) -> None:
         target.close()
     tmp.replace(path)
     log.info("the store %s was copied into %s (migrated there; the old file is kept)", legacy.name, path.name)
+
+
+@contextlib.contextmanager
+def _file_lock(database: Path) -> Iterator[None]:
+    """An exclusive lock beside a SQLite file, across processes."""
+    with open(f"{database}.migrating", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def engine_for(url: str) -> sa.Engine:
@@ -69,41 +83,27 @@ def engine_for(url: str) -> sa.Engine:
             cursor.close()
     else:
         engine = sa.create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
-    migrate(engine)
+    try:
+        migrate(engine)
+    except BaseException:
+        engine.dispose()
+        raise
     return engine
 
 
 def migrate(engine: sa.Engine) -> None:
-    """Upgrade to the newest revision, once even when several processes start at once."""
+    """Upgrade to the newest revision in one transaction, once even when several processes start at once (the
+    lock ends with the transaction, committed or rolled back, so a failed migration leaves no lock behind)."""
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
-    if engine.dialect.name == "postgresql":
-        with engine.connect() as connection:
-            connection.execute(sa.text("SELECT pg_advisory_lock(:key)"), {"key": _PG_MIGRATION_LOCK})
-            try:
-                config.attributes["connection"] = connection
-                command.upgrade(config, "head")
-                connection.commit()
-            finally:
-                connection.execute(sa.text("SELECT pg_advisory_unlock(:key)"), {"key": _PG_MIGRATION_LOCK})
-                connection.commit()
-        return
     database = engine.url.database
-    lock_path = Path(database + ".migrating") if database and database != ":memory:" else None
-    with open(lock_path, "w") if lock_path else _nothing() as lock:
-        if lock is not None:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+    on_file = engine.dialect.name == "sqlite" and database and database != ":memory:"
+    with _file_lock(Path(database)) if on_file else contextlib.nullcontext():
         with engine.begin() as connection:
+            if engine.dialect.name == "postgresql":
+                connection.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_MIGRATION_LOCK})
             config.attributes["connection"] = connection
             command.upgrade(config, "head")
-
-
-class _nothing:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 def revision(engine: sa.Engine) -> str | None:

@@ -43,6 +43,10 @@ SCAN = 500
 DEFAULT_CAPACITY = 3
 # Present and able to take work: online, and the console's heartbeat within the grace (the cutoff).
 _ONLINE = "status = 'online' AND heartbeat_at >= ?"
+# Present: the console is there (its heartbeat within the grace) and the agent has not gone offline. An agent who is
+# `away` (by choice, or because an offer lapsed) is offered nothing but still counts as present: conversations wait
+# for them rather than go on to the next rung.
+_PRESENT = "status != 'offline' AND heartbeat_at >= ?"
 # A claim's or accept's place counts while it is fresh and the conversation still waits as it did when the place was
 # taken: its next bell (owned, moved, cancelled) ends it, whatever order bells land in.
 _HELD = ("r.at > ? AND EXISTS (SELECT 1 FROM conversations c2 WHERE c2.conversation_id = r.conversation_id"
@@ -141,19 +145,25 @@ class Queues:
         return set(skills) | set(found.skills if found else ())
 
     def anyone_present(self, queue: str, skills: list[str], now: datetime | None = None) -> bool:
-        """Whether an online agent (heartbeat within the grace) works `queue` with every skill it needs there."""
+        """Whether a present agent (online or away, heartbeat within the grace) works `queue` with every skill it
+        needs there."""
         skills = sorted(self.required(queue, skills))
         cutoff = _iso((now or _now()) - timedelta(seconds=self.config.presence_grace_seconds))
         with self.store.reading() as db:
             rows = db.execute(
-                f"SELECT queues, skills FROM presence WHERE {_ONLINE}", (cutoff,)
+                f"SELECT queues, skills FROM presence WHERE {_PRESENT}", (cutoff,)
             ).fetchall()
         return any(queue in json.loads(q) and set(skills) <= set(json.loads(s)) for q, s in rows)
 
+    def still_stranded(self, conversation_id: str, queue: str) -> bool:
+        """Whether nobody present could take the conversation now (checked again right before it is passed on)."""
+        return not self.anyone_present(queue, self.terms(conversation_id)[1])
+
     def stranded(self, now: datetime | None = None) -> list[tuple[str, str, str]]:
         """(conversation_id, queue, waiting_since) of conversations waiting in a queue that goes on when nobody is
-        present (`when_nobody_present`) while no online agent could take them: the last one who could went away or
-        offline after they were routed there. Read only; a few indexed queries per such queue."""
+        present (`when_nobody_present`) while no present agent could take them: the last one who could went offline
+        (or their console's heartbeats stopped) after they were routed there. Read only; a few indexed queries per
+        such queue."""
         skipping = [name for name, q in self.config.queues.items() if q.skips_when_nobody_present]
         if not skipping:
             return []
@@ -161,7 +171,7 @@ class Queues:
         found: list[tuple[str, str, str]] = []
         with self.store.reading() as db:
             online = [(set(json.loads(q)), set(json.loads(s))) for q, s in db.execute(
-                f"SELECT queues, skills FROM presence WHERE {_ONLINE}", (cutoff,))]
+                f"SELECT queues, skills FROM presence WHERE {_PRESENT}", (cutoff,))]
             for name in skipping:
                 base = set(self.config.queues[name].skills)
                 able = [skills for queues, skills in online if name in queues and base <= skills]

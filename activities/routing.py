@@ -57,7 +57,7 @@ def decide(
 ) -> RouteDecision:
     """Choose the ladder (ai_failure rule, the request's own target, or the first matching route), then walk it
     at `req.at`: unknown queues, queues closed by business hours and (as the target) queues in `absent` (nobody who
-    could take it is online) are skipped; the first rung left is the target, the rest the fallback. Nothing left:
+    could take it is present) are skipped; the first rung left is the target, the rest the fallback. Nothing left:
     back to the AI with a message saying when the team is back."""
     at = _utc(req.at)
     route: Route | None = None
@@ -112,7 +112,7 @@ def _decision(
             continue
         if not remaining and rung.label in absent:
             nobody_present = True
-            skipped.append(Skipped(target=rung.label, why="nobody who could take it is online"))
+            skipped.append(Skipped(target=rung.label, why="nobody who could take it is present"))
             continue
         # Only the target must be open now; the fallback is re-checked by the workflow when it gets there.
         windows = hours.get(rung.label)

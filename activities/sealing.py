@@ -2,8 +2,10 @@
 
 `BATON_SECRET_KEY` is one Fernet key, or several separated by commas for rotation: the first seals, every one opens
 (so values sealed under an old key, in a stored agent's secret or a conversation's history, still open). Rotate by
-putting a new key first; drop an old key only once nothing sealed under it is kept (`baton agents rotate` re-seals an
-agent's secret; a conversation's sealed sections end with its history)."""
+putting a new key first; drop an old key only once nothing sealed under it is kept: an agent's secret stays sealed
+under the key that sealed it until it is saved again (`baton agents rotate` for a local agent, once its old secret's
+grace has passed; Verify & Save again for an external one), and a conversation's sealed sections end with its
+history."""
 
 from __future__ import annotations
 

@@ -4,6 +4,7 @@ queues' waiting conversations, claims one (first claim wins), replies, transfers
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import Callable
@@ -447,7 +448,7 @@ def desk_router(
             queues().anyone_present, body.queue, []
         ):
             # Routing would pass over it at once (and, with nothing after it, back to the AI): say so instead.
-            raise HTTPException(409, f"nobody who could take it is online in queue '{body.queue}'; the conversation "
+            raise HTTPException(409, f"nobody who could take it is present in queue '{body.queue}'; the conversation "
                                      "stays with you")
         request_ = HandoffRequest(
             reason=body.reason or f"transfer by {agent.agent_id}", target=target, by=agent.agent_id
@@ -610,15 +611,19 @@ async def sweep_queues(
     finally:
         if passing is not None:
             passing.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await passing
 
 
 # A stranded conversation whose pass-on failed (Temporal unreachable, its routing still being recorded) is tried again
 # after this long; one that moved on leaves the waiting list and is not found again.
 RETRY_STRANDED_SECONDS = 5.0
+# A waiting row whose workflow no longer exists (terminated from the CLI) is looked at again after this long.
+GONE_SECONDS = 3600.0
 
 
 async def pass_on_stranded(client: Client, book: Queues, tried: dict[tuple[str, str, str], float]) -> int:
-    """The next rung for each conversation waiting in a queue where nobody who could take it is online any more:
+    """The next rung for each conversation waiting in a queue where nobody who could take it is present any more:
     the `reject_handoff` update with the handoff's id, as a receiver that cannot take it would send, so the workflow's
     own ladder runs (the next rung, or the AI with "nobody is available" at the end), and the audit says why. The
     update's validator refuses a handoff that moved on meanwhile, so two API processes passing on the same
@@ -643,12 +648,20 @@ async def pass_on_stranded(client: Client, book: Queues, tried: dict[tuple[str, 
             pending = snap.pending_handoff
             if pending is None or not pending.routed or pending.target is None or pending.target.desk_queue != queue:
                 continue  # moved on, or its routing is still being recorded: looked at again later
-            reason = f"nobody who could take it is online in queue '{queue}'"
+            # The list was read before the Temporal calls of those ahead: someone may be back meanwhile.
+            if not await asyncio.to_thread(book.still_stranded, conversation_id, queue):
+                continue
+            reason = f"nobody who could take it is present in queue '{queue}'"
             await update(client, conversation_id, Updates.REJECT_HANDOFF,
                          RejectHandoff(handoff_id=pending.handoff_id, reason=reason))
             passed += 1
         except HTTPException:
             continue  # closed, or the handoff moved on meanwhile (409): nothing to pass on
+        except RPCError as err:
+            if err.status == RPCStatusCode.NOT_FOUND:
+                tried[key] = now + GONE_SECONDS  # its workflow is gone (terminated): not asked again for an hour
+                continue
+            log.warning("passing on %s failed: %s", conversation_id, type(err).__name__)
         except Exception as err:  # noqa: BLE001 - tried again after RETRY_STRANDED_SECONDS
             log.warning("passing on %s failed: %s", conversation_id, type(err).__name__)
     return passed

@@ -12,6 +12,9 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 MAX_BODY_BYTES = 256 * 1024
+# The payload codec's endpoints (api/codec.py).
+CODEC_PREFIX = "/codec/"
+CODEC_MAX_BODY_BYTES = 8 * 1024 * 1024
 MAX_JSON_DEPTH = 32
 _BODYLESS = frozenset({"GET", "HEAD", "OPTIONS"})
 
@@ -74,6 +77,14 @@ class RequestLimits:
         if scope["type"] != "http" or scope["method"] in _BODYLESS:
             await self.app(scope, receive, send)
             return
+        if scope.get("path", "").startswith(CODEC_PREFIX):
+            # The payload codec's endpoints take a run's largest payloads (its continue-as-new input carries up to
+            # 256 KiB of transcript, base64-encoded here): a bound of their own, admin key required.
+            await RequestLimits(self.app, CODEC_MAX_BODY_BYTES)._bounded(scope, receive, send)
+            return
+        await self._bounded(scope, receive, send)
+
+    async def _bounded(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
         try:
             declared = headers.get("content-length")

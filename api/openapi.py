@@ -227,7 +227,7 @@ def exact(app: FastAPI) -> dict[str, Any]:
                 op["requestBody"] = _json_body(model.__name__, description)
                 responses["422"] = _error("the body is not valid", "ValidationProblem")
             if method in ("post", "put", "patch") and "requestBody" in op:
-                responses.setdefault("413", _error("the body is larger than the API takes (256 KiB)"))
+                responses.setdefault("413", _error("the body is larger than the API takes (256 KiB; 8 MiB on /codec)"))
                 responses.setdefault("422", _error("the body is not valid", "ValidationProblem"))
             for m, pattern, statuses in STATUSES:
                 if m in ("*", method.upper()) and re.search(pattern, path):

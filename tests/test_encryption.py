@@ -84,6 +84,12 @@ async def test_history_is_encrypted_at_rest_and_reads_through_the_api_and_the_co
         assert (await http.post("/codec/decode", json=sealed, headers=ADMIN)).json() == plain
         bad = await http.post("/codec/decode", json={"payloads": [{"data": "%%%"}]}, headers=ADMIN)
         assert bad.status_code == 422, bad.text
+        # A run's largest payloads pass (the API's other routes stop at 256 KiB).
+        big = {"payloads": [{"metadata": plain["payloads"][0]["metadata"],
+                             "data": base64.b64encode(b'"' + b"x" * 600_000 + b'"').decode()}]}
+        r = await http.post("/codec/encode", json=big, headers=ADMIN)
+        assert r.status_code == 200, r.text[:300]
+        assert (await http.post("/codec/decode", json=r.json(), headers=ADMIN)).json() == big
 
         # The real Temporal CLI through the codec endpoint: it reads the history in plain text; without it, not.
         address = dev_env.client.service_client.config.target_host
@@ -123,9 +129,12 @@ async def test_keys_rotate_the_first_encrypts_and_every_key_decrypts():
     # A key id it does not hold, or a payload bound to another id, fails with a reason.
     with pytest.raises(ValueError, match="'k2', which is not in BATON_PAYLOAD_KEYS"):
         await before.decode([sealed_new])
-    moved = Payload(metadata={**sealed_old.metadata, "encryption-key-id": b"k2"}, data=sealed_old.data)
+    # The key id is bound to the ciphertext: relabelled under another id holding the very same key, it still fails.
+    same = EncryptionCodec({"k1": base64.b64decode(old), "k9": base64.b64decode(old)})
+    relabelled = Payload(metadata={**sealed_old.metadata, "encryption-key-id": b"k9"}, data=sealed_old.data)
+    assert (await same.decode([sealed_old])) == [payload]
     with pytest.raises(ValueError, match="does not open"):
-        await after.decode([moved])
+        await same.decode([relabelled])
 
 
 @pytest.mark.parametrize("value, why", [

@@ -380,13 +380,18 @@ async def test_nobody_present_runs_the_next_rung_at_once_and_the_user_is_told(ht
     await eventually(lambda: _pending_in(http, present, "general"), timeout=10)
     failed = [e["detail"] for e in await audit(http, present) if e["kind"] == "handoff_failed"]
     assert len(failed) == 1 and failed[0]["target"] == "queue:sales", failed
-    assert "nobody who could take it is online in queue 'sales'" in failed[0]["reason"]
+    assert "nobody who could take it is present in queue 'sales'" in failed[0]["reason"]
     # With no rung after it: back to the AI, and the user is told nobody is available.
     await presence(http, bob, "online")
     last = await started(http)
     await hand_off(http, last, topic="sales-only")
     await eventually(lambda: _pending_in(http, last, "sales"))
+    # Away (a coffee, or an offer let lapse) is still present: it waits ...
     await presence(http, bob, "away")
+    await asyncio.sleep(1.5)
+    assert await _pending_in(http, last, "sales")
+    # ... offline is not.
+    await presence(http, bob, "offline")
     await eventually(lambda: _state(http, last, "ai"), timeout=10)
 
     async def given_up():
@@ -569,9 +574,13 @@ def test_stranded_are_those_nobody_online_could_take_in_queues_that_go_on(tmp_pa
     assert [(c, q) for c, q, _ in book.stranded()] == [("p2", "push")]
     book.set_presence("bob", "Bob", ["push"], ["fr"], 3, "online")
     assert book.stranded() == []
-    # Away is not present; a heartbeat older than the grace (5 s here) is not either.
+    # Away (by choice or after a lapsed offer) is still present; offline is not, nor a heartbeat older than the
+    # grace (5 s here).
     book.set_presence("bob", "Bob", ["push"], ["fr"], 3, "away")
-    assert [c for c, _, _ in book.stranded()] == ["p2"]
+    assert book.stranded() == []
+    book.set_presence("bob", "Bob", ["push"], ["fr"], 3, "offline")
+    assert [c for c, _, _ in book.stranded()] == ["p2"] and book.still_stranded("p2", "push")
+    assert not book.still_stranded("p1", "push")
     later = datetime.now(UTC) + timedelta(seconds=6)
     assert sorted(c for c, _, _ in book.stranded(now=later)) == ["p1", "p2"]
     # Claimed: no longer waiting, so not stranded.

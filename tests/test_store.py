@@ -80,7 +80,12 @@ def test_the_registry_contract_on_both_databases(store_url):
     # Reopened (a restart): what was stored is there; the wrong key opens no secret.
     again = SqlRegistry(store_url, key)
     assert again.live_agent_by_token(token).agent_id == "ann" and again.recall("billing", "w-1") == '{"ok":1}'
+    again.create_local("other", "other")
     again.close()
+    wrong = SqlRegistry(store_url, sealing.new_key())
+    with pytest.raises(ValueError, match="does not open"):
+        wrong.verifying_secrets("other")
+    wrong.close()
 
 
 def test_replicas_that_start_at_once_migrate_the_database_once(store_url):

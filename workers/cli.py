@@ -47,8 +47,24 @@ async def _serve_worker(
         from workers.ops import ops_app
 
         registry = registry_opener(settings)
+        opened: list = []
+
+        def store_check() -> None:
+            """The registry when this worker can open secrets; else that the store answers at all (a worker
+            without BATON_SECRET_KEY still runs conversations that hand off to nobody outside)."""
+            if settings.secret_key:
+                registry().list()
+                return
+            from activities import database
+            import sqlalchemy as sa
+
+            if not opened:
+                opened.append(database.engine_for(settings.database_url or database.default_url(settings.home)))
+            with opened[0].connect() as db:
+                db.execute(sa.text("SELECT 1"))
+
         ops = EmbeddedServer(uvicorn.Config(
-            ops_app(client, own, lambda: registry().list(), metrics_url), host=settings.api_host,
+            ops_app(client, own, store_check, metrics_url), host=settings.api_host,
             port=settings.metrics_port, log_level="warning", log_config=None))
         serving = asyncio.create_task(ops.serve())
     try:
