@@ -594,7 +594,8 @@ async def sweep_queues(
     """Offers lapse, agents whose heartbeats stopped go offline, and what waits in push queues is offered: one
     assignment round every `every` seconds, in every API process (a round is one transaction: any number of
     processes may run them). Then conversations stranded in a queue that goes on when nobody is present (the last
-    agent who could take them went away or offline) are passed to their next rung (`pass_on_stranded`)."""
+    agent who could take them went offline, or their console's heartbeats stopped) are passed to their next rung
+    (`pass_on_stranded`)."""
     tried: dict[tuple[str, str, str], float] = {}
     passing: asyncio.Task | None = None  # its own task: a slow Temporal never holds up the assignment rounds
     try:
