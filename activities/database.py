@@ -112,3 +112,40 @@ def revision(engine: sa.Engine) -> str | None:
         if not sa.inspect(connection).has_table("alembic_version"):
             return None
         return connection.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
+
+
+# The tables of the store and their keys, in the order a copy writes them.
+TABLES = {
+    "agents": ("agent_id", "kind"),
+    "links": ("agent_id", "remote_conversation_id"),
+    "seen_webhooks": ("agent_id", "webhook_id"),
+    "live_agents": ("agent_id",),
+}
+
+
+def copy(source_url: str, target_url: str) -> dict[str, int]:
+    """Copy every row of one store into another (SQLite to PostgreSQL when an install moves to several hosts), both
+    migrated first. Rows the target has already (same key) are kept as they are, so it can be run again. Sealed
+    secrets are copied as they are: the target's processes need the same BATON_SECRET_KEY. Returns the rows copied
+    per table."""
+    source, target = engine_for(source_url), engine_for(target_url)
+    copied: dict[str, int] = {}
+    try:
+        with source.connect() as read, target.begin() as write:
+            for table, key in TABLES.items():
+                result = read.execute(sa.text(f"SELECT * FROM {table}"))
+                columns = list(result.keys())
+                rows = [dict(zip(columns, row, strict=True)) for row in result]
+                if rows:
+                    names = ", ".join(columns)
+                    values = ", ".join(f":{c}" for c in columns)
+                    outcome = write.execute(sa.text(
+                        f"INSERT INTO {table} ({names}) VALUES ({values}) ON CONFLICT ({', '.join(key)}) DO NOTHING"
+                    ), rows)
+                    copied[table] = max(outcome.rowcount, 0)
+                else:
+                    copied[table] = 0
+    finally:
+        source.dispose()
+        target.dispose()
+    return copied

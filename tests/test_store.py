@@ -236,3 +236,30 @@ async def test_two_api_processes_of_one_install_share_one_postgresql(dev_env, po
     finally:
         stop_processes(*procs)
         registry.close()
+
+
+def test_baton_store_copy_moves_a_sqlite_store_to_postgresql_and_can_run_again(tmp_path, postgres):
+    key = sealing.new_key()
+    sqlite_url = f"sqlite:///{tmp_path / 'baton.db'}"
+    r = SqlRegistry(sqlite_url, key)
+    _, secret = r.create_local("billing", "billing")
+    r.save_external("remote-1", webhooks.generate_secret(), "https://b.example")
+    r.link("remote-1", "rc-1", "c-1", "h-1")
+    r.remember("remote-1", "w-1", '{"ok":1}')
+    _, token = r.create_live_agent("ann", "Ann", ["general"], capacity=4)
+    r.close()
+    target = postgres.new_database()
+    for run in (1, 2):
+        done = subprocess.run([str(BATON), "store", "copy", "--from", sqlite_url, "--to", target],
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        copied = json.loads(done.stdout)["copied"]
+        expected = 1 if run == 1 else 0  # the second run keeps what is there
+        assert copied == {"agents": 2 * expected, "links": expected, "seen_webhooks": expected,
+                          "live_agents": expected}, copied
+    pg = SqlRegistry(target, key)
+    try:
+        assert pg.verifying_secrets("billing") == [secret] and pg.linked("remote-1", "rc-1") == "c-1"
+        assert pg.recall("remote-1", "w-1") == '{"ok":1}' and pg.live_agent_by_token(token).capacity == 4
+    finally:
+        pg.close()

@@ -359,6 +359,12 @@ def main(argv: list[str] | None = None) -> None:
     sub.add_parser("worker", help="the Temporal worker, against TEMPORAL_ADDRESS")
     sub.add_parser("api", help="the HTTP API, against TEMPORAL_ADDRESS")
     sub.add_parser("keys", help="print freshly generated keys for a production .env")
+    store = sub.add_parser("store", help="Baton's store (BATON_DATABASE_URL)")
+    store_actions = store.add_subparsers(dest="action", required=True)
+    copy = store_actions.add_parser("copy", help="copy every row of one store into another (e.g. SQLite to PostgreSQL)")
+    copy.add_argument("--from", dest="source", help="the store to read (default: BATON_DATABASE_URL, else "
+                                                      "sqlite:///$BATON_HOME/baton.db)")
+    copy.add_argument("--to", dest="target", required=True, help="the store to write, e.g. postgresql://user@host/baton")
     agents = sub.add_parser("agents", help="manage agents through the running API (admin key)")
     agents.add_argument("--api", help="API base URL (default BATON_API_URL, else http://BATON_API_HOST:BATON_API_PORT)")
     actions = agents.add_subparsers(dest="action", required=True)
@@ -377,6 +383,13 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(_agents(args))
         if args.command == "dev":
             asyncio.run(_dev(args))
+        elif args.command == "store":
+            from activities import database
+
+            settings = Settings.from_env()
+            source = args.source or settings.database_url or database.default_url(settings.home)
+            copied = database.copy(source, args.target)
+            print(json.dumps({"copied": copied}))
         elif args.command == "keys":
             print(f"BATON_SECRET_KEY={sealing.new_key()}")
             print(f"BATON_CHANNEL_SECRET={webhooks.generate_secret()}")
