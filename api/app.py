@@ -296,9 +296,7 @@ def create_app(
 
     @app.get(Routes.HEALTHZ, tags=["operations"])
     async def healthz(request: Request) -> JSONResponse:
-        reached = await readiness_.temporal_reachable(temporal(request))
-        ok = reached == "reachable"
-        return JSONResponse(status_code=200 if ok else 503, content={"ok": ok, "temporal": reached})
+        return await readiness_.healthz(temporal(request))
 
     @app.get(Routes.METRICS, tags=["operations"], response_class=PlainTextResponse)
     async def get_metrics(request: Request) -> PlainTextResponse:
@@ -307,14 +305,13 @@ def create_app(
         too), and baton_conversations_waiting per queue. No personal data: ids of rules, kinds and queues only."""
         text = await metrics.render(
             request.app.state.metrics_url, lambda: asyncio.to_thread(lambda: stream_store().waiting_counts()))
-        return PlainTextResponse(text, media_type="text/plain; version=0.0.4; charset=utf-8")
+        return PlainTextResponse(text, media_type=metrics.CONTENT_TYPE)
 
     @app.get(Routes.READYZ, tags=["operations"])
     async def readyz(request: Request) -> JSONResponse:
         """200 only when this process can do its job: Temporal reachable, the store open, and every start-up step
         of the host process finished (in `baton dev`: the worker polling and the demo agent connected). 503 says
         what is still missing. `/healthz` stays the liveness probe."""
-        ok, checks = await readiness_.report(temporal(request), lambda: agents().list(), request.app.state.readiness)
-        return JSONResponse(status_code=200 if ok else 503, content={"ok": ok, **checks})
+        return await readiness_.readyz(temporal(request), lambda: agents().list(), request.app.state.readiness)
 
     return app

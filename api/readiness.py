@@ -8,6 +8,7 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
+from fastapi.responses import JSONResponse
 from temporalio.api.workflowservice.v1 import GetSystemInfoRequest
 
 
@@ -41,9 +42,16 @@ async def temporal_reachable(client: Any) -> str:
         return f"unreachable: {type(err).__name__}"
 
 
-async def report(client: Any, store_check: Callable[[], Any], readiness: Readiness) -> tuple[bool, dict[str, str]]:
-    """`/readyz`'s answer, on the API and the worker alike: Temporal reachable, the store open (`store_check` reads
-    it, in a thread), and every start-up step of the process finished."""
+async def healthz(client: Any) -> JSONResponse:
+    """`/healthz`, the liveness probe, on the API and the worker alike: 200 while Temporal answers."""
+    reached = await temporal_reachable(client)
+    ok = reached == "reachable"
+    return JSONResponse(status_code=200 if ok else 503, content={"ok": ok, "temporal": reached})
+
+
+async def readyz(client: Any, store_check: Callable[[], Any], readiness: Readiness) -> JSONResponse:
+    """`/readyz`, on the API and the worker alike: 200 only with Temporal reachable, the store open (`store_check`
+    reads it, in a thread), and every start-up step of the process finished; 503 names what is missing."""
     checks: dict[str, str] = {"temporal": await temporal_reachable(client)}
     try:
         await asyncio.to_thread(store_check)
@@ -53,4 +61,4 @@ async def report(client: Any, store_check: Callable[[], Any], readiness: Readine
         checks["store"] = f"unavailable: {detail or type(err).__name__}"
     checks.update(readiness.pending)
     ok = checks["temporal"] == "reachable" and checks["store"] == "open" and readiness.ready
-    return ok, checks
+    return JSONResponse(status_code=200 if ok else 503, content={"ok": ok, **checks})

@@ -22,6 +22,8 @@ from models import metrics
 from models.names import Activities
 
 log = logging.getLogger("baton.metrics")
+# The content type of `/metrics` (Prometheus' text format).
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 # The activities that deliver something to someone, and how their result says how it went.
 DELIVERIES = {

@@ -21,18 +21,14 @@ def ops_app(client: Any, readiness: Readiness, store_check: Callable[[], Any], m
 
     @app.get(Routes.HEALTHZ)
     async def healthz(request: Request) -> JSONResponse:
-        reached = await readiness_.temporal_reachable(client)
-        ok = reached == "reachable"
-        return JSONResponse(status_code=200 if ok else 503, content={"ok": ok, "temporal": reached})
+        return await readiness_.healthz(client)
 
     @app.get(Routes.READYZ)
     async def readyz(request: Request) -> JSONResponse:
-        ok, checks = await readiness_.report(client, store_check, readiness)
-        return JSONResponse(status_code=200 if ok else 503, content={"ok": ok, **checks})
+        return await readiness_.readyz(client, store_check, readiness)
 
     @app.get(Routes.METRICS)
     async def get_metrics(request: Request) -> PlainTextResponse:
-        return PlainTextResponse(await metrics.render(metrics_url, None),
-                                 media_type="text/plain; version=0.0.4; charset=utf-8")
+        return PlainTextResponse(await metrics.render(metrics_url, None), media_type=metrics.CONTENT_TYPE)
 
     return app
