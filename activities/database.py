@@ -25,6 +25,11 @@ from alembic.config import Config
 
 log = logging.getLogger("baton.database")
 MIGRATIONS = Path(__file__).parent / "migrations"
+# Two chains of migrations, each with its own version table: the registry's (`migrations/versions`) and the event
+# stream's (`migrations/stream`: the bell log, waiting lists, queues). On PostgreSQL both live in the one database;
+# the embedded default keeps the stream's busy tables in a file of their own (`<BATON_HOME>/stream.db`).
+REGISTRY = ("versions", "alembic_version")
+STREAM = ("stream", "stream_version")
 DEFAULT_FILE = "baton.db"
 LEGACY_FILE = "agents.db"
 # Any fixed 64-bit number, the same in every Baton process: PostgreSQL's advisory lock for migrations.
@@ -64,9 +69,13 @@ def _file_lock(database: Path) -> Iterator[None]:
         yield
 
 
-def engine_for(url: str) -> sa.Engine:
-    """An engine for `url`, migrated to the newest schema. `postgresql://` means psycopg 3."""
-    if url.startswith(("postgresql://", "postgres://")):
+def is_postgres(url: str) -> bool:
+    return url.startswith(("postgresql://", "postgres://", "postgresql+psycopg://"))
+
+
+def engine_for(url: str, chain: tuple[str, str] = REGISTRY) -> sa.Engine:
+    """An engine for `url`, migrated to the newest schema of `chain`. `postgresql://` means psycopg 3."""
+    if is_postgres(url):
         url = "postgresql+psycopg://" + url.split("://", 1)[1]
     if url.startswith("sqlite"):
         target = sa.engine.make_url(url).database
@@ -84,18 +93,25 @@ def engine_for(url: str) -> sa.Engine:
     else:
         engine = sa.create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
     try:
-        migrate(engine)
+        migrate(engine, chain)
     except BaseException:
         engine.dispose()
         raise
     return engine
 
 
-def migrate(engine: sa.Engine) -> None:
-    """Upgrade to the newest revision in one transaction, once even when several processes start at once (the
-    lock ends with the transaction, committed or rolled back, so a failed migration leaves no lock behind)."""
+def migrate(engine: sa.Engine, chain: tuple[str, str] = REGISTRY) -> None:
+    """Upgrade to the newest revision of `chain` in one transaction, once even when several processes start at once
+    (the lock ends with the transaction, committed or rolled back, so a failed migration leaves no lock behind)."""
+    versions, table = chain
+    if not any((MIGRATIONS / versions).glob("*.py")):
+        # Alembic skips a version folder that is not there: a package built without it would migrate nothing.
+        raise RuntimeError(f"Baton's migrations are missing from {MIGRATIONS / versions} (a broken install)")
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
+    config.set_main_option("path_separator", "os")
+    config.set_main_option("version_locations", str(MIGRATIONS / versions))
+    config.attributes["version_table"] = table
     database = engine.url.database
     on_file = engine.dialect.name == "sqlite" and database and database != ":memory:"
     with _file_lock(Path(database)) if on_file else contextlib.nullcontext():
@@ -106,12 +122,27 @@ def migrate(engine: sa.Engine) -> None:
             command.upgrade(config, "head")
 
 
-def revision(engine: sa.Engine) -> str | None:
-    """The schema revision the database is at (None before the first migration)."""
+def migrated(url: str, chain: tuple[str, str]) -> None:
+    """Migrate the database at `url` to the newest schema of `chain` (for stores that keep their own connections)."""
+    engine_for(url, chain).dispose()
+
+
+def revision(engine: sa.Engine, chain: tuple[str, str] = REGISTRY) -> str | None:
+    """The schema revision of `chain` the database is at (None before its first migration)."""
+    table = chain[1]
     with engine.connect() as connection:
-        if not sa.inspect(connection).has_table("alembic_version"):
+        if not sa.inspect(connection).has_table(table):
             return None
-        return connection.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
+        return connection.execute(sa.text(f"SELECT version_num FROM {table}")).scalar()
+
+
+def stream_url(url: str) -> str:
+    """Where `baton store copy` writes the event stream's store of the store at `url`: the same PostgreSQL database,
+    or `stream.db` beside a SQLite file."""
+    if is_postgres(url):
+        return url
+    database = sa.engine.make_url(url).database or ""
+    return f"sqlite:///{Path(database).parent / 'stream.db'}"
 
 
 # The tables of the store and their keys, in the order a copy writes them.
@@ -121,31 +152,61 @@ TABLES = {
     "seen_webhooks": ("agent_id", "webhook_id"),
     "live_agents": ("agent_id",),
 }
+# What a copy takes of the event stream's store: each conversation's latest state (who waits where, since when: the
+# waiting lists), what its handoff asked for, its last helper, and the record (ratings; wrap-up codes, which have no
+# key of their own, so a row equal in every column counts as there). Not the bell log (it only wakes processes that
+# run now), nor presence, offers and claims in flight (the consoles report presence again, and rounds offer again).
+STREAM_TABLES = {
+    "conversations": ("conversation_id",),
+    "terms": ("conversation_id",),
+    "helpers": ("conversation_id",),
+    "ratings": ("conversation_id", "created", "number"),
+    "wrap_ups": None,
+}
 
 
-def copy(source_url: str, target_url: str) -> dict[str, int]:
-    """Copy every row of one store into another (SQLite to PostgreSQL when an install moves to several hosts), both
-    migrated first. Rows the target has already (same key) are kept as they are, so it can be run again. Sealed
-    secrets are copied as they are: the target's processes need the same BATON_SECRET_KEY. Returns the rows copied
-    per table."""
-    source, target = engine_for(source_url), engine_for(target_url)
+def _copy_tables(read: sa.Connection, write: sa.Connection, tables: dict[str, tuple[str, ...] | None]) -> dict[str, int]:
     copied: dict[str, int] = {}
-    try:
-        with source.connect() as read, target.begin() as write:
-            for table, key in TABLES.items():
-                result = read.execute(sa.text(f"SELECT * FROM {table}"))
-                columns = list(result.keys())
-                rows = [dict(zip(columns, row, strict=True)) for row in result]
-                if rows:
-                    names = ", ".join(columns)
-                    values = ", ".join(f":{c}" for c in columns)
-                    outcome = write.execute(sa.text(
-                        f"INSERT INTO {table} ({names}) VALUES ({values}) ON CONFLICT ({', '.join(key)}) DO NOTHING"
-                    ), rows)
-                    copied[table] = max(outcome.rowcount, 0)
-                else:
-                    copied[table] = 0
-    finally:
-        source.dispose()
-        target.dispose()
+    for table, key in tables.items():
+        result = read.execute(sa.text(f"SELECT * FROM {table}"))
+        columns = [c for c in result.keys() if key is not None or c != "id"]
+        rows = [{c: row._mapping[c] for c in columns} for row in result]
+        copied[table] = 0
+        if not rows:
+            continue
+        names = ", ".join(columns)
+        values = ", ".join(f":{c}" for c in columns)
+        if key is not None:
+            statement = f"INSERT INTO {table} ({names}) VALUES ({values}) ON CONFLICT ({', '.join(key)}) DO NOTHING"
+        else:
+            same = " AND ".join(f"{c} = :{c}" for c in columns)
+            statement = (f"INSERT INTO {table} ({names}) SELECT {values} WHERE NOT EXISTS"
+                         f" (SELECT 1 FROM {table} WHERE {same})")
+        copied[table] = max(write.execute(sa.text(statement), rows).rowcount, 0)
+    return copied
+
+
+def copy(source_url: str, target_url: str, stream_source: str | None = None) -> dict[str, int]:
+    """Copy every row of one store into another (SQLite to PostgreSQL when an install moves to several hosts), both
+    migrated first, and what lasts of its event stream's store (STREAM_TABLES) from `stream_source` (a SQLite
+    `stream.db`, or a PostgreSQL store's own; by default the source's, `stream.db` beside a SQLite one). Rows the
+    target has already (same key) are kept as they are, so it can be run again. Sealed secrets are copied as they are:
+    the target's processes need the same BATON_SECRET_KEY. Returns the rows copied per table."""
+    copied: dict[str, int] = {}
+    pairs = [(source_url, target_url, REGISTRY, TABLES)]
+    streams = stream_source or stream_url(source_url), stream_url(target_url)
+    on_file = sa.engine.make_url(streams[0]).database if not is_postgres(streams[0]) else None
+    if on_file is not None and not Path(on_file).exists():
+        if stream_source:
+            raise FileNotFoundError(f"no event stream's store at {on_file}")
+    elif streams[0] != streams[1]:
+        pairs.append((*streams, STREAM, STREAM_TABLES))
+    for source_at, target_at, chain, tables in pairs:
+        source, target = engine_for(source_at, chain), engine_for(target_at, chain)
+        try:
+            with source.connect() as read, target.begin() as write:
+                copied.update(_copy_tables(read, write, tables))
+        finally:
+            source.dispose()
+            target.dispose()
     return copied

@@ -21,7 +21,6 @@ deciding at once cannot both give an agent its last free place, nor offer one co
 from __future__ import annotations
 
 import json
-import sqlite3
 import uuid
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
@@ -30,7 +29,7 @@ from typing import Literal
 from pydantic import BaseModel
 
 from activities.registry import LiveAgentInfo
-from activities.stream import StreamStore
+from activities.stream import Db, StreamStore
 from models.config import BatonConfig, Route
 
 Status = Literal["online", "away", "offline"]
@@ -50,7 +49,7 @@ _PRESENT = "status != 'offline' AND heartbeat_at >= ?"
 # A claim's or accept's place counts while it is fresh and the conversation still waits as it did when the place was
 # taken: its next bell (owned, moved, cancelled) ends it, whatever order bells land in.
 _HELD = ("r.at > ? AND EXISTS (SELECT 1 FROM conversations c2 WHERE c2.conversation_id = r.conversation_id"
-         " AND c2.state = 'handoff_pending' AND c2.waiting_since IS r.waiting_since)")
+         " AND c2.state = 'handoff_pending' AND c2.waiting_since IS NOT DISTINCT FROM r.waiting_since)")
 
 
 class Presence(BaseModel):
@@ -256,12 +255,12 @@ class Queues:
             return self._load(db, agent_id, _now())
 
     @staticmethod
-    def _load(db: sqlite3.Connection, agent_id: str, now: datetime) -> int:
+    def _load(db: Db, agent_id: str, now: datetime) -> int:
         """The agent's conversations, claims and accepts in flight, and open offers (each conversation once)."""
         return db.execute(
             "SELECT count(*) FROM (SELECT conversation_id FROM conversations WHERE owner = ? AND state = 'live_agent'"
             f" UNION SELECT r.conversation_id FROM reservations r WHERE r.agent_id = ? AND {_HELD}"
-            " UNION SELECT conversation_id FROM offers WHERE agent_id = ? AND status IN ('open', 'accepting'))",
+            " UNION SELECT conversation_id FROM offers WHERE agent_id = ? AND status IN ('open', 'accepting')) AS held",
             (agent_id, agent_id, _iso(now - CLAIM_HOLD), agent_id),
         ).fetchone()[0]
 
@@ -277,7 +276,7 @@ class Queues:
         with self.store.reading() as db:
             return self._lacks(db, set(agent_skills), conversation_id, queue)
 
-    def _lacks(self, db: sqlite3.Connection, agent_skills: set[str], conversation_id: str, queue: str | None) -> list[str]:
+    def _lacks(self, db: Db, agent_skills: set[str], conversation_id: str, queue: str | None) -> list[str]:
         row = db.execute("SELECT skills FROM terms WHERE conversation_id = ?", (conversation_id,)).fetchone()
         return sorted(self.required(queue, json.loads(row[0]) if row else []) - agent_skills)
 
@@ -315,7 +314,7 @@ class Queues:
             db.execute("UPDATE presence SET idle_since = ? WHERE agent_id = ?", (_iso(now), agent_id))
 
     @staticmethod
-    def _hold(db: sqlite3.Connection, conversation_id: str, agent_id: str, now: datetime) -> None:
+    def _hold(db: Db, conversation_id: str, agent_id: str, now: datetime) -> None:
         """A place for the agent while the conversation still waits as it does now (see _HELD)."""
         db.execute(
             "INSERT INTO reservations (conversation_id, agent_id, at, waiting_since) SELECT ?, ?, ?, waiting_since"
@@ -419,7 +418,8 @@ class Queues:
             agents.setdefault(agent, {"wrap_ups": {}, "ratings": 0, "mean_rating": None})["wrap_ups"][code] = n
         for agent, n, mean in ratings:
             slot = agents.setdefault(agent, {"wrap_ups": {}, "ratings": 0, "mean_rating": None})
-            slot["ratings"], slot["mean_rating"] = n, round(mean, 2)
+            # PostgreSQL's avg is a numeric (a Decimal here), SQLite's a float.
+            slot["ratings"], slot["mean_rating"] = n, round(float(mean), 2)
         return {"wrap_ups": dict(codes), "agents": agents}
 
     # ---- assignment -------------------------------------------------------------------------------------------
@@ -447,7 +447,7 @@ class Queues:
                 made += self._offer_round(db, name, queue, free, now)
             return made
 
-    def _work_to_do(self, db: sqlite3.Connection, now: datetime, pushing: list[str]) -> bool:
+    def _work_to_do(self, db: Db, now: datetime, pushing: list[str]) -> bool:
         """Whether a round would change anything: an offer to lapse or withdraw, an agent past the grace, or (push
         queues) an online agent while something waits there unoffered."""
         cutoff = _iso(now - timedelta(seconds=self.config.presence_grace_seconds))
@@ -459,8 +459,8 @@ class Queues:
             ("SELECT 1 FROM offers WHERE status = 'accepting' AND ended_at < ? LIMIT 1", (_iso(now - ACCEPT_HOLD),)),
             ("SELECT 1 FROM presence WHERE status != 'offline' AND heartbeat_at < ? LIMIT 1", (cutoff,)),
             ("SELECT 1 FROM offers o LEFT JOIN conversations c ON c.conversation_id = o.conversation_id WHERE"
-             " o.status = 'open' AND (c.conversation_id IS NULL OR c.state != 'handoff_pending' OR c.queue IS NOT"
-             " o.queue OR c.waiting_since IS NOT o.waiting_since) LIMIT 1", ()),
+             " o.status = 'open' AND (c.conversation_id IS NULL OR c.state != 'handoff_pending' OR c.queue IS"
+             " DISTINCT FROM o.queue OR c.waiting_since IS DISTINCT FROM o.waiting_since) LIMIT 1", ()),
         ]
         if pushing:
             marks = ", ".join("?" for _ in pushing)
@@ -471,7 +471,7 @@ class Queues:
                 f" WHERE {_ONLINE}) LIMIT 1", (*pushing, cutoff)))
         return any(db.execute(sql, args).fetchone() is not None for sql, args in checks)
 
-    def _lapse(self, db: sqlite3.Connection, now: datetime) -> None:
+    def _lapse(self, db: Db, now: datetime) -> None:
         lapsed = db.execute(
             "SELECT offer_id, agent_id FROM offers WHERE status = 'open' AND expires_at <= ?", (_iso(now),)
         ).fetchall()
@@ -497,19 +497,19 @@ class Queues:
         stale = db.execute(
             "SELECT o.offer_id, o.agent_id FROM offers o LEFT JOIN conversations c ON c.conversation_id ="
             " o.conversation_id WHERE o.status = 'open' AND (c.conversation_id IS NULL OR c.state != 'handoff_pending'"
-            " OR c.queue IS NOT o.queue OR c.waiting_since IS NOT o.waiting_since)"
+            " OR c.queue IS DISTINCT FROM o.queue OR c.waiting_since IS DISTINCT FROM o.waiting_since)"
         ).fetchall()
         for offer_id, agent_id in stale:
             db.execute("UPDATE offers SET status = 'withdrawn', ended_at = ? WHERE offer_id = ?", (_iso(now), offer_id))
             self._note(db, "offer", agent_id, now)
 
-    def _withdraw(self, db: sqlite3.Connection, where: str, args: tuple, now: datetime) -> None:
+    def _withdraw(self, db: Db, where: str, args: tuple, now: datetime) -> None:
         rows = db.execute(f"SELECT offer_id, agent_id FROM offers WHERE status = 'open' AND {where}", args).fetchall()
         for offer_id, agent_id in rows:
             db.execute("UPDATE offers SET status = 'withdrawn', ended_at = ? WHERE offer_id = ?", (_iso(now), offer_id))
             self._note(db, "offer", agent_id, now)
 
-    def _free_agents(self, db: sqlite3.Connection, now: datetime) -> dict[str, dict]:
+    def _free_agents(self, db: Db, now: datetime) -> dict[str, dict]:
         cutoff = _iso(now - timedelta(seconds=self.config.presence_grace_seconds))
         rows = db.execute(
             f"SELECT agent_id, capacity, skills, queues, idle_since FROM presence WHERE {_ONLINE}", (cutoff,),
@@ -521,7 +521,7 @@ class Queues:
                                 "idle": idle}
         return agents
 
-    def _offer_round(self, db: sqlite3.Connection, name: str, queue, free: dict[str, dict], now: datetime) -> int:
+    def _offer_round(self, db: Db, name: str, queue, free: dict[str, dict], now: datetime) -> int:
         rows = db.execute(
             "SELECT c.conversation_id, c.waiting_since, coalesce(t.skills, '[]'), h.agent_id, h.at FROM conversations c"
             " LEFT JOIN terms t ON t.conversation_id = c.conversation_id"
@@ -561,7 +561,7 @@ class Queues:
         return made
 
     @staticmethod
-    def _note(db: sqlite3.Connection, kind: str, agent_id: str, now: datetime) -> None:
+    def _note(db: Db, kind: str, agent_id: str, now: datetime) -> None:
         """Wake the desk streams of `agent_id` (every API process tails the log)."""
         db.execute(
             "INSERT INTO bells (conversation_id, seq, prev_seq, state, owner, at) VALUES ('', 0, 0, ?, ?, ?)",

@@ -22,13 +22,13 @@ from temporalio.service import RPCError, RPCStatusCode
 from activities import sealing
 from activities.filtering import clean_ingress
 from activities.registry import AgentRegistry, open_registry
-from activities.stream import StreamStore, stream_path
+from activities.stream import StreamStore, open_stream
 from api.stream import Hub, stream_router
 from models.config import BatonConfig
 from api.a2a_server import a2a_router
 from api.agents import agent_router
 from api.auth import bearer
-from api.codec import codec_router
+from api.codec import CodecCors, codec_router
 from api.desk import desk_router, sweep_queues
 from api.third_party_desk import third_party_desk_router
 from api.limits import RequestLimits
@@ -142,7 +142,7 @@ def create_app(
 
     def stream_store() -> StreamStore:
         if not streams:
-            streams.append(StreamStore(stream_path(settings.home)))
+            streams.append(open_stream(settings.database_url, settings.home))
         return streams[0]
 
     app.include_router(desk_router(agents, settings, config, stream_store))
@@ -153,6 +153,8 @@ def create_app(
     app.include_router(pages_router(settings))
     origins = [o.strip().rstrip("/") for o in settings.codec_cors_origins.split(",") if o.strip()]
     app.include_router(codec_router(settings.admin_key, lambda: app.state.client, origins))
+    # Outermost: the codec's CORS headers go on every answer to the UI, the request limits' 413 included.
+    app.add_middleware(CodecCors, origins=origins)
     app.state.config = config
 
     @app.exception_handler(RequestValidationError)

@@ -79,7 +79,8 @@ class RequestLimits:
             return
         if scope.get("path", "").startswith(CODEC_PREFIX):
             # The payload codec's endpoints take a run's largest payloads (its continue-as-new input carries up to
-            # 256 KiB of transcript, base64-encoded here): a bound of their own, admin key required.
+            # 256 KiB of transcript, base64-encoded here): a bound of their own (the sign-in form checks its own,
+            # 4 KiB, as it reads).
             await RequestLimits(self.app, CODEC_MAX_BODY_BYTES)._bounded(scope, receive, send)
             return
         await self._bounded(scope, receive, send)

@@ -16,6 +16,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, HTTPException, Query, Request
@@ -82,6 +83,7 @@ class Hub:
         self._task: asyncio.Task | None = None
         self.closing = asyncio.Event()
         self.last_id = 0
+        self._tail_thread: ThreadPoolExecutor | None = None
 
     @property
     def store(self) -> StreamStore:
@@ -106,8 +108,17 @@ class Hub:
         forgot = time.monotonic()
         while not self.closing.is_set():
             try:
-                # On the event loop: an indexed read of the log's tail takes microseconds, a thread hop far more.
-                rungs = self.store.since(self.last_id)
+                # SQLite: on the event loop (an indexed read of the log's tail takes microseconds, a thread hop far
+                # more); PostgreSQL: a round trip to the server, on a thread of its own (not the loop's shared pool,
+                # where the desk's calls may all be waiting for the store's write lock).
+                store = self.store
+                if store.remote:
+                    if self._tail_thread is None:
+                        self._tail_thread = ThreadPoolExecutor(1, thread_name_prefix="baton-stream-tail")
+                    rungs = await asyncio.get_running_loop().run_in_executor(
+                        self._tail_thread, store.since, self.last_id)
+                else:
+                    rungs = store.since(self.last_id)
             except Exception:  # noqa: BLE001 - a store hiccup must not end every stream; try again
                 log.exception("reading the stream store failed")
                 rungs = []
@@ -132,6 +143,9 @@ class Hub:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
             self._task = None
+        if self._tail_thread is not None:
+            self._tail_thread.shutdown(wait=False)
+            self._tail_thread = None
 
     async def wait(self, sub: Subscriber) -> bool:
         """Until the subscriber is woken (True) or a heartbeat is due (False); raises CancelledError on close."""

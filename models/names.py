@@ -67,6 +67,9 @@ class Routes:
     # The payload codec's endpoints for the Temporal UI and CLI (`--codec-endpoint <api>/codec`).
     CODEC_ENCODE = "/codec/encode"
     CODEC_DECODE = "/codec/decode"
+    # The Temporal UI's sign-in (a session cookie for /codec: the UI cannot send the admin key).
+    CODEC_SIGN_IN = "/codec/sign-in"
+    CODEC_SIGN_OUT = "/codec/sign-out"
     # The platform protocol (on the receiving platform, except EVENTS which is the sender's callback).
     AGENT_VERIFY = "/v1/agents/{agent_id}/verify"
     AGENT_HANDOFFS = "/v1/agents/{agent_id}/handoffs"

@@ -51,6 +51,23 @@ def registry(tmp_path):
     r.close()
 
 
+@pytest.fixture(scope="session")
+def postgres():
+    """A throwaway PostgreSQL for the session (devkit/postgres.py); each test takes a database of its own."""
+    from devkit.postgres import Postgres
+
+    with Postgres() as pg:
+        yield pg
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def stream_target(request, tmp_path):
+    """Where a test's event-stream store lives, once on each database: a SQLite file or a fresh PostgreSQL one."""
+    if request.param == "sqlite":
+        return tmp_path / "stream.db"
+    return request.getfixturevalue("postgres").new_database()
+
+
 @pytest.fixture
 def task_queue() -> str:
     return f"baton-test-{uuid.uuid4().hex[:10]}"

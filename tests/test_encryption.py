@@ -115,6 +115,99 @@ async def test_a_codec_endpoint_answers_404_when_encryption_is_off(dev_env, task
         assert r.status_code == 404 and "BATON_PAYLOAD_KEYS" in r.json()["detail"]
 
 
+async def test_the_codec_answers_the_ui_origin_with_cors_on_every_status_and_nobody_else(dev_env, task_queue, registry):
+    """The Temporal UI calls /codec from its own origin: the browser shows it an answer only with CORS headers,
+    so they go on errors too (a 401 says the key is missing, not "CORS error"); other origins get none, and other
+    routes stay closed to the UI's origin."""
+    ui = "http://localhost:8233"
+    client = Client(**{**dev_env.client.config(),
+                       "data_converter": data_converter(EncryptionCodec(parse_keys(f"k1={key()}")))})
+    settings = settings_for(task_queue, codec_cors_origins=f"{ui}/, https://ui.example")
+    async with baton_api(client, settings, registry) as http:
+        pre = await http.options("/codec/decode", headers={"Origin": ui, "Access-Control-Request-Method": "POST",
+                                                          "Access-Control-Request-Headers": "authorization"})
+        assert pre.status_code == 204 and pre.headers["access-control-allow-origin"] == ui
+        assert "authorization" in pre.headers["access-control-allow-headers"]
+        assert pre.headers["access-control-allow-credentials"] == "true"
+        body = {"payloads": [{"metadata": {"encoding": base64.b64encode(b"json/plain").decode()},
+                              "data": base64.b64encode(b'"hi"').decode()}]}
+        for headers, status in (({**ADMIN}, 200), ({"Authorization": "Bearer wrong"}, 401), ({}, 401)):
+            r = await http.post("/codec/decode", json=body, headers={**headers, "Origin": ui})
+            assert r.status_code == status and r.headers.get("access-control-allow-origin") == ui, (r.status_code, r.headers)
+        bad = await http.post("/codec/encode", json={"payloads": "nope"}, headers={**ADMIN, "Origin": ui})
+        assert bad.status_code == 422 and bad.headers.get("access-control-allow-origin") == ui
+        # Refused by its declared length before a byte is read (a raw request: the client sends none).
+        reader, writer = await asyncio.open_connection(http.base_url.host, http.base_url.port)
+        writer.write((f"POST /codec/decode HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                      f"Content-Length: {9 << 20}\r\nAuthorization: {ADMIN['Authorization']}\r\n"
+                      f"Origin: {ui}\r\n\r\n").encode())
+        await writer.drain()
+        head = (await asyncio.wait_for(reader.read(65536), timeout=10)).split(b"\r\n\r\n")[0].decode().lower()
+        writer.close()
+        assert head.startswith("http/1.1 413") and f"access-control-allow-origin: {ui}" in head, head
+        for origin in ("https://evil.example", "null"):
+            r = await http.post("/codec/decode", json=body, headers={**ADMIN, "Origin": origin})
+            assert r.status_code == 200 and "access-control-allow-origin" not in r.headers
+            pre = await http.options("/codec/decode", headers={"Origin": origin, "Access-Control-Request-Method": "POST"})
+            assert "access-control-allow-origin" not in pre.headers
+        other = await http.get("/v1/conversations/none/transcript", headers={"Origin": ui})
+        assert "access-control-allow-origin" not in other.headers
+
+
+async def test_the_temporal_ui_signs_in_once_and_decodes_with_a_session_cookie_from_its_origin_only(
+        dev_env, task_queue, registry):
+    """The Temporal UI cannot send the admin key: an operator signs in at /codec/sign-in (a form, the key in the body),
+    and the UI's calls carry the session cookie. It counts from the UI's origin only, is HttpOnly for /codec only,
+    ends at sign-out or when the admin key changes, and a forged or expired one is refused."""
+    import time as clock
+
+    from api.codec import SESSION_COOKIE, issue_session, session_valid
+
+    ui = "http://localhost:8233"
+    client = Client(**{**dev_env.client.config(),
+                       "data_converter": data_converter(EncryptionCodec(parse_keys(f"k1={key()}")))})
+    settings = settings_for(task_queue, codec_cors_origins=ui)
+    body = {"payloads": [{"metadata": {"encoding": base64.b64encode(b"json/plain").decode()},
+                          "data": base64.b64encode(b'"hi"').decode()}]}
+    async with baton_api(client, settings, registry) as http:
+        page = await http.get("/codec/sign-in")
+        assert page.status_code == 200 and 'name="admin_key"' in page.text and 'type="password"' in page.text
+        assert "form-action 'self'" in page.headers["content-security-policy"]
+        assert "script-src 'self'" in page.headers["content-security-policy"]
+        wrong = await http.post("/codec/sign-in", data={"admin_key": "not-it"})
+        assert wrong.status_code == 401 and "set-cookie" not in wrong.headers and "not the admin key" in wrong.text
+        signed = await http.post("/codec/sign-in", data={"admin_key": settings.admin_key})
+        assert signed.status_code == 200, signed.text
+        cookie = signed.headers["set-cookie"]
+        assert "HttpOnly" in cookie and "Path=/codec" in cookie and "SameSite=lax" in cookie, cookie
+        assert settings.admin_key not in cookie
+        token = signed.cookies[SESSION_COOKIE]
+        jar = {"Cookie": f"{SESSION_COOKIE}={token}"}
+        # The UI's call: no Authorization, its origin, the cookie.
+        http.headers.pop("Authorization", None)
+        r = await http.post("/codec/decode", json=body, headers={**jar, "Origin": ui})
+        assert r.status_code == 200 and r.headers["access-control-allow-origin"] == ui, r.text
+        # Not from another origin, nor without one (a page elsewhere, a script); not forged, not expired.
+        assert (await http.post("/codec/decode", json=body, headers={**jar, "Origin": "https://evil.example"})).status_code == 401
+        assert (await http.post("/codec/decode", json=body, headers=jar)).status_code == 401
+        until, _, mac = token.partition(".")
+        forged = f"{int(until) + 3600}.{mac}"
+        assert (await http.post("/codec/decode", json=body,
+                                headers={"Cookie": f"{SESSION_COOKIE}={forged}", "Origin": ui})).status_code == 401
+        old = issue_session(settings.admin_key, now=clock.time() - 9 * 3600)
+        assert not session_valid(settings.admin_key, old) and session_valid(settings.admin_key, token)
+        assert not session_valid("another-admin-key", token)
+        # Not an ASCII number (a digit int() refuses): refused, not a 500.
+        odd = await http.post("/codec/decode", json=body,
+                              headers={"Cookie": f"{SESSION_COOKIE}=\u00b2.x".encode("latin-1"), "Origin": ui})
+        assert odd.status_code == 401 and odd.headers["access-control-allow-origin"] == ui
+        out = await http.post("/codec/sign-out")
+        assert out.status_code == 200 and f'{SESSION_COOKIE}=""' in out.headers["set-cookie"]
+        # Bigger than a form: refused.
+        assert (await http.post("/codec/sign-in", content=b"admin_key=" + b"x" * 5000,
+                                headers={"Content-Type": "application/x-www-form-urlencoded"})).status_code == 413
+
+
 async def test_keys_rotate_the_first_encrypts_and_every_key_decrypts():
     old, new = key(), key()
     before = EncryptionCodec(parse_keys(f"k1={old}"))
@@ -161,3 +254,52 @@ def test_the_secret_key_rotates_old_keys_still_open_what_they_sealed():
         sealing.unseal(old, resealed)
     with pytest.raises(ValueError, match="key 2 of BATON_SECRET_KEY"):
         sealing.check_key(f"{new},nope")
+
+
+async def test_the_real_temporal_ui_reads_encrypted_history_once_an_operator_signs_in(tmp_path, chromium, registry):
+    """The stock Temporal UI (the one `baton dev` starts, pointed at the API's /codec as `baton dev` does when
+    BATON_PAYLOAD_KEYS is set), in headless Chromium: before signing in it cannot decode and shows no plaintext;
+    after signing in at /codec/sign-in and turning on "Include cross-origin credentials" it shows the run's input."""
+    from playwright.async_api import expect
+
+    from devkit.temporal import free_port
+    from workers.devserver import DevServer
+
+    api_port, ui_port = free_port(), free_port()
+    endpoint = f"http://localhost:{api_port}/codec"
+    server = DevServer(tmp_path / "home", port=free_port(), ui_port=ui_port, codec_endpoint=endpoint)
+    await server.start()
+    context = await chromium.new_context()
+    try:
+        client = await Client.connect(server.address, data_converter=data_converter(
+            EncryptionCodec(parse_keys(f"k1={key()}"))))
+        settings = settings_for(f"ui-{uuid.uuid4().hex[:8]}", codec_cors_origins=f"http://localhost:{ui_port}",
+                                api_port=api_port)
+        cid = f"ui-{uuid.uuid4().hex[:8]}"
+        async with baton_worker(client, settings, registry), baton_api(client, settings, registry, port=api_port) as http:
+            r = await http.post(f"/v1/conversations/{cid}/messages", json={"message_id": "u1", "text": MESSAGE})
+            assert r.status_code == 202, r.text
+            page = await context.new_page()
+            run = f"http://localhost:{ui_port}/namespaces/default/workflows/{workflow_id(cid)}"
+            await page.goto(run)
+            trouble = page.get_by_role("button", name="Codec Server could not connect")
+            await expect(trouble).to_be_visible(timeout=30_000)
+            assert f'"conversation_id": "{cid}"' not in await page.inner_text("body")
+
+            await page.goto(f"http://localhost:{api_port}/codec/sign-in")
+            await page.get_by_label("Admin key").fill(settings.admin_key)
+            await page.get_by_role("button", name="Sign in").click()
+            await expect(page.get_by_role("heading", name="Baton: signed in for the Temporal UI")).to_be_visible()
+
+            await page.goto(run)
+            await trouble.click()
+            await page.get_by_text("Use my browser setting").click()
+            await page.get_by_placeholder("Paste your endpoint here").fill(endpoint)
+            await page.get_by_text("Include cross-origin credentials").click()
+            await page.get_by_role("button", name="Apply").click()
+            await page.reload()
+            await expect(page.locator("body")).to_contain_text(f'"conversation_id": "{cid}"', timeout=30_000)
+            await expect(trouble).to_have_count(0)
+    finally:
+        await context.close()
+        server.stop()

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from activities.stream import StreamStore, stream_path
+from activities.stream import StreamStore, open_stream
 from models.config import load_config
 from models import notices
 from tests.harness import baton_api, baton_worker, eventually, settings_for
@@ -54,9 +54,12 @@ def config(tmp_path: Path):
     return load_config(path)
 
 
-@pytest.fixture
-async def baton(dev_env, task_queue, channel, registry, config):
-    settings = settings_for(task_queue, channel_url=channel.url, channel_secret=channel.secret)
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def baton(request, dev_env, task_queue, channel, registry, config):
+    """The worker and the API with the queues' store (the event stream's) in `.baton/stream.db`, or in a
+    PostgreSQL database (BATON_DATABASE_URL), as an install on several hosts keeps it."""
+    database = request.getfixturevalue("postgres").new_database() if request.param == "postgresql" else None
+    settings = settings_for(task_queue, channel_url=channel.url, channel_secret=channel.secret, database_url=database)
     async with baton_worker(dev_env.client, settings, registry, config=config), baton_api(
         dev_env.client, settings, registry, config=config
     ) as http:
@@ -424,8 +427,8 @@ async def test_the_waiting_list_is_exactly_who_waits_after_a_burst_with_cancels_
     assert [w["position"] for w in listed] == list(range(1, len(stay) + 1))
     since = [w["waiting_since"] for w in listed]
     assert since == sorted(since)
-    # The store is a file: another process (a restarted API) reads the same list, in the same order.
-    other = StreamStore(stream_path(settings.home))
+    # The store outlives a process: another one (a restarted API, a replica) reads the same list, in the same order.
+    other = open_stream(settings.database_url, settings.home)
     try:
         assert [r.conversation_id for r in other.waiting("general")] == [w["conversation_id"] for w in listed]
     finally:
@@ -525,12 +528,12 @@ def _bell(cid: str, number: int, state: str, queue: str | None, since=None, owne
                 waiting_since=since, reason="r", at=datetime.now(UTC), created=datetime(2026, 1, 1, tzinfo=UTC))
 
 
-def test_a_claims_place_ends_with_the_wait_it_was_taken_for_whatever_order_bells_land_in(tmp_path, config):
+def test_a_claims_place_ends_with_the_wait_it_was_taken_for_whatever_order_bells_land_in(stream_target, config):
     from datetime import UTC, datetime, timedelta
 
     from activities.queues import Queues, Refused
 
-    store = StreamStore(tmp_path / "stream.db")
+    store = StreamStore(stream_target)
     book = Queues(store, config)
     t1 = datetime.now(UTC) - timedelta(minutes=1)
     store.ring(_bell("c1", 1, "handoff_pending", "general", t1))
@@ -555,12 +558,12 @@ def test_a_claims_place_ends_with_the_wait_it_was_taken_for_whatever_order_bells
     store.close()
 
 
-def test_stranded_are_those_nobody_online_could_take_in_queues_that_go_on(tmp_path, config):
+def test_stranded_are_those_nobody_online_could_take_in_queues_that_go_on(stream_target, config):
     from datetime import UTC, datetime, timedelta
 
     from activities.queues import Queues
 
-    store = StreamStore(tmp_path / "stream.db")
+    store = StreamStore(stream_target)
     book = Queues(store, config)
     t1 = datetime.now(UTC) - timedelta(minutes=1)
     # push (goes on when nobody is present), general (pull: waits), skilled (pull, needs de: waits too).
@@ -587,6 +590,58 @@ def test_stranded_are_those_nobody_online_could_take_in_queues_that_go_on(tmp_pa
     store.ring(_bell("p2", 2, "live_agent", None, owner="bob"))
     assert book.stranded() == []
     store.close()
+
+
+def test_two_processes_deciding_at_once_never_exceed_a_capacity_nor_offer_one_conversation_twice(
+        stream_target, config):
+    """Two stores on one database stand for two processes (API replicas, workers): their claims and assignment
+    rounds, from several threads at once, take turns (the store's write lock), so an agent gets at most their
+    capacity and no conversation is offered twice."""
+    import threading
+    from collections import Counter
+    from datetime import UTC, datetime, timedelta
+
+    from activities.queues import Queues, Refused
+
+    stores = [StreamStore(stream_target), StreamStore(stream_target)]
+    books = [Queues(s, config) for s in stores]
+    t1 = datetime.now(UTC) - timedelta(minutes=1)
+    for i in range(12):
+        stores[0].ring(_bell(f"g{i}", 1, "handoff_pending", "general", t1 + timedelta(seconds=i)))
+        stores[1].ring(_bell(f"p{i}", 1, "handoff_pending", "push", t1 + timedelta(seconds=i)))
+    results: list[str] = []
+    start = threading.Barrier(8)
+
+    def claim(book: Queues, cids: list[str]) -> None:
+        start.wait()
+        for cid in cids:
+            try:
+                book.reserve("ann", [], 3, cid, "general")
+                results.append(cid)
+            except Refused as refused:
+                assert refused.status == 409, refused
+
+    def online(book: Queues, agent: str) -> None:
+        start.wait()
+        book.set_presence(agent, agent.title(), ["push"], [], 2, "online")
+        for _ in range(5):
+            book.assign()
+
+    threads = [threading.Thread(target=claim, args=(books[i % 2], [f"g{j}" for j in range(i, 12, 4)]))
+               for i in range(4)]
+    threads += [threading.Thread(target=online, args=(books[i % 2], agent))
+                for i, agent in enumerate(["bob", "cy", "dee", "eve"])]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(results) == 3 and books[0]._load_of("ann") == 3, results
+    offered = [o for agent in ("bob", "cy", "dee", "eve") for o in books[1].offers(agent)]
+    assert len(offered) == 8, offered  # four agents, two places each, twelve waiting
+    assert max(Counter(o.conversation_id for o in offered).values()) == 1
+    assert all(books[0]._load_of(a) == 2 for a in ("bob", "cy", "dee", "eve"))
+    for s in stores:
+        s.close()
 
 
 def test_a_rating_is_a_digit_answering_the_last_thing_said():

@@ -6,30 +6,29 @@ signed callbacks on the other, a replayed webhook-id recognised by the other."""
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import subprocess
 import sys
 import threading
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 import pytest
 
 from activities import database, sealing, webhooks
+from activities.queues import Queues
 from activities.registry import AgentIdTaken, LiveAgentIdTaken, SqlRegistry, open_registry
-from devkit.postgres import Postgres
+from activities.stream import StreamStore
 from devkit.temporal import free_port
+from models.conversation import Bell, Rating, State
 from tests.harness import baton_env, baton_worker, eventually, settings_for, stop_processes
 from tests.test_two_platforms import ADMIN, platform, remote_of, texts
 
 BATON = Path(sys.executable).parent / "baton"
-
-
-@pytest.fixture(scope="session")
-def postgres():
-    with Postgres() as pg:
-        yield pg
+T0 = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -248,18 +247,68 @@ def test_baton_store_copy_moves_a_sqlite_store_to_postgresql_and_can_run_again(t
     r.remember("remote-1", "w-1", '{"ok":1}')
     _, token = r.create_live_agent("ann", "Ann", ["general"], capacity=4)
     r.close()
+    # Its event stream's store, beside it: a conversation waiting in "general" with its terms, one Ann helped and
+    # rated, a wrap-up code, and the log (not copied: it only wakes processes running now).
+    stream = StreamStore(tmp_path / "stream.db")
+    waiting = Bell(conversation_id="c-1", number=1, seq=3, state=State.HANDOFF_PENDING, queue="general", at=T0,
+                   waiting_since=T0, reason="wants a person", created=T0)
+    stream.ring(waiting)
+    Queues(stream).set_terms("c-1", 5, ["de"])
+    stream.ring(Bell(conversation_id="c-2", number=2, seq=5, state=State.LIVE_AGENT, owner="ann", at=T0, created=T0,
+                     rated=Rating(number=1, agent="ann", score=5, seq=4)))
+    Queues(stream).wrapped_up("c-2", "ann", "release", "resolved")
+    stream.close()
     target = postgres.new_database()
+    home = {**os.environ, "BATON_HOME": str(tmp_path)}  # its event stream's store: <BATON_HOME>/stream.db
     for run in (1, 2):
         done = subprocess.run([str(BATON), "store", "copy", "--from", sqlite_url, "--to", target],
-                              capture_output=True, text=True, timeout=60)
+                              capture_output=True, text=True, timeout=60, env=home)
         assert done.returncode == 0, done.stderr
         copied = json.loads(done.stdout)["copied"]
         expected = 1 if run == 1 else 0  # the second run keeps what is there
         assert copied == {"agents": 2 * expected, "links": expected, "seen_webhooks": expected,
-                          "live_agents": expected}, copied
+                          "live_agents": expected, "conversations": 2 * expected, "terms": expected,
+                          "helpers": expected, "ratings": expected, "wrap_ups": expected}, copied
     pg = SqlRegistry(target, key)
+    moved = StreamStore(target)
     try:
         assert pg.verifying_secrets("billing") == [secret] and pg.linked("remote-1", "rc-1") == "c-1"
         assert pg.recall("remote-1", "w-1") == '{"ok":1}' and pg.live_agent_by_token(token).capacity == 4
+        # The desk finds the chat waiting where it waited, with its priority and skills, and the report its record.
+        [row] = moved.waiting("general")
+        assert (row.conversation_id, row.priority, row.skills, row.waiting_since) == ("c-1", 5, ["de"], T0)
+        report = Queues(moved).report()
+        assert report["wrap_ups"] == {"resolved": 1} and report["agents"]["ann"]["mean_rating"] == 5.0, report
+        assert moved.since(0) == []
+        # An install whose registry was on PostgreSQL already while its stream.db was a file (the compose file before):
+        # --stream-from copies the file's rows in; the registry's are there and kept.
+        old = tmp_path / "old"
+        legacy = StreamStore(old / "stream.db")
+        legacy.ring(waiting.model_copy(update={"conversation_id": "c-3"}))
+        legacy.close()
+        done = subprocess.run([str(BATON), "store", "copy", "--from", target, "--to", target, "--stream-from",
+                               f"sqlite:///{old / 'stream.db'}"], capture_output=True, text=True, timeout=60, env=home)
+        assert done.returncode == 0, done.stderr
+        copied = json.loads(done.stdout)["copied"]
+        assert copied["conversations"] == 1 and copied["agents"] == 0, copied
+        assert [r.conversation_id for r in moved.waiting("general")] == ["c-1", "c-3"]
+        missing = subprocess.run([str(BATON), "store", "copy", "--to", target, "--stream-from",
+                                  f"sqlite:///{old / 'nothing.db'}"], capture_output=True, text=True, timeout=60,
+                                 env=home)
+        assert missing.returncode != 0 and "no event stream's store at" in missing.stderr, missing.stderr
     finally:
         pg.close()
+        moved.close()
+
+
+def test_every_migration_ships_in_the_package():
+    """The wheel (and so the image) holds only the files package-data names: a chain whose folder is left out would
+    migrate nothing, silently (Alembic skips a version folder that is not there)."""
+    import tomllib
+
+    root = Path(__file__).resolve().parents[1]
+    globs = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["activities"]
+    shipped = {f for g in globs for f in (root / "activities").glob(g)}
+    needed = {f for f in (root / "activities" / "migrations").rglob("*") if f.suffix in (".py", ".mako")
+              and "__pycache__" not in f.parts}
+    assert needed and needed <= shipped, sorted(str(f) for f in needed - shipped)

@@ -282,9 +282,12 @@ async def _api_process(settings, temporal_address: str, port: int):
     import sys
     from pathlib import Path
 
+    # On PostgreSQL each process has a home of its own (a host of its own): the database is all they share.
+    home = settings.home / f"host-{port}" if settings.database_url else settings.home
     env = {
         **os.environ, "TEMPORAL_ADDRESS": temporal_address, "TEMPORAL_NAMESPACE": "default",
-        "BATON_HOME": str(settings.home), "BATON_API_PORT": str(port), "BATON_API_KEY": settings.api_key,
+        "BATON_DATABASE_URL": settings.database_url or "",
+        "BATON_HOME": str(home), "BATON_API_PORT": str(port), "BATON_API_KEY": settings.api_key,
         "BATON_ADMIN_KEY": settings.admin_key, "BATON_SECRET_KEY": settings.secret_key,
         "BATON_TASK_QUEUE": settings.task_queue, "BATON_CHANNEL_URL": settings.channel_url or "",
         "BATON_CHANNEL_SECRET": settings.channel_secret or "",
@@ -310,12 +313,17 @@ async def _ready(url: str, proc, within: float = 30) -> None:
             await asyncio.sleep(0.2)
 
 
-async def test_two_api_processes_one_stream_resumes_on_the_other(dev_env, task_queue, channel):
+@pytest.mark.parametrize("store", ["sqlite", "postgresql"])
+async def test_two_api_processes_one_stream_resumes_on_the_other(dev_env, task_queue, channel, store, request):
+    """Two `baton api` processes and a worker: on one host sharing `.baton/stream.db`, or each with a home of its
+    own and the install's store on one PostgreSQL (as on several hosts)."""
     import httpx
 
     from devkit.temporal import free_port
 
-    settings = settings_for(task_queue, channel_url=channel.url, channel_secret=channel.secret)
+    database = request.getfixturevalue("postgres").new_database() if store == "postgresql" else None
+    settings = settings_for(task_queue, channel_url=channel.url, channel_secret=channel.secret,
+                            database_url=database)
     address = dev_env.client.service_client.config.target_host
     ports = [free_port(), free_port()]
     procs = [await _api_process(settings, address, p) for p in ports]

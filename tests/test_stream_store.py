@@ -1,10 +1,10 @@
-"""The event stream's store (activities/stream.py): the newest bell wins, a late bell never revives a closed
-conversation, a new conversation under a closed one's id starts afresh, and the waiting lists read together."""
+"""The event stream's store (activities/stream.py), on SQLite and on a real PostgreSQL: the newest bell wins, a late
+bell never revives a closed conversation, a new conversation under a closed one's id starts afresh, the waiting lists
+read together, the AI's window, and writers in two processes whose log a reader tails with no gap."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 from activities.stream import StreamStore
 from models.conversation import Bell, State
@@ -21,8 +21,8 @@ def bell(number: int, state: State, queue: str | None = None, created: datetime 
                 created=created)
 
 
-def test_the_newest_bell_wins_whatever_the_order(tmp_path: Path) -> None:
-    store = StreamStore(tmp_path / "stream.db")
+def test_the_newest_bell_wins_whatever_the_order(stream_target) -> None:
+    store = StreamStore(stream_target)
     store.ring(bell(3, State.LIVE_AGENT))
     store.ring(bell(2, State.HANDOFF_PENDING, "general"))  # rung before the claim, written after it
     assert store.waiting("general") == [] and store.position("c1") is None
@@ -31,10 +31,10 @@ def test_the_newest_bell_wins_whatever_the_order(tmp_path: Path) -> None:
     store.close()
 
 
-def test_a_late_bell_never_lists_a_closed_conversation_again(tmp_path: Path) -> None:
+def test_a_late_bell_never_lists_a_closed_conversation_again(stream_target) -> None:
     """The routing decision's (or the AI turn's) listing is written late: after the close it is older, and the
     conversation stays closed and out of every waiting list."""
-    store = StreamStore(tmp_path / "stream.db")
+    store = StreamStore(stream_target)
     store.ring(bell(1, State.AI))
     store.ring(bell(3, State.CLOSED))
     store.ring(bell(2, State.HANDOFF_PENDING, "general"))
@@ -43,8 +43,8 @@ def test_a_late_bell_never_lists_a_closed_conversation_again(tmp_path: Path) -> 
     store.close()
 
 
-def test_a_new_conversation_under_a_closed_ones_id_starts_afresh(tmp_path: Path) -> None:
-    store = StreamStore(tmp_path / "stream.db")
+def test_a_new_conversation_under_a_closed_ones_id_starts_afresh(stream_target) -> None:
+    store = StreamStore(stream_target)
     store.ring(bell(7, State.CLOSED))
     again = CREATED + timedelta(hours=2)
     store.ring(bell(1, State.HANDOFF_PENDING, "general", created=again))
@@ -56,8 +56,8 @@ def test_a_new_conversation_under_a_closed_ones_id_starts_afresh(tmp_path: Path)
     store.close()
 
 
-def test_a_waiting_page_holds_the_oldest_and_counts_them_all(tmp_path: Path) -> None:
-    store = StreamStore(tmp_path / "stream.db")
+def test_a_waiting_page_holds_the_oldest_and_counts_them_all(stream_target) -> None:
+    store = StreamStore(stream_target)
     for i in range(5):
         store.ring(bell(1, State.HANDOFF_PENDING, "general", cid=f"c{i}", since=T0 + timedelta(seconds=5 - i)))
     store.ring(bell(1, State.HANDOFF_PENDING, "billing", cid="other"))
@@ -73,10 +73,10 @@ def entries(first: int, last: int, at: datetime = T0) -> list:
                             author="user" if s % 2 else "ai", text=f"entry {s}", at=at) for s in range(first, last + 1)]
 
 
-def test_the_ai_window_is_read_from_the_log_only_when_it_holds_every_entry(tmp_path: Path) -> None:
+def test_the_ai_window_is_read_from_the_log_only_when_it_holds_every_entry(stream_target) -> None:
     """The AI agent's window (activities.routing.read_window) comes from here instead of a query to the workflow,
     but only when nothing is missing: a gap, a pruned log or another conversation's entries mean None."""
-    store = StreamStore(tmp_path / "stream.db")
+    store = StreamStore(stream_target)
     assert store.window("c1", 3, 20) is None  # nothing known of the conversation
     store.ring(bell(1, State.AI).model_copy(update={"seq": 3, "entries": entries(1, 3)}))
     assert [e.seq for e in store.window("c1", 3, 20)] == [1, 2, 3]
@@ -103,10 +103,10 @@ def test_the_ai_window_is_read_from_the_log_only_when_it_holds_every_entry(tmp_p
     store.close()
 
 
-async def test_read_window_asks_the_workflow_only_when_the_log_cannot_answer(tmp_path: Path) -> None:
+async def test_read_window_asks_the_workflow_only_when_the_log_cannot_answer(stream_target) -> None:
     from activities.routing import read_window
 
-    store = StreamStore(tmp_path / "stream.db")
+    store = StreamStore(stream_target)
     store.ring(bell(1, State.AI).model_copy(update={"seq": 2, "entries": entries(1, 2)}))
     asked = []
 
@@ -123,4 +123,89 @@ async def test_read_window_asks_the_workflow_only_when_the_log_cannot_answer(tmp
     assert [e.seq for e in await read_window(Client(), "c1", 2, lambda: store)] == [1, 2] and asked == []
     assert [e.seq for e in await read_window(Client(), "c1", 3, lambda: store)] == [1, 2, 3] and asked == [3]
     assert [e.seq for e in await read_window(Client(), "c1", 2)] == [1, 2] and asked == [3, 2]  # no store given
+    store.close()
+
+
+def test_a_reader_tailing_the_log_misses_no_row_while_two_stores_write_at_once(stream_target) -> None:
+    """Every API process tails the log by id (`since(last)`): a row given a smaller id but committed after a larger
+    one would be skipped for good. Writers take turns (the store's write lock), so ids become visible in order."""
+    import threading
+
+    writers = [StreamStore(stream_target), StreamStore(stream_target)]
+    reader = StreamStore(stream_target)
+    done = threading.Event()
+    seen: list[int] = []
+
+    def ring(store: StreamStore, prefix: str) -> None:
+        for i in range(40):
+            store.ring(bell(1, State.AI, cid=f"{prefix}{i}").model_copy(
+                update={"seq": 2, "entries": entries(1, 2)}))
+
+    def tail() -> None:
+        last = 0
+        while True:
+            finished = done.is_set()
+            rungs = reader.since(last)
+            for r in rungs:
+                seen.append(r.id)
+            if rungs:
+                last = rungs[-1].id
+            elif finished:
+                return
+
+    threads = [threading.Thread(target=ring, args=(w, f"{n}-{t}-")) for n, w in enumerate(writers) for t in range(2)]
+    tailer = threading.Thread(target=tail)
+    tailer.start()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    done.set()
+    tailer.join(60)
+    every = [r.id for r in reader.since(0, limit=10_000)]
+    assert len(every) == 4 * 40 * 3  # each bell: its two entries and itself
+    assert seen == every
+    for s in (*writers, reader):
+        s.close()
+
+
+def test_a_nul_character_in_a_peers_text_does_not_stop_a_bell(stream_target) -> None:
+    """PostgreSQL's text holds no NUL character (SQLite's does): a reason or summary with one is still listed."""
+    store = StreamStore(stream_target)
+    store.ring(bell(1, State.HANDOFF_PENDING, "general").model_copy(
+        update={"reason": "wants\x00 a person", "summary": "a peer's\x00 summary"}))
+    [row] = store.waiting("general")
+    assert row.reason.startswith("wants") and row.reason.endswith(" a person")
+    store.close()
+
+
+def test_postgresql_connections_that_die_or_wait_too_long_leave_no_wedged_store(postgres) -> None:
+    """A server restart kills every connection: the next call opens a new one. A write whose wait for the store's
+    lock fails (a statement timeout) leaves no transaction behind: the next write goes through."""
+    import psycopg
+    import pytest
+
+    from activities.queues import Queues
+
+    url = postgres.new_database()
+    store = StreamStore(url)
+    store.ring(bell(1, State.HANDOFF_PENDING, "general"))
+    assert store.waiting("general") and Queues(store).terms("c1") == (0, [])
+    with psycopg.connect(url, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database()"
+                      " AND pid != pg_backend_pid()")
+    # Each of the store's connections (the stream's, the queues', an idle reader) was killed while idle.
+    store.ring(bell(2, State.HANDOFF_PENDING, "billing"))
+    assert [r.conversation_id for r in store.waiting("billing")] == ["c1"] and Queues(store).terms("c1") == (0, [])
+    with psycopg.connect(url, autocommit=True) as holder:
+        holder.execute("BEGIN")
+        holder.execute("SELECT pg_advisory_xact_lock(%s)", (0x62656C6C73,))
+        store._qdb.execute("SET statement_timeout = 200")
+        with pytest.raises(psycopg.errors.QueryCanceled):
+            with store.writing():
+                pass
+        assert not store._qdb.in_transaction
+        holder.execute("COMMIT")
+    with store.writing() as db:
+        db.execute("INSERT INTO helpers (conversation_id, agent_id, at) VALUES ('c1', 'ann', 'now')")
     store.close()

@@ -160,7 +160,16 @@ async def _dev(args: argparse.Namespace) -> None:
     if "BATON_DEMO_PAGES" not in os.environ:
         settings.demo_pages = True
     stop = _stop_event()
-    server = DevServer(settings.home, port=args.temporal_port, ui_port=None if args.no_ui else args.ui_port)
+    ui_port = None if args.no_ui else args.ui_port
+    codec_endpoint = None
+    if os.environ.get(codec.ENV) and ui_port:
+        # Encrypted history: the embedded UI decodes it through this API's /codec, once an operator signs in there.
+        # One host name for both (the session cookie is the API host's, sent only to that host and only from the
+        # same site: the UI at localhost, not 127.0.0.1).
+        codec_endpoint = f"http://localhost:{settings.api_port}/codec"
+        if not settings.codec_cors_origins:
+            settings.codec_cors_origins = f"http://localhost:{ui_port}"
+    server = DevServer(settings.home, port=args.temporal_port, ui_port=ui_port, codec_endpoint=codec_endpoint)
     await server.start()
     try:
         runtime, metrics_url = metrics.sdk_runtime()
@@ -277,6 +286,12 @@ def _banner(settings: Settings, server, keys: dict[str, str]) -> None:
     api = f"http://{settings.api_host}:{settings.api_port}"
     ui = f"http://localhost:{server.ui_port}" if server.ui_port else "disabled (--no-ui)"
     channel = settings.channel_url or "not set (BATON_CHANNEL_URL): the transcript is the record"
+    history = (
+        f"  History     encrypted (BATON_PAYLOAD_KEYS): for the Web UI to read it, sign in at"
+        f" {server.codec_endpoint}/sign-in\n"
+        f"              with BATON_ADMIN_KEY, then in the UI's Codec Server settings use your browser setting\n"
+        f"              {server.codec_endpoint} and turn on \"Include cross-origin credentials\"\n"
+    ) if getattr(server, "codec_endpoint", None) else ""
     print(
         f"""
 Baton is running (Ctrl-C stops everything).
@@ -284,7 +299,7 @@ Baton is running (Ctrl-C stops everything).
   Console     {api}/console   (live agents sign in with their token)
   Chat        {f"{api}/chat   (the demo user's side; one conversation per browser tab)" if settings.demo_pages else "off (BATON_DEMO_PAGES=0)"}
   Temporal    {server.address}   (Web UI: {ui})
-  Data        {server.home / 'temporal.db'}
+{history}  Data        {server.home / 'temporal.db'}
   Channel     {channel}
   Routing     {settings.config or "built-in default (every handoff to queue 'general')"}
   AI agent    {ai_agent_label(settings)}{f"   (technical problems go to {settings.demo_tech_agent!r} over the platform protocol)" if settings.demo_tech_agent else ""}
@@ -365,6 +380,10 @@ def main(argv: list[str] | None = None) -> None:
     copy.add_argument("--from", dest="source", help="the store to read (default: BATON_DATABASE_URL, else "
                                                       "sqlite:///$BATON_HOME/baton.db)")
     copy.add_argument("--to", dest="target", required=True, help="the store to write, e.g. postgresql://user@host/baton")
+    copy.add_argument("--stream-from", dest="stream_source",
+                      help="the event stream's store to copy what lasts of (waiting conversations, ratings, wrap-up "
+                           "codes) from, e.g. sqlite:////home/baton/.baton/stream.db (default: a PostgreSQL source's "
+                           "own, else <BATON_HOME>/stream.db)")
     agents = sub.add_parser("agents", help="manage agents through the running API (admin key)")
     agents.add_argument("--api", help="API base URL (default BATON_API_URL, else http://BATON_API_HOST:BATON_API_PORT)")
     actions = agents.add_subparsers(dest="action", required=True)
@@ -386,9 +405,19 @@ def main(argv: list[str] | None = None) -> None:
         elif args.command == "store":
             from activities import database
 
+            from activities.stream import stream_path
+
             settings = Settings.from_env()
             source = args.source or settings.database_url or database.default_url(settings.home)
-            copied = database.copy(source, args.target)
+            # The event stream's store that goes with it: as given; a PostgreSQL source's own; else this install's
+            # (`<BATON_HOME>/stream.db`, where every SQLite install keeps it).
+            here = stream_path(settings.home)
+            stream = args.stream_source or (source if database.is_postgres(source) else
+                                            f"sqlite:///{here}" if here.exists() else None)
+            try:
+                copied = database.copy(source, args.target, stream)
+            except FileNotFoundError as err:
+                raise SystemExit(f"baton store copy: {err} (--stream-from)") from None
             print(json.dumps({"copied": copied}))
         elif args.command == "keys":
             print(f"BATON_SECRET_KEY={sealing.new_key()}")

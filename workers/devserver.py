@@ -26,7 +26,8 @@ def temporal_binary() -> str:
     return found
 
 
-def dev_server_args(db_file: Path, port: int, ui_port: int | None, http_port: int | None = None) -> list[str]:
+def dev_server_args(db_file: Path, port: int, ui_port: int | None, http_port: int | None = None,
+                    codec_endpoint: str | None = None) -> list[str]:
     args = [
         temporal_binary(), "server", "start-dev",
         "--ip", "127.0.0.1",
@@ -38,6 +39,9 @@ def dev_server_args(db_file: Path, port: int, ui_port: int | None, http_port: in
         "--log-level", "warn",
     ]
     args += ["--ui-port", str(ui_port)] if ui_port else ["--headless"]
+    if ui_port and codec_endpoint:
+        # The UI decodes encrypted history through the API's /codec (README, "Encrypted history").
+        args += ["--ui-codec-endpoint", codec_endpoint]
     if http_port:
         args += ["--http-port", str(http_port)]
     for key in SearchAttributes.ALL:
@@ -48,8 +52,10 @@ def dev_server_args(db_file: Path, port: int, ui_port: int | None, http_port: in
 class DevServer:
     """Starts the dev server process, waits until it answers, stops it on exit."""
 
-    def __init__(self, home: Path, port: int = 7233, ui_port: int | None = 8233, http_port: int | None = None):
+    def __init__(self, home: Path, port: int = 7233, ui_port: int | None = 8233, http_port: int | None = None,
+                 codec_endpoint: str | None = None):
         self.home = home
+        self.codec_endpoint = codec_endpoint
         self.port = port
         self.ui_port = ui_port
         self.http_port = http_port
@@ -63,7 +69,7 @@ class DevServer:
         self.home.mkdir(parents=True, exist_ok=True)
         log = open(self.home / "temporal.log", "ab")
         self.process = subprocess.Popen(
-            dev_server_args(self.home / "temporal.db", self.port, self.ui_port, self.http_port),
+            dev_server_args(self.home / "temporal.db", self.port, self.ui_port, self.http_port, self.codec_endpoint),
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
             preexec_fn=_die_with_parent,
         )

@@ -28,7 +28,7 @@ from activities.filtering import filter_context
 from activities.platform import PlatformActivities
 from activities.registry import AgentRegistry, open_registry
 from activities.queues import Queues
-from activities.stream import StreamBell, StreamStore, stream_path
+from activities.stream import StreamBell, StreamStore, open_stream
 from activities.summaries import Summaries
 from activities.routing import IntentFirst, Router
 from models.config import BatonConfig
@@ -98,14 +98,15 @@ def registry_opener(settings: Settings, registry: AgentRegistry | None = None):
 
 
 def stream_opener(settings: Settings, store: StreamStore | None = None, config: BatonConfig | None = None):
-    """The event stream's store, opened on first use (`.baton/stream.db`, shared with the API). With push or sticky
+    """The event stream's store, opened on first use (the install's PostgreSQL, else `.baton/stream.db`; shared
+    with the API). With push or sticky
     queues in `config`, every bell written is followed by an assignment round (a conversation that starts waiting is
     offered at once; a place freed is filled at once)."""
     opened: list[StreamStore] = [store] if store is not None else []
 
     def get() -> StreamStore:
         if not opened:
-            opened.append(StreamStore(stream_path(settings.home)))
+            opened.append(open_stream(settings.database_url, settings.home))
             if config is not None and config.pushing_queues():
                 opened[0].after_ring = Queues(opened[0], config).assign
         return opened[0]

@@ -6,6 +6,8 @@ from __future__ import annotations
 from alembic import context
 
 connection = context.config.attributes["connection"]
-context.configure(connection=connection, target_metadata=None, render_as_batch=connection.dialect.name == "sqlite")
+# Each chain (activities.database: the registry's, the event stream's) keeps its own version table.
+context.configure(connection=connection, target_metadata=None, render_as_batch=connection.dialect.name == "sqlite",
+                  version_table=context.config.attributes.get("version_table", "alembic_version"))
 with context.begin_transaction():
     context.run_migrations()
