@@ -37,8 +37,10 @@ Status = Literal["online", "away", "offline"]
 CLAIM_HOLD = timedelta(seconds=60)
 # An accept still in flight after this long (its API process died) no longer holds the offer.
 ACCEPT_HOLD = timedelta(seconds=30)
-# At most this many waiting conversations of one queue are looked at per assignment round.
+# An assignment round reads what waits in a queue this many at a time, and at most SCAN_PAGES pages (10,000
+# conversations) while someone in the queue has room.
 SCAN = 500
+SCAN_PAGES = 20
 DEFAULT_CAPACITY = 3
 # Present and able to take work: online, and the console's heartbeat within the grace (the cutoff).
 _ONLINE = "status = 'online' AND heartbeat_at >= ?"
@@ -97,6 +99,30 @@ def personal_queue(agent_id: str) -> str:
     return f"agent:{agent_id}"
 
 
+# What a handoff's params may ask of a queue (`params.priority`, `params.skills`): the API refuses more (params_problem);
+# needs() clamps what reaches it by other ways (a signal sent with the `temporal` CLI).
+PRIORITY_MIN, PRIORITY_MAX = -100, 100
+MAX_SKILLS, MAX_SKILL_LENGTH = 20, 128
+
+
+def params_problem(params: dict) -> str | None:
+    """What is wrong with a handoff's `priority` and `skills` params (the API's 422), or None."""
+    given = params.get("priority")
+    if given is not None and (isinstance(given, bool) or not isinstance(given, int)
+                              or not PRIORITY_MIN <= given <= PRIORITY_MAX):
+        return f"params.priority: must be an integer from {PRIORITY_MIN} to {PRIORITY_MAX} (higher waits ahead)"
+    asked = params.get("skills")
+    if asked is not None:
+        if not isinstance(asked, str):
+            return "params.skills: must be a comma-separated string of skills, e.g. \"de,billing\""
+        skills = [x.strip() for x in asked.split(",") if x.strip()]
+        if len(skills) > MAX_SKILLS:
+            return f"params.skills: at most {MAX_SKILLS} skills ({len(skills)} given)"
+        if any(len(x) > MAX_SKILL_LENGTH for x in skills):
+            return f"params.skills: a skill is at most {MAX_SKILL_LENGTH} characters"
+    return None
+
+
 def needs(route: Route | None, params: dict) -> tuple[int, list[str]]:
     """A handoff's priority and the skills it asks for: the handoff's `params.priority` (an int), else the route's;
     the route's and the handoff's `params.skills` (a comma-separated string: params are scalars). The skills of the
@@ -104,7 +130,7 @@ def needs(route: Route | None, params: dict) -> tuple[int, list[str]]:
     priority = route.priority if route is not None else 0
     given = params.get("priority")
     if isinstance(given, int) and not isinstance(given, bool):
-        priority = max(-100, min(100, given))
+        priority = max(PRIORITY_MIN, min(PRIORITY_MAX, given))
     skills: list[str] = []
     if route is not None:
         skills += route.skills
@@ -113,7 +139,7 @@ def needs(route: Route | None, params: dict) -> tuple[int, list[str]]:
         skills += [s.strip() for s in asked.split(",") if s.strip()]
     elif isinstance(asked, list):
         skills += [s for s in asked if isinstance(s, str) and s]
-    return priority, list(dict.fromkeys(s[:128] for s in skills))[:20]
+    return priority, list(dict.fromkeys(s[:MAX_SKILL_LENGTH] for s in skills))[:MAX_SKILLS]
 
 
 class Queues:
@@ -521,20 +547,46 @@ class Queues:
                                 "idle": idle}
         return agents
 
-    def _offer_round(self, db: Db, name: str, queue, free: dict[str, dict], now: datetime) -> int:
-        rows = db.execute(
-            "SELECT c.conversation_id, c.waiting_since, coalesce(t.skills, '[]'), h.agent_id, h.at FROM conversations c"
+    def _waiting_unoffered(self, db: Db, name: str, now: datetime, after: tuple | None) -> list[tuple]:
+        """A page (SCAN rows) of what waits in queue `name` unoffered and unclaimed, in the waiting list's order
+        (priority, then oldest, then id), after the row `after` (its priority, waiting_since, id)."""
+        page = ""
+        args: tuple = ()
+        if after is not None:
+            page = (" AND (coalesce(t.priority, 0) < ? OR (coalesce(t.priority, 0) = ? AND (c.waiting_since > ?"
+                    " OR (c.waiting_since = ? AND c.conversation_id > ?))))")
+            args = (after[0], after[0], after[1], after[1], after[2])
+        return db.execute(
+            "SELECT c.conversation_id, c.waiting_since, coalesce(t.skills, '[]'), h.agent_id, h.at,"
+            " coalesce(t.priority, 0) FROM conversations c"
             " LEFT JOIN terms t ON t.conversation_id = c.conversation_id"
             " LEFT JOIN helpers h ON h.conversation_id = c.conversation_id"
             " WHERE c.queue = ? AND c.state = 'handoff_pending' AND c.waiting_since IS NOT NULL AND NOT EXISTS"
             " (SELECT 1 FROM offers o WHERE o.conversation_id = c.conversation_id AND o.status IN ('open', 'accepting'))"
             f" AND NOT EXISTS (SELECT 1 FROM reservations r WHERE r.conversation_id = c.conversation_id AND {_HELD})"
-            " ORDER BY coalesce(t.priority, 0) DESC, c.waiting_since, c.conversation_id LIMIT ?",
-            (name, _iso(now - CLAIM_HOLD), SCAN),
+            f"{page} ORDER BY coalesce(t.priority, 0) DESC, c.waiting_since, c.conversation_id LIMIT ?",
+            (name, _iso(now - CLAIM_HOLD), *args, SCAN),
         ).fetchall()
+
+    def _offer_round(self, db: Db, name: str, queue, free: dict[str, dict], now: datetime) -> int:
+        """Offer what waits in queue `name`, in the waiting list's order, to the free agents who can take it. Page
+        after page while someone of the queue has room (up to SCAN_PAGES pages): a conversation that only an absent
+        skill could take never holds back the ones behind it."""
         made = 0
         sticky_since = _iso(now - timedelta(minutes=queue.sticky_minutes))
-        for cid, since, skills, helper, helped_at in rows:
+        after: tuple | None = None
+        for _ in range(SCAN_PAGES):
+            rows = self._waiting_unoffered(db, name, now, after)
+            made += self._offer_page(db, name, queue, free, now, rows, sticky_since)
+            if len(rows) < SCAN or not any(name in i["queues"] and i["free"] > 0 for i in free.values()):
+                break
+            after = (rows[-1][5], rows[-1][1], rows[-1][0])
+        return made
+
+    def _offer_page(self, db: Db, name: str, queue, free: dict[str, dict], now: datetime, rows: list[tuple],
+                    sticky_since: str) -> int:
+        made = 0
+        for cid, since, skills, helper, helped_at, _ in rows:
             need = set(json.loads(skills)) | set(queue.skills)
             able = [a for a, info in free.items() if info["free"] > 0 and name in info["queues"] and need <= info["skills"]]
             if not able:

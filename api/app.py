@@ -21,6 +21,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from activities import sealing
 from activities.filtering import clean_ingress
+from activities.queues import params_problem
 from activities.registry import AgentRegistry, open_registry
 from activities.stream import StreamStore, open_stream
 from api.stream import Hub, stream_router
@@ -246,6 +247,8 @@ def create_app(
             (f"fallback.{i}", t) for i, t in enumerate(body.fallback)
         ]
         check_targets(targets, config, agents)
+        if (problem := params_problem(body.params)) is not None:
+            raise HTTPException(422, problem)
         return await update(temporal(request), conversation_id, Updates.SUBMIT_HANDOFF, body)
 
     @app.delete(Routes.HANDOFF, response_model=CommandResult, dependencies=[Auth], tags=["conversations"])

@@ -304,6 +304,16 @@ async def test_skills_exclude_and_priority_waits_ahead(http):
     assert rows[second]["priority"] == 10 and rows[third]["priority"] == 50 and rows[first]["priority"] == 0
     assert [rows[c]["position"] for c in (third, second)] == [order.index(third) + 1, order.index(second) + 1]
     assert (await snap(http, first))["pending_handoff"]["position"] >= 1
+    # Params that ask for more than a queue gives are refused and say why; the conversation stays as it was.
+    other = await started(http)
+    before = (await snap(http, other))["state"]
+    for params, why in (({"priority": 500}, "params.priority"), ({"priority": True}, "params.priority"),
+                        ({"priority": 2.5}, "params.priority"), ({"skills": 7}, "params.skills"),
+                        ({"skills": ",".join(f"s{i}" for i in range(21))}, "at most 20 skills"),
+                        ({"skills": "x" * 129}, "at most 128 characters")):
+        r = await http.post(f"/v1/conversations/{other}/handoff", json={"reason": "r", "params": params})
+        assert r.status_code == 422 and why in r.json()["detail"], (params, r.text)
+    assert (await snap(http, other))["state"] == before
 
 
 async def _listed(http, queue, token, conversation):
@@ -642,6 +652,30 @@ def test_two_processes_deciding_at_once_never_exceed_a_capacity_nor_offer_one_co
     assert all(books[0]._load_of(a) == 2 for a in ("bob", "cy", "dee", "eve"))
     for s in stores:
         s.close()
+
+
+def test_conversations_no_present_agent_can_take_never_hold_back_those_behind_them(stream_target, config, monkeypatch):
+    """An assignment round reads a queue a page at a time: twelve conversations ahead that need French (nobody
+    online speaks it) fill more than two pages, and the plain one behind them is offered all the same."""
+    from datetime import UTC, datetime, timedelta
+
+    from activities import queues
+    from activities.queues import Queues
+
+    monkeypatch.setattr(queues, "SCAN", 5)
+    store = StreamStore(stream_target)
+    book = Queues(store, config)
+    t1 = datetime.now(UTC) - timedelta(minutes=5)
+    for i in range(12):
+        book.set_terms(f"fr{i:02d}", 5 if i % 3 == 0 else 0, ["fr"])
+        store.ring(_bell(f"fr{i:02d}", 1, "handoff_pending", "push", t1 + timedelta(seconds=i)))
+    store.ring(_bell("plain", 1, "handoff_pending", "push", t1 + timedelta(seconds=30)))
+    book.set_presence("ann", "Ann", ["push"], ["de"], 3, "online")
+    assert [o.conversation_id for o in book.offers("ann")] == ["plain"]
+    # Bob speaks French: the French ones go to him in the waiting list's order, priority first.
+    book.set_presence("bob", "Bob", ["push"], ["fr"], 2, "online")
+    assert [o.conversation_id for o in book.offers("bob")] == ["fr00", "fr03"]
+    store.close()
 
 
 def test_a_rating_is_a_digit_answering_the_last_thing_said():
