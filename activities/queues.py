@@ -619,3 +619,4 @@ class Queues:
             "INSERT INTO bells (conversation_id, seq, prev_seq, state, owner, at) VALUES ('', 0, 0, ?, ?, ?)",
             (kind, agent_id, _iso(now)),
         )
+        db.notify()

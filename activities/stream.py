@@ -77,6 +77,8 @@ def _iso(at: datetime) -> str:
     return (at if at.tzinfo else at.replace(tzinfo=UTC)).astimezone(UTC).isoformat()
 
 
+# PostgreSQL: the channel a write that adds to the bell log notifies, which API processes listen on.
+CHANNEL = "baton_bells"
 # PostgreSQL: at most this many idle connections kept for reads per process (more are opened while needed).
 READERS = 4
 # Any fixed 64-bit number, the same in every Baton process: PostgreSQL's advisory lock for the store's writes.
@@ -186,6 +188,12 @@ class Db:
     def commit(self) -> None:
         self.execute("COMMIT")
 
+    def notify(self) -> None:
+        """Inside a write that adds to the bell log: PostgreSQL tells every listening API process when it commits
+        (StreamStore.wait_for_change); SQLite's readers poll."""
+        if self.postgres:
+            self.execute(f"NOTIFY {CHANNEL}")
+
     def rollback(self) -> None:
         """Ends a failed transaction (a connection that broke is replaced on its next use)."""
         with contextlib.suppress(Exception):
@@ -229,15 +237,58 @@ class StreamStore:
         # store's write lock never holds up this process's stream reads (readers do not wait for a writer).
         self._qdb = Db(url)
         self._qlock = threading.Lock()
-        # PostgreSQL: idle connections for reads (_reader).
+        # PostgreSQL: idle connections for reads (_reader), and the connection that listens for new bells.
         self._url = url
         self._idle: list[Db] = []
+        self._listener: Any = None
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
         while self._idle:
             self._idle.pop().close()
+        if self._listener is not None:
+            with contextlib.suppress(Exception):
+                self._listener.close()
+            self._listener = None
+
+    def _notified(self, timeout: float) -> bool:
+        """One notification within `timeout` (the generator closed after it: it holds the connection's lock)."""
+        waiting = self._listener.notifies(timeout=timeout, stop_after=1)
+        try:
+            return next(waiting, None) is not None
+        finally:
+            waiting.close()
+
+    def wait_for_change(self, timeout: float) -> bool:
+        """PostgreSQL: block (one thread, the API's tail) until a write adds to the bell log or `timeout` passes;
+        True when one may have. The first call starts listening and answers True at once, so a bell written before
+        the listening began is read too; a listener that fails answers True (the caller reads, and listens again).
+        SQLite: never called (its readers poll)."""
+        import psycopg
+
+        if self._listener is None:
+            try:
+                conn = Db(self._url)._connection()
+                conn.execute(f"LISTEN {CHANNEL}")
+            except psycopg.Error:
+                log.exception("listening for new bells failed; polling")
+                return True
+            self._listener = conn
+            return True
+        try:
+            if not self._notified(timeout):
+                return False
+            # One read answers every notification that came meanwhile (a burst sends one per write).
+            while self._notified(0):
+                pass
+            return True
+        except psycopg.Error:
+            log.exception("listening for new bells failed; listening again")
+            with contextlib.suppress(Exception):
+                self._listener.close()
+            self._listener = None
+            return True
         with self._qlock:
             self._qdb.close()
 
@@ -265,6 +316,7 @@ class StreamStore:
                     # An older bell (two may be in flight) or a retried one: the newer state stays. Its entries may
                     # still be new to a reader that missed them, so they are logged.
                     self._log_entries(db, bell)
+                    db.notify()
                     db.commit()
                     return
                 db.execute(
@@ -288,6 +340,7 @@ class StreamStore:
                     (bell.conversation_id, bell.seq, prev_seq, bell.state.value, bell.owner, prev_owner, bell.queue,
                      prev_queue, _iso(bell.at)),
                 )
+                db.notify()
                 db.commit()
             except BaseException:
                 db.rollback()

@@ -35,6 +35,7 @@ from models.names import Queries
 log = logging.getLogger("baton.stream")
 
 POLL_SECONDS = 0.01  # how often each API process looks at the store's log (one query, whatever the subscribers)
+LISTEN_SECONDS = 1.0  # PostgreSQL: the log is read when a writer notifies, and at least this often
 HEARTBEAT_SECONDS = 15.0
 FORGET_EVERY_SECONDS = 300.0
 PAGE = 500  # transcript entries per query while catching up
@@ -132,6 +133,12 @@ class Hub:
                 forgot = time.monotonic()
                 with contextlib.suppress(Exception):
                     await asyncio.to_thread(self.store.forget_old)
+            if self.store.remote and self._tail_thread is not None:
+                # PostgreSQL: the writers notify; wait for that (a second at most, the poll's safety net) instead
+                # of asking the server a hundred times a second.
+                await asyncio.get_running_loop().run_in_executor(
+                    self._tail_thread, self.store.wait_for_change, LISTEN_SECONDS)
+                continue
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self.closing.wait(), self.poll)
 

@@ -88,6 +88,7 @@ from bench.common import (
     wait_http_ok,
 )
 from bench.desk_load import as_agent, ms, post, user_text
+from devkit.postgres import Postgres
 from models.names import SearchAttributes
 from tests.sse import Stream, open_stream
 
@@ -167,9 +168,14 @@ def is_worker_poll(operation: str) -> bool:
 # ---- Baton's processes ------------------------------------------------------------------------------------------
 
 
+# `--database postgresql`: every part's worker and API keep their store in this database (BATON_DATABASE_URL).
+DATABASE_URL: str | None = None
+
+
 def part_env(server: DevServer, receiver: RecordingReceiver, home: Path, tag: str) -> dict[str, str]:
     return baton_env(
         server,
+        **({"BATON_DATABASE_URL": DATABASE_URL} if DATABASE_URL else {}),
         BATON_HOME=str(home),
         BATON_TASK_QUEUE=f"bench-{tag}",
         BATON_API_KEY=API_KEY,
@@ -1227,6 +1233,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "before each desk burst")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for any one thing before giving up")
     p.add_argument("--in-memory", action="store_true", help="in-memory dev server instead of a SQLite file (WAL)")
+    p.add_argument("--database", choices=["sqlite", "postgresql"], default="sqlite",
+                   help="Baton's store: .baton/*.db, or a throwaway PostgreSQL (devkit/postgres.py) for every part")
     p.add_argument("--logs", metavar="DIR",
                    help="keep the worker's and the APIs' logs of each part in DIR/run<N>/<part>/")
     args = p.parse_args(argv)
@@ -1240,19 +1248,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-async def main(argv: list[str] | None = None) -> dict[str, Any]:
-    args = parse_args(argv)
-    started = time.monotonic()
-    result: dict[str, Any] = {
-        "benchmark": "stream", "machine": machine_info(), "date": now_iso(), "runs": args.runs,
-        "parts": args.part_list,
-        "settings": {k: getattr(args, k) for k in (
-            "conversations", "streams", "rate", "light_messages", "light_replies", "many_messages", "many_replies",
-            "burst", "poll_interval", "idle_seconds", "long_conversations", "long_entries", "settle", "timeout")},
-    }
-    fingerprint = code_fingerprint()
-    runs: list[dict[str, Any]] = []
-    parts = {"latency": part_latency, "desk": part_desk, "idle": part_idle}
+async def _runs(args, runs: list[dict[str, Any]], parts: dict) -> None:
     for run_no in range(1, args.runs + 1):
         run: dict[str, Any] = {"run": run_no}
         async with dev_server(sqlite=not args.in_memory) as server, RecordingReceiver() as receiver:
@@ -1270,6 +1266,29 @@ async def main(argv: list[str] | None = None) -> dict[str, Any]:
                     shutil.rmtree(home, ignore_errors=True)
             run["dev_server_warnings_logged"] = len(server.log_lines(r'"level":"(warn|error)"'))
         runs.append(run)
+
+
+async def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    started = time.monotonic()
+    result: dict[str, Any] = {
+        "benchmark": "stream", "machine": machine_info(), "date": now_iso(), "runs": args.runs,
+        "parts": args.part_list,
+        "settings": {k: getattr(args, k) for k in (
+            "conversations", "streams", "rate", "light_messages", "light_replies", "many_messages", "many_replies",
+            "burst", "poll_interval", "idle_seconds", "long_conversations", "long_entries", "settle", "timeout")},
+    }
+    fingerprint = code_fingerprint()
+    runs: list[dict[str, Any]] = []
+    parts = {"latency": part_latency, "desk": part_desk, "idle": part_idle}
+    result["database"] = args.database
+    global DATABASE_URL
+    with Postgres() if args.database == "postgresql" else contextlib.nullcontext() as pg:
+        DATABASE_URL = pg.new_database() if pg is not None else None
+        try:
+            await _runs(args, runs, parts)
+        finally:
+            DATABASE_URL = None
     result["summary"] = summarize(runs, args)
     result["per_run"] = runs
     changed = code_fingerprint() != fingerprint

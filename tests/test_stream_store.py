@@ -209,3 +209,29 @@ def test_postgresql_connections_that_die_or_wait_too_long_leave_no_wedged_store(
     with store.writing() as db:
         db.execute("INSERT INTO helpers (conversation_id, agent_id, at) VALUES ('c1', 'ann', 'now')")
     store.close()
+
+
+def test_on_postgresql_a_reader_is_woken_by_the_writers_not_by_polling(postgres) -> None:
+    """The API's tail waits for the writers' NOTIFY (a bell, an offer's or presence's note) instead of asking the
+    server a hundred times a second: it wakes within a moment of a write from another process, sleeps through
+    quiet, and a burst of writes costs one wake-up."""
+    import threading
+    import time
+
+    from activities.queues import Queues
+
+    url = postgres.new_database()
+    reader, writer = StreamStore(url), StreamStore(url)
+    assert reader.wait_for_change(5) is True  # the first call starts listening and says "read now"
+    started = time.monotonic()
+    assert reader.wait_for_change(0.3) is False and time.monotonic() - started >= 0.25
+    threading.Timer(0.2, lambda: writer.ring(bell(1, State.AI))).start()
+    started = time.monotonic()
+    assert reader.wait_for_change(5) is True and time.monotonic() - started < 2
+    Queues(writer).set_presence("ann", "Ann", ["general"], [], 3, "online")  # a note
+    assert reader.wait_for_change(5) is True
+    for i in range(20):
+        writer.ring(bell(1, State.AI, cid=f"b{i}"))
+    assert reader.wait_for_change(5) is True and reader.wait_for_change(0.2) is False
+    for s in (reader, writer):
+        s.close()
