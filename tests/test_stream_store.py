@@ -214,7 +214,7 @@ def test_postgresql_connections_that_die_or_wait_too_long_leave_no_wedged_store(
 def test_on_postgresql_a_reader_is_woken_by_the_writers_not_by_polling(postgres) -> None:
     """The API's tail waits for the writers' NOTIFY (a bell, an offer's or presence's note) instead of asking the
     server a hundred times a second: it wakes within a moment of a write from another process, sleeps through
-    quiet, and a burst of writes costs one wake-up."""
+    quiet, and a burst of writes costs a few wake-ups, not one each."""
     import threading
     import time
 
@@ -230,8 +230,15 @@ def test_on_postgresql_a_reader_is_woken_by_the_writers_not_by_polling(postgres)
     assert reader.wait_for_change(5) is True and time.monotonic() - started < 2
     Queues(writer).set_presence("ann", "Ann", ["general"], [], 3, "online")  # a note
     assert reader.wait_for_change(5) is True
+    while reader.wait_for_change(0.3):  # the note's round may have written more
+        pass
     for i in range(20):
         writer.ring(bell(1, State.AI, cid=f"b{i}"))
-    assert reader.wait_for_change(5) is True and reader.wait_for_change(0.2) is False
+    # Twenty writes, a few wake-ups: each answers every notification that has arrived by then (some may still be
+    # on their way when it drains, so not always exactly one).
+    wakes = 0
+    while reader.wait_for_change(0.3):
+        wakes += 1
+    assert 1 <= wakes <= 5, wakes
     for s in (reader, writer):
         s.close()
