@@ -1,14 +1,16 @@
 """A throwaway PostgreSQL for the tests and benchmarks (Debian's `postgresql` package; `make test` installs it when
 missing): `initdb` in a temporary directory, a free loopback port, its socket in that directory, trust auth on
-loopback only, stopped and deleted afterwards. As root, the server runs as the package's `postgres` user (PostgreSQL
-refuses to run as root)."""
+loopback only, stopped and deleted afterwards, and stopped too when the process that started it dies (even killed).
+As root, the server runs as the package's `postgres` user (PostgreSQL refuses to run as root)."""
 
 from __future__ import annotations
 
 import glob
 import os
 import shutil
+import signal
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -32,6 +34,9 @@ class Postgres:
         self.data = self.dir / "data"
         self.as_root = os.geteuid() == 0
         self.user = "postgres" if self.as_root else os.environ.get("USER", "baton")
+        self.process: subprocess.Popen | None = None
+        self._ids: tuple[int, int] | None = None
+        self._prctl = None
 
     def _run(self, *cmd: str) -> None:
         full = ["runuser", "-u", "postgres", "--", *cmd] if self.as_root else list(cmd)
@@ -42,11 +47,40 @@ class Postgres:
             shutil.chown(self.dir, "postgres", "postgres")
         self._run(str(self.bin / "initdb"), "-D", str(self.data), "-A", "trust", "-U", self.user, "-E", "UTF8",
                   "--no-sync")
-        options = (f"-c listen_addresses=127.0.0.1 -c port={self.port} -c unix_socket_directories={self.dir}"
-                   " -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200")
-        self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-l", str(self.dir / "log"), "-o", options,
-                  "-w", "-t", "60", "start")
+        options = ["-c", "listen_addresses=127.0.0.1", "-c", f"port={self.port}", "-c",
+                   f"unix_socket_directories={self.dir}", "-c", "fsync=off", "-c", "synchronous_commit=off", "-c",
+                   "full_page_writes=off", "-c", "max_connections=200"]
+        # The server itself as our child (not daemonised by pg_ctl), told to stop when we die, even by SIGKILL: a test
+        # run that is killed leaves no server behind.
+        if self.as_root:
+            import pwd
+
+            user = pwd.getpwnam("postgres")
+            self._ids = (user.pw_uid, user.pw_gid)
+        if sys.platform.startswith("linux"):
+            import ctypes
+
+            self._prctl = ctypes.CDLL(None, use_errno=True).prctl
+        with open(self.dir / "log", "ab") as log:
+            self.process = subprocess.Popen([str(self.bin / "postgres"), "-D", str(self.data), *options],
+                                            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                            preexec_fn=self._child)
+        try:
+            wait_until_accepting(self.url(), within=60)
+        except BaseException:
+            self.stop()
+            raise
         return self
+
+    def _child(self) -> None:
+        """In the server's process before exec (no imports here: only what was made ready before the fork): the
+        `postgres` user when we are root (it refuses to run as root), then SIGINT (a fast shutdown) when the parent
+        dies (Linux; set after the user changes, which clears it)."""
+        if self._ids is not None:
+            os.setgid(self._ids[1])
+            os.setuid(self._ids[0])
+        if self._prctl is not None:
+            self._prctl(1, signal.SIGINT)  # PR_SET_PDEATHSIG
 
     def url(self, database: str = "postgres") -> str:
         return f"postgresql://{self.user}@127.0.0.1:{self.port}/{database}"
@@ -61,10 +95,13 @@ class Postgres:
         return self.url(name)
 
     def stop(self) -> None:
-        try:
-            self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop")
-        except (subprocess.CalledProcessError, subprocess.TimeoutExpired):
-            pass
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGQUIT)  # immediate shutdown: a throwaway's data need not be saved
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def __enter__(self) -> Postgres:

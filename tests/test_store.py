@@ -312,3 +312,36 @@ def test_every_migration_ships_in_the_package():
     needed = {f for f in (root / "activities" / "migrations").rglob("*") if f.suffix in (".py", ".mako")
               and "__pycache__" not in f.parts}
     assert needed and needed <= shipped, sorted(str(f) for f in needed - shipped)
+
+
+def test_a_killed_test_run_leaves_no_postgresql_behind():
+    """The throwaway server is the starting process's child and stops when that process dies, even by SIGKILL (a
+    test run killed by a timeout left servers running while pg_ctl daemonised them)."""
+    import signal as signals
+    import time
+
+    import psycopg
+
+    owner = subprocess.Popen([sys.executable, "-c", (
+        "import time; from devkit.postgres import Postgres; pg = Postgres().start(); "
+        "print(pg.url(), pg.dir, flush=True); time.sleep(120)")], stdout=subprocess.PIPE, text=True,
+        cwd=Path(__file__).resolve().parents[1])
+    try:
+        url, folder = owner.stdout.readline().split()
+        psycopg.connect(url, connect_timeout=5).close()  # it runs
+        owner.send_signal(signals.SIGKILL)
+        owner.wait(10)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                psycopg.connect(url, connect_timeout=2).close()
+            except psycopg.OperationalError:
+                break  # gone
+            assert time.monotonic() < deadline, "the server outlived the process that started it"
+            time.sleep(0.2)
+    finally:
+        if owner.poll() is None:
+            owner.kill()
+        import shutil
+
+        shutil.rmtree(folder, ignore_errors=True)
