@@ -134,8 +134,7 @@ class Db:
             return self._connection().execute(self._dialect(sql), tuple(args))
         import psycopg
 
-        # PostgreSQL's text holds no NUL character (SQLite's does): one in a peer's summary must not stop the bell.
-        args = tuple(a.replace("\x00", "\ufffd") if isinstance(a, str) and "\x00" in a else a for a in args)
+        args = _no_nul(args)
         conn = self._connection()
         idle = not self.in_transaction
         try:
@@ -152,7 +151,7 @@ class Db:
         if not rows:
             return
         if self.postgres:
-            rows = [tuple(a.replace("\x00", "\ufffd") if isinstance(a, str) else a for a in row) for row in rows]
+            rows = [_no_nul(row) for row in rows]
             with self._connection().cursor() as cursor:
                 cursor.executemany(self._dialect(sql), rows)
         else:
@@ -205,6 +204,11 @@ class Db:
             with contextlib.suppress(Exception):
                 self._conn.close()
             self._conn = None
+
+
+def _no_nul(args: Sequence[Any]) -> tuple:
+    """PostgreSQL's text holds no NUL character (SQLite's does): one in a peer's summary must not stop the bell."""
+    return tuple(a.replace("\x00", "\ufffd") if isinstance(a, str) and "\x00" in a else a for a in args)
 
 
 def store_url(target: Path | str) -> str:

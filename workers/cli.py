@@ -291,7 +291,7 @@ def _banner(settings: Settings, server, keys: dict[str, str]) -> None:
         f" {server.codec_endpoint}/sign-in\n"
         f"              with BATON_ADMIN_KEY, then in the UI's Codec Server settings use your browser setting\n"
         f"              {server.codec_endpoint} and turn on \"Include cross-origin credentials\"\n"
-    ) if getattr(server, "codec_endpoint", None) else ""
+    ) if server.codec_endpoint else ""
     print(
         f"""
 Baton is running (Ctrl-C stops everything).
@@ -404,7 +404,6 @@ def main(argv: list[str] | None = None) -> None:
             asyncio.run(_dev(args))
         elif args.command == "store":
             from activities import database
-
             from activities.stream import stream_path
 
             settings = Settings.from_env()
