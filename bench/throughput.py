@@ -1,11 +1,15 @@
 """Throughput and reply latency of Baton against a bare-Temporal baseline doing the same work on one dev server.
 
     python -m bench.throughput [--users N] [--messages M] [--pause S] [--runs R] [--mode saturation|light|both]
+                               [--fresh-server] [--variant NAME:OPTION=VALUE ...]
 
 Each simulated user sends a message, waits until the AI's reply reaches the loopback channel receiver, pauses,
 and sends the next. Baton (the real worker: Conversation workflow, demo AI agent, channel delivery) and the
 baseline (bench/baseline.py: signal -> respond activity -> deliver activity) each get a fresh worker process on
-their own task queue, alternately, R times per load; the JSON reports medians over the runs.
+their own task queue, alternately, R times per load; the JSON reports medians over the runs. Compare runs of one
+invocation only: on this 2-core machine the same code's throughput moved between 37 and 73 replies/s across one
+day, so a ratio from one invocation against another's says little (`--variant` puts a Baton worker setting into
+the same rotation; `--fresh-server` gives every system-run a dev server of its own).
 Targets (the issue's): at saturation Baton's throughput >= 0.9x the baseline's; at light load p99 <= 1.5x.
 """
 
@@ -123,7 +127,8 @@ SYSTEMS = {"baton": ("baton", False), "baseline": ("baseline", False), "baseline
 
 async def run_system(server: Any, receiver: LoopbackReceiver, system: str, load: Load, run_no: int,
                      args: argparse.Namespace, profile: tuple[str, str] | None = None) -> dict[str, Any]:
-    kind, local_respond = SYSTEMS[system]
+    variant = dict(args.variant).get(system)
+    kind, local_respond = ("baton", False) if variant is not None else SYSTEMS[system]
     tag = f"{load.name}-r{run_no}-{system.replace('_', '-')}-{uuid.uuid4().hex[:6]}"
     task_queue = f"bench-{tag}"
     spec = WorkerSpec(kind=kind, target=server.target, namespace=server.namespace, task_queue=task_queue,
@@ -131,6 +136,8 @@ async def run_system(server: Any, receiver: LoopbackReceiver, system: str, load:
                       profile=profile[0] if profile else None, profile_path=profile[1] if profile else None,
                       sandbox={"default": None, "on": True, "off": False}[args.sandbox],
                       ai_url=getattr(args, "ai_url", None))
+    if variant is not None:
+        spec.options = dict(variant)
     if system == "baton_encrypted":
         spec.payload_keys = args.payload_keys
     if kind in ("baton", "baton_openai"):
@@ -226,12 +233,18 @@ async def run_load(server: Any, receiver: LoopbackReceiver, load: Load, args: ar
         systems = ["baton", "baseline_local"]
     elif args.baseline_respond == "both":
         systems = ["baton", "baseline", "baseline_local"]
+    systems += [name for name, _ in args.variant]
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in systems}
     for run_no in range(1, args.runs + 1):
         # Rotate which system goes first, so drift (warming caches, a growing database) hits all alike.
         shift = (run_no - 1) % len(systems)
         for system in systems[shift:] + systems[:shift]:
-            runs[system].append(await run_system(server, receiver, system, load, run_no, args))
+            if args.fresh_server:
+                # Each system-run on a dev server of its own: no run inherits another's history in the file.
+                async with dev_server(sqlite=not args.in_memory) as fresh:
+                    runs[system].append(await run_system(fresh, receiver, system, load, run_no, args))
+            else:
+                runs[system].append(await run_system(server, receiver, system, load, run_no, args))
     summaries = {name: summarize(per_run) for name, per_run in runs.items()}
     baton = summaries["baton"]
     # "baseline" is the issue's baseline (respond as a regular activity) unless only the local variant ran.
@@ -255,6 +268,11 @@ async def run_load(server: Any, receiver: LoopbackReceiver, load: Load, args: ar
             "p99_ratio": ratio(baton["p99_ms"], local["p99_ms"]),
             "p50_ratio": ratio(baton["p50_ms"], local["p50_ms"]),
         }
+    for name, options in args.variant:
+        v = summaries[name]
+        result[name] = {**v, "worker_options": options,
+                        "throughput_ratio": ratio(v["replies_per_s"], base["replies_per_s"]),
+                        "p99_ratio": ratio(v["p99_ms"], base["p99_ms"]), "p50_ratio": ratio(v["p50_ms"], base["p50_ms"])}
     if load.name == "saturation":
         result["target"] = {"throughput_ratio_min": TARGET_THROUGHPUT_RATIO,
                             "met": (result["throughput_ratio"] or 0) >= TARGET_THROUGHPUT_RATIO}
@@ -308,6 +326,22 @@ async def profile_system(server: Any, receiver: LoopbackReceiver, system: str, l
     return out
 
 
+def _variant(text: str) -> tuple[str, dict[str, Any]]:
+    name, _, options = text.partition(":")
+    if not name.isidentifier() or not options:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected NAME:OPTION=VALUE[,OPTION=VALUE]")
+    parsed: dict[str, Any] = {}
+    for item in options.split(","):
+        key, eq, value = item.partition("=")
+        if not eq or not key.isidentifier():
+            raise argparse.ArgumentTypeError(f"{item!r}: expected OPTION=VALUE")
+        try:
+            parsed[key] = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{item!r}: the value must be an integer") from None
+    return f"baton_{name}", parsed
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.throughput", description=__doc__.splitlines()[0])
     p.add_argument("--mode", choices=("saturation", "light", "both"), default="both")
@@ -323,6 +357,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sandbox", choices=("default", "on", "off"), default="default",
                    help="workflow runner: each system's default (Baton: no sandbox; the baseline: the SDK's sandbox), "
                         "or the SDK's sandbox on / off for both")
+    p.add_argument("--fresh-server", action="store_true",
+                   help="a fresh dev server for each system-run (else one for the whole benchmark, whose growing file "
+                   "favours whoever runs first)")
+    p.add_argument("--variant", action="append", default=[], metavar="NAME:OPTION=VALUE[,OPTION=VALUE]",
+                   type=_variant,
+                   help="one more system: Baton's worker with these Worker options (integers), in the same rotation, "
+                   "e.g. fixed4:max_concurrent_workflow_tasks=4 (reported as baton_fixed4 with its ratios to the "
+                   "baseline); compare worker settings within one run, where the machine's drift hits all alike")
     p.add_argument("--in-memory", action="store_true", help="in-memory dev server instead of a SQLite file (WAL)")
     p.add_argument("--profile", metavar="DIR",
                    help="after the measured runs of each load, two extra runs per system (excluded from the medians): "
@@ -359,7 +401,11 @@ async def main(argv: list[str] | None = None) -> dict[str, Any]:
         "baseline_respond": args.baseline_respond,
         "workflow_sandbox": {"default": "each system's default: Baton off (as deployed), baseline on (SDK default)",
                              "on": "on for both", "off": "off for both"}[args.sandbox],
-        "worker_options": "SDK defaults (max_cached_workflows=1000, 5 pollers), one fresh worker process per system-run",
+        "worker_options": "each system's worker as deployed, one fresh process per system-run: Baton's build_worker "
+                          "(4 workflow tasks at once, a 2 s sticky timeout), the baseline's SDK defaults (100 workflow "
+                          "tasks at once); both 5 pollers, 1,000 cached runs; --variant systems: Baton with the "
+                          "options given",
+        "dev_server": "a fresh one per system-run" if args.fresh_server else "one for the whole benchmark",
         "first_message": "signal-with-start (Baton: with the API's initial search attributes); later: signal",
         "latency": "user's send call -> the AI reply's arrival at the loopback receiver (perf_counter)",
         "throughput": "replies / (last reply's arrival - first send), all users, after a 4-conversation warm-up",
