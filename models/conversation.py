@@ -410,6 +410,9 @@ class ConversationState(BaseModel):
     # The rating question asked after a live agent's stretch (None: none open), and the last rating given.
     rating_asked: Rating | None = None
     rated: Rating | None = None
+    # Set only in what continue-as-new carries (PATCH_IDLE_CONTINUE): the stream store already has this state, so
+    # the next run rings no bell of its own until something changes.
+    rung: bool = False
 
 
 ConversationInput.model_rebuild()

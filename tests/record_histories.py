@@ -235,6 +235,43 @@ async def continue_as_new_while_waiting(client, settings, cid, http, **_):
 continue_as_new_while_waiting.suffixes = ("", "_next_run")  # type: ignore[attr-defined]
 
 
+async def idle_continue_as_new(client, settings, cid, http, **_):
+    """PATCH_IDLE_CONTINUE (1.3): a user chats with the AI, pausing after each reply, until the run continues as new
+    in a pause (at IDLE_RUN_EVENTS, before RUN_EVENTS) carrying `rung`; the next run answers two more messages
+    without a bell of its own first, then the chat is closed. Both runs are recorded."""
+    from workflows.options import RUN_EVENTS
+
+    h = client.get_workflow_handle(workflow_id(cid))
+    i = 0
+    while True:
+        r = await http.post(f"/v1/conversations/{cid}/messages", json={"message_id": f"m{i}", "text": f"question {i}"})
+        assert r.status_code == 202, r.text
+        i += 1
+
+        async def answered(n=i):
+            return len([e for e in (await http.get(f"/v1/conversations/{cid}/transcript")).json()["entries"]
+                        if e["role"] == "ai"]) >= n
+
+        await until(answered)
+        await asyncio.sleep(0.3)  # the user reads the reply
+        if i == 1:
+            first_run = (await h.describe()).run_id
+        if (await client.get_workflow_handle(h.id, run_id=first_run).describe()).status.name != "RUNNING":
+            break
+        assert i < RUN_EVENTS, "the run did not continue as new"
+    for j in (i, i + 1):
+        r = await http.post(f"/v1/conversations/{cid}/messages", json={"message_id": f"m{j}", "text": f"question {j}"})
+        assert r.status_code == 202, r.text
+        await asyncio.sleep(0.3)
+    await h.execute_update(Updates.SUBMIT_CLOSE, CloseRequest(reason="resolved"), result_type=CommandResult)
+    await h.result()
+    second = client.get_workflow_handle(h.id, run_id=(await h.describe()).run_id)
+    return client.get_workflow_handle(h.id, run_id=first_run), second
+
+
+idle_continue_as_new.suffixes = ("", "_next_run")  # type: ignore[attr-defined]
+
+
 async def ai_failure_is_routed(client, settings, cid, config, registry, **_):
     """The AI agent fails for good (a customer's bot that answers 400): the config's `ai_failure` rule hands the
     conversation to a queue, where a live agent accepts; they close it. Its own worker and task queue, with the
@@ -472,6 +509,7 @@ SCENARIOS = {
     "a2a_agent_answers_and_hands_back": a2a_agent_answers_and_hands_back,
     "a2a_to_another_baton": a2a_to_another_baton,
     "wrap_up_and_rating": wrap_up_and_rating,
+    "idle_continue_as_new": idle_continue_as_new,
 }
 
 

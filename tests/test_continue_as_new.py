@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import pytest_asyncio
@@ -89,3 +90,47 @@ async def test_event_stream_goes_on_across_continue_as_new(small_history_env, ta
     seqs = [e.data["seq"] for e in seen if e.event == "entry"]
     assert seqs == list(range(1, 2 * MESSAGES + 1))
     assert [int(e.id) for e in seen if e.event == "entry"] == seqs
+
+
+async def test_an_idle_run_continues_as_new_between_messages_and_the_next_run_rings_no_bell(dev_env, task_queue):
+    """PATCH_IDLE_CONTINUE: a chat with the AI whose run has IDLE_RUN_EVENTS events continues as new in the pause after
+    a reply (before RUN_EVENTS, where the hand-over came with the next message and held its reply back); the next run
+    knows the stream store has the state and starts no bell of its own."""
+    from workflows.options import IDLE_RUN_EVENTS, RUN_EVENTS
+
+    client = dev_env.client
+    async with Receiver() as channel:
+        settings = settings_for(task_queue, channel_url=channel.url, channel_secret=channel.secret)
+        async with baton_worker(client, settings):
+            conversation = f"can-idle-{uuid.uuid4().hex[:10]}"
+            handle = await start_conversation(client, settings, conversation, text="message 0", message_id="u0")
+            first = client.get_workflow_handle(handle.id, run_id=handle.first_execution_run_id)
+            await channel.wait_count(1, timeout=30)
+            sent = 1
+            while (await first.describe()).status.name == "RUNNING":
+                assert sent < 40, "the first run never continued as new"
+                await handle.signal(Signals.USER_MESSAGE, UserMessage(message_id=f"u{sent}", text=f"message {sent}"))
+                sent += 1
+                await channel.wait_count(sent, timeout=30)
+                await asyncio.sleep(0.3)  # a pause after the reply, as a person takes to read it
+            # One more message, answered by the next run.
+            await handle.signal(Signals.USER_MESSAGE, UserMessage(message_id=f"u{sent}", text=f"message {sent}"))
+            sent += 1
+            await channel.wait_count(sent, timeout=30)
+
+    events = (await first.fetch_history()).events
+    assert events[-1].event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW
+    assert IDLE_RUN_EVENTS <= len(events) < RUN_EVENTS, len(events)
+    payload = events[-1].workflow_execution_continued_as_new_event_attributes.input.payloads[0]
+    carried = pydantic_data_converter.payload_converter.from_payload(payload, ConversationInput).carried
+    assert carried.rung and not carried.inbox and not carried.outbox
+    # The next run: its first activity is the AI's answer to the next message, not a bell for a state already rung.
+    runs = [w async for w in client.list_workflows(f'WorkflowId="{handle.id}"')]
+    second = next(r for r in runs if r.run_id != handle.first_execution_run_id)
+    history = (await client.get_workflow_handle(handle.id, run_id=second.run_id).fetch_history()).events
+    scheduled = [e.activity_task_scheduled_event_attributes.activity_type.name for e in history
+                 if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED]
+    assert scheduled[:2] == ["ai_respond", "deliver_to_channel"], scheduled
+    assert "ring_bell" not in scheduled
+    delivered = channel.delivered()
+    assert len(delivered) == len({d["seq"] for d in delivered}) == sent  # every reply once

@@ -24,6 +24,7 @@ with workflow.unsafe.imports_passed_through():
         HistoryWindow,
         RejectHandoff,
         Snapshot,
+        State,
         TranscriptPage,
         TranscriptQuery,
         UserMessage,
@@ -31,7 +32,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from models.names import WORKFLOW_TYPE, Errors, Queries, Signals, Updates
     from workflows import views
-    from workflows.options import RUN_EVENTS
+    from workflows.options import IDLE_RUN_EVENTS, RUN_EVENTS
     from workflows.transitions import Event, refusal
 
 # The chapters are imported inside the sandbox (not passed through), so the SDK's sandbox checks their code for
@@ -61,6 +62,9 @@ from workflows.owners import Owners  # noqa: E402
 # - PATCH_DESK_RATING ("desk-rating", 1.2): a live agent's release may ask the user a one-question rating (the
 #   config's `rating`); a reply 1-5 is recorded (audit `rated`, the bell's `rated`) instead of going to the AI.
 #   Release and close record their wrap-up code in the audit.
+# - PATCH_IDLE_CONTINUE ("idle-continue-as-new", 1.3): a run with nothing to do and nothing in flight continues as new
+#   from IDLE_RUN_EVENTS (not only at RUN_EVENTS, where the hand-over held the next message's reply back), and what
+#   it carries says whether the stream store already has the state (`rung`), so the next run rings no bell for it.
 #
 # How a patch is asked matters: ask it once per run, in the run's first activation (at the start of `run`), and
 # keep the answer. Asked for the first time while reacting to an activity's result, a patch produced histories that
@@ -72,6 +76,7 @@ PATCH_HANDOFF_SUMMARY = "handoff-summary"
 PATCH_A2A_ANSWERS = "a2a-answers"
 PATCH_A2A_PEER = "a2a-peer"
 PATCH_DESK_RATING = "desk-rating"
+PATCH_IDLE_CONTINUE = "idle-continue-as-new"
 
 
 class Reject(ApplicationError):
@@ -112,6 +117,10 @@ class Conversation(AiTurns, Commands, Handoffs, Owners, Clock, Outbox):
         self._answers = False  # PATCH_A2A_ANSWERS, likewise
         self._a2a_peer = False  # PATCH_A2A_PEER, likewise
         self._rating = False  # PATCH_DESK_RATING, likewise
+        self._idle_continue = False  # PATCH_IDLE_CONTINUE, likewise
+        # Carried by a run that knew the stream store had this state: nothing to ring until it changes.
+        self._rung_carried = input.carried is not None and input.carried.rung
+        self.s.rung = False
         if input.carried is None:
             if input.context is not None:
                 self.s.context = input.context.model_copy(deep=True)
@@ -132,6 +141,9 @@ class Conversation(AiTurns, Commands, Handoffs, Owners, Clock, Outbox):
         self._summaries = workflow.patched(PATCH_HANDOFF_SUMMARY)
         self._answers = workflow.patched(PATCH_A2A_ANSWERS)
         self._rating = workflow.patched(PATCH_DESK_RATING)
+        self._idle_continue = workflow.patched(PATCH_IDLE_CONTINUE)
+        if self._rung_carried and self._idle_continue:
+            self._rung = self._bell_key()
         if self.s.peer is not None and self.s.peer.protocol == "a2a":
             self._a2a_peer = workflow.patched(PATCH_A2A_PEER)
         self._publish()
@@ -178,12 +190,21 @@ class Conversation(AiTurns, Commands, Handoffs, Owners, Clock, Outbox):
         # While the channel holds more undelivered replies than a run may hand on, the run goes on (history has
         # room to spare) and continues as new once they are delivered: nothing is dropped, nothing is oversized.
         info = workflow.info()
-        if not (info.is_continue_as_new_suggested() or info.get_current_history_length() >= RUN_EVENTS):
+        length = info.get_current_history_length()
+        if not (info.is_continue_as_new_suggested() or length >= RUN_EVENTS
+                or (self._idle_continue and length >= IDLE_RUN_EVENTS and self._idle())):
             return False
         key = (self.s.seq, tuple(self.s.outbox[:1]), len(self.s.inbox))
         if self._carry_checked is None or self._carry_checked[0] != key:
             self._carry_checked = (key, views.carry_fits(self.s))
         return self._carry_checked[1]
+
+    def _idle(self) -> bool:
+        """Talking with the AI, with nothing to do and nothing in flight: no work, no delivery, no bell unrung, no
+        handler running. (A handoff or a human stretch goes on to RUN_EVENTS, as before.)"""
+        return (self.s.state is State.AI and not self.s.inbox and not self.s.outbox and not self._delivering
+                and not self._doing and not self._ringing and self._rung == self._bell_key()
+                and workflow.all_handlers_finished())
 
     async def _do(self, work: Work) -> None:
         if work.kind in ("ai_turn", "ai_resume", "ai_welcome"):
@@ -401,6 +422,8 @@ class Conversation(AiTurns, Commands, Handoffs, Owners, Clock, Outbox):
         # Hand over only when no handler or delivery is mid-flight, so nothing is half-done.
         await workflow.wait_condition(lambda: workflow.all_handlers_finished() and not self._delivering)
         s = views.carry(self.s, workflow.info().run_id)
+        if self._idle_continue:
+            s.rung = self._rung == self._bell_key() and not self._ringing
         workflow.continue_as_new(
             ConversationInput(
                 conversation_id=s.conversation_id,

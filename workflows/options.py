@@ -45,6 +45,10 @@ CARRY_TO_AGENT = 50  # transcript entries an envelope carries
 # (bench/worker_crash.py), so short runs are what lets a new worker catch up in seconds. About 20 messages to the
 # AI; what a run carries on is bounded in bytes (views.carry).
 RUN_EVENTS = 300
+# A run with nothing to do and nothing in flight continues as new from this many events (PATCH_IDLE_CONTINUE), in the
+# pause between a reply and the user's next message: at RUN_EVENTS the hand-over comes with a message and holds its
+# reply back (README, "Benchmarks").
+IDLE_RUN_EVENTS = 240
 
 _DELIVERY = dict(start_to_close_timeout=CHANNEL_START_TO_CLOSE, heartbeat_timeout=HEARTBEAT_TIMEOUT,
                  retry_policy=CHANNEL_RETRY)
