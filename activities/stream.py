@@ -23,6 +23,7 @@ import json
 import logging
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -249,6 +250,8 @@ class StreamStore:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+        with self._qlock:
+            self._qdb.close()
         while self._idle:
             self._idle.pop().close()
         if self._listener is not None:
@@ -276,7 +279,9 @@ class StreamStore:
                 conn = Db(self._url)._connection()
                 conn.execute(f"LISTEN {CHANNEL}")
             except psycopg.Error:
-                log.exception("listening for new bells failed; polling")
+                # Waits out the timeout first: a server that refuses at once must not turn the tail into a busy loop.
+                log.exception("listening for new bells failed; reading every %s s until it works", timeout)
+                time.sleep(timeout)
                 return True
             self._listener = conn
             return True
@@ -293,8 +298,6 @@ class StreamStore:
                 self._listener.close()
             self._listener = None
             return True
-        with self._qlock:
-            self._qdb.close()
 
     # ---- the writer (the worker) -------------------------------------------------------------------
 

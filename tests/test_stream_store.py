@@ -242,3 +242,28 @@ def test_on_postgresql_a_reader_is_woken_by_the_writers_not_by_polling(postgres)
     assert 1 <= wakes <= 5, wakes
     for s in (reader, writer):
         s.close()
+
+
+def test_on_postgresql_closing_a_store_closes_every_connection_it_opened(postgres) -> None:
+    """Its writer, the queues' decisions, the readers and the listener (API processes and workers open and close
+    stores over their lives; each left-open connection counts against the server's max_connections)."""
+    import psycopg
+
+    from activities.queues import Queues
+
+    url = postgres.new_database()
+    name = url.rsplit("/", 1)[1]
+
+    def connections() -> int:
+        with psycopg.connect(postgres.url(), autocommit=True) as conn:
+            return conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s", (name,)).fetchone()[0]
+
+    before = connections()
+    store = StreamStore(url)
+    store.ring(bell(1, State.AI))
+    Queues(store).set_presence("ann", "Ann", ["general"], [], 3, "online")  # the queues' own connection
+    store.since(0)
+    store.wait_for_change(0)  # the listener
+    assert connections() > before
+    store.close()
+    assert connections() == before

@@ -118,9 +118,6 @@ class Conversation(AiTurns, Commands, Handoffs, Owners, Clock, Outbox):
         self._a2a_peer = False  # PATCH_A2A_PEER, likewise
         self._rating = False  # PATCH_DESK_RATING, likewise
         self._idle_continue = False  # PATCH_IDLE_CONTINUE, likewise
-        # Carried by a run that knew the stream store had this state: nothing to ring until it changes.
-        self._rung_carried = input.carried is not None and input.carried.rung
-        self.s.rung = False
         if input.carried is None:
             if input.context is not None:
                 self.s.context = input.context.model_copy(deep=True)
@@ -142,8 +139,9 @@ class Conversation(AiTurns, Commands, Handoffs, Owners, Clock, Outbox):
         self._answers = workflow.patched(PATCH_A2A_ANSWERS)
         self._rating = workflow.patched(PATCH_DESK_RATING)
         self._idle_continue = workflow.patched(PATCH_IDLE_CONTINUE)
-        if self._rung_carried and self._idle_continue:
-            self._rung = self._bell_key()
+        if self.s.rung and self._idle_continue:
+            self._rung = self._bell_key()  # the run before knew the store had this state: nothing to ring yet
+        self.s.rung = False  # only ever true in what continue-as-new carries
         if self.s.peer is not None and self.s.peer.protocol == "a2a":
             self._a2a_peer = workflow.patched(PATCH_A2A_PEER)
         self._publish()
