@@ -512,9 +512,15 @@ def desk_router(
         conversation_id: ConversationPath, request: Request, body: ReasonIn | None = None,
         agent: LiveAgentInfo = agent_dep,
     ) -> CommandResult:
+        """Closed. With the config's `rating` on, the user is then asked to rate the agent, and the closed
+        conversation takes that one answer for `rating.answer_minutes`."""
         code = wrap_up_code(body)
+        question = None
+        if config.rating.enabled:
+            question = config.rating.question.replace("{agent}", agent.name)[:MAX_TEXT]
         close_request = CloseRequest(reason=(body.reason if body and body.reason else "closed"), by=agent.agent_id,
-                                     wrap_up=code)
+                                     wrap_up=code, rating_question=question,
+                                     rating_seconds=config.rating.answer_minutes * 60)
         result = await update(temporal(request), conversation_id, Updates.SUBMIT_CLOSE, close_request)
         if code is not None:
             await recorded("a wrap-up code", lambda: queues().wrapped_up(conversation_id, agent.agent_id, "close", code))

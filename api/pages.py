@@ -22,7 +22,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from activities import sealing
 from api.messages import Accepted, MessageIn, send_user_message
 from api.stream import conversation_events, resume_point
-from models.conversation import MAX_TEXT, MessageId
+from activities.filtering import redact_text
+from api.temporal import update
+from models.conversation import MAX_TEXT, MessageId, UserMessage
+from models.names import Updates
 from runtime.settings import Settings
 
 STATIC = Path(__file__).parent / "static"
@@ -56,6 +59,11 @@ class DemoMessageIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     message_id: MessageId
     text: str = Field(min_length=1, max_length=MAX_TEXT)
+    rating: bool = Field(
+        default=False,
+        description="the answer to the rating question a live agent's close asked: taken only while that question "
+        "is open in the session's conversation (409 otherwise, and nothing is sent)",
+    )
 
 
 def session_key(secret_key: str) -> bytes:
@@ -147,7 +155,14 @@ def pages_router(settings: Settings) -> APIRouter:
         body: DemoMessageIn, request: Request, conversation_id: str = Depends(demo_conversation)
     ) -> Accepted:
         """The user's message in the session's conversation: as `POST /v1/conversations/{id}/messages`, channel
-        `web`."""
+        `web`. With `"rating": true`, the answer to a closed conversation's rating question, or a 409 when that
+        question is not open (the page then starts a new conversation)."""
+        if body.rating:
+            text, found = redact_text(body.text)
+            answer = UserMessage(message_id=body.message_id, text=text[:MAX_TEXT],
+                                 redacted=sorted({kind for kind, _ in found})[:20])
+            await update(request.app.state.client, conversation_id, Updates.SUBMIT_USER_MESSAGE, answer)
+            return Accepted(conversation_id=conversation_id, message_id=body.message_id)
         message = MessageIn(message_id=body.message_id, text=body.text)
         return await send_user_message(request.app.state.client, settings, conversation_id, message)
 

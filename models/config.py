@@ -382,12 +382,14 @@ class Route(Strict):
 
 
 class Rating(Strict):
-    """A one-question satisfaction rating after a live agent hands a conversation back."""
+    """A one-question satisfaction rating after a live agent's stretch ends (a release or a close)."""
 
     enabled: bool = False
     question: Annotated[str, StringConstraints(min_length=1, max_length=300)] = (
         "How would you rate the help you got from {agent}? Reply with a number from 1 (poor) to 5 (great)."
     )
+    # After a close, how long the question may be answered (the conversation takes nothing else meanwhile).
+    answer_minutes: int = Field(default=10, ge=1, le=1440)
 
 
 class AiFailure(Strict):

@@ -74,6 +74,9 @@ class ConversationInput(Contract):
     peer: PeerLink | None = None
     # The context the conversation starts with (already filtered by the sender and cleaned at our ingress).
     context: Context | None = None
+    # Set only by a closed run continuing as new: the user's messages that arrived after the close, which start
+    # the next conversation under the same id (the first of them is its first message).
+    first_messages: list[UserMessage] = Field(default_factory=list, max_length=100)
 
 
 # ---- signal / update inputs -----------------------------------------------------------------------
@@ -192,6 +195,10 @@ class CloseRequest(Contract):
     # Who closes; when given it must be the current owner (an external agent closing through the protocol).
     by: Name | None = None
     wrap_up: Name | None = None
+    # A live agent's close (the config's `rating`): asked of the user after the closing notice; a reply 1-5 within
+    # `rating_seconds` is their rating, and the run ends when it is answered or the time is up.
+    rating_question: Annotated[str, StringConstraints(min_length=1, max_length=MAX_TEXT)] | None = None
+    rating_seconds: int = Field(default=600, ge=1, le=86_400)
 
 
 class ContextUpdate(Contract):
@@ -461,6 +468,9 @@ class Snapshot(BaseModel):
     # Work is in hand: the AI agent has a turn to take (or is taking it), or a handoff is being routed or sent.
     # A chat backend can show it as "typing"; the A2A server answers once it is false.
     busy: bool = False
+    # Closed by a live agent, and the rating question asked then is still open: a reply 1-5 is the user's rating
+    # (any other message starts a new conversation under the same id).
+    rating_open: bool = False
 
 
 class AuditPage(BaseModel):

@@ -164,6 +164,13 @@ async def claimed(http, cid: str, agent: dict[str, str]) -> None:
         await asyncio.sleep(0.1)
 
 
+async def rate_the_close(http, cid: str) -> None:
+    """From 1.4 (close-rating) a live agent's close asks for a rating (the recording config has it on), and the run
+    waits for the answer: the user gives it, so the run ends."""
+    await until(lambda: _asked(http, cid))
+    await say(http, cid, "5")
+
+
 async def transfer_to_a_named_agent(client, settings, cid, http, **_):
     """A live agent claims from the queue and transfers to a named colleague (target kind `live_agent`), who claims
     it from their personal queue, replies and closes."""
@@ -180,6 +187,7 @@ async def transfer_to_a_named_agent(client, settings, cid, http, **_):
     await claimed(http, cid, bob)
     await http.post(f"/v1/desk/conversations/{cid}/messages", headers=bob, json={"message_id": "b1", "text": "Bob"})
     assert (await http.post(f"/v1/desk/conversations/{cid}/close", headers=bob)).status_code == 200
+    await rate_the_close(http, cid)
     h = client.get_workflow_handle(workflow_id(cid))
     await h.result()
     return h
@@ -227,6 +235,7 @@ async def continue_as_new_while_waiting(client, settings, cid, http, **_):
     await claimed(http, cid, agent)
     await http.post(f"/v1/desk/conversations/{cid}/messages", headers=agent, json={"message_id": "c1", "text": "Hi"})
     assert (await http.post(f"/v1/desk/conversations/{cid}/close", headers=agent)).status_code == 200
+    await rate_the_close(http, cid)
     await h.result()
     second = client.get_workflow_handle(h.id, run_id=(await h.describe()).run_id)
     return first, second
@@ -348,7 +357,8 @@ async def routed_intent_claim_release(client, settings, cid, http, **_):
 
 async def wrap_up_and_rating(client, settings, cid, http, **_):
     """A live agent releases with a wrap-up code; the user is asked to rate and answers 5 (recorded, not an AI turn);
-    then asks for a person again and the agent closes with a code (1.2, the desk-rating patch)."""
+    then asks for a person again and the agent closes with a code (1.2, the desk-rating patch); from 1.4 (the
+    close-rating patch) the close asks again and the user answers 4 in the closed conversation."""
     agent = await live_agent(http, f"rater-{cid}", ["general"])
     await say(http, cid, "I want a human")
     await claimed(http, cid, agent)
@@ -362,9 +372,40 @@ async def wrap_up_and_rating(client, settings, cid, http, **_):
     await claimed(http, cid, agent)
     r = await http.post(f"/v1/desk/conversations/{cid}/close", headers=agent, json={"wrap_up": "escalated"})
     assert r.status_code == 200, r.text
+    await until(lambda: _asked(http, cid))
+    await say(http, cid, "4")
     handle = client.get_workflow_handle(workflow_id(cid))
     await handle.result()
     return handle
+
+
+async def close_rating_then_next(client, settings, cid, http, **_):
+    """PATCH_CLOSE_RATING (1.4): a live agent closes and the user is asked to rate; they write something else,
+    which starts the next conversation under the same id (the closed run continues as new into it); the AI answers
+    there, and it is closed. Both runs are recorded."""
+    agent = await live_agent(http, f"closer-{cid}", ["general"])
+    await say(http, cid, "I want a human")
+    await claimed(http, cid, agent)
+    await http.post(f"/v1/desk/conversations/{cid}/messages", headers=agent, json={"message_id": "a1", "text": "Hi"})
+    r = await http.post(f"/v1/desk/conversations/{cid}/close", headers=agent, json={"wrap_up": "resolved"})
+    assert r.status_code == 200, r.text
+    await until(lambda: _asked(http, cid))
+    h = client.get_workflow_handle(workflow_id(cid))
+    first_run = (await h.describe()).run_id
+    await say(http, cid, "one more question")
+
+    async def answered():
+        entries = (await http.get(f"/v1/conversations/{cid}/transcript")).json()["entries"]
+        return entries[0]["text"] == "one more question" and any(e["role"] == "ai" for e in entries)
+
+    await until(answered)
+    await h.execute_update(Updates.SUBMIT_CLOSE, CloseRequest(reason="resolved"), result_type=CommandResult)
+    await h.result()
+    second = client.get_workflow_handle(h.id, run_id=(await h.describe()).run_id)
+    return client.get_workflow_handle(h.id, run_id=first_run), second
+
+
+close_rating_then_next.suffixes = ("", "_next_run")  # type: ignore[attr-defined]
 
 
 async def _asked(http, cid: str) -> bool:
@@ -510,6 +551,7 @@ SCENARIOS = {
     "a2a_to_another_baton": a2a_to_another_baton,
     "wrap_up_and_rating": wrap_up_and_rating,
     "idle_continue_as_new": idle_continue_as_new,
+    "close_rating_then_next": close_rating_then_next,
 }
 
 

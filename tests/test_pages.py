@@ -606,3 +606,40 @@ async def test_an_agent_goes_online_accepts_an_offer_wraps_up_and_the_user_rates
         assert r.json()["status"] == "away"
         for page in (chat, console):
             page.assert_clean()
+
+
+async def test_after_a_close_the_chat_page_answers_the_rating_then_starts_a_new_conversation(push_demo, browser):
+    demo = push_demo
+    token = await demo.live_agent("ida")
+    async with (
+        tab(browser, demo.base, "/chat", ChatTab) as chat,
+        tab(browser, demo.base, "/console", ConsoleTab) as console,
+    ):
+        await console.sign_in(token)
+        conversation = await chat.conversation_id()
+        await chat.say("I want to talk to a human")
+        offer = console.page.get_by_role("list", name="Offers").get_by_role("listitem").filter(has_text=conversation)
+        await offer.get_by_role("button", name="Accept", exact=True).click()
+        await expect(chat.page.get_by_role("status")).to_contain_text("is with you")
+        await console.page.get_by_role("combobox", name="Wrap-up code").select_option("resolved")
+        await console.button("Close").click()
+        await expect(chat.entry("This conversation has been closed.")).to_be_visible()
+        await expect(chat.entry("How did Ida do? Reply 1 to 5.")).to_be_visible()
+        await expect(chat.page.get_by_role("status")).to_contain_text("has ended")
+        # The answer goes to the closed conversation (same session, same log)...
+        await chat.say("4")
+        await expect(chat.entry("Thank you for your rating.")).to_be_visible()
+        assert await chat.conversation_id() == conversation
+        kinds = {e["kind"]: e["detail"] for e in (await demo.http.get(f"/v1/conversations/{conversation}/audit")).json()["entries"]}
+        assert kinds["rated"]["agent"] == "ida" and kinds["rated"]["score"] == 4
+        assert kinds["wrapped_up"]["code"] == "resolved"
+        # ...and once it is answered, writing again starts a new conversation, as after any close.
+        await chat.say("5")
+        await expect(chat.said_by("user", "5")).to_have_count(1)
+        await expect(chat.entry("Thank you for your rating.")).to_have_count(0)
+        assert await chat.conversation_id() != conversation
+        await expect(chat.log().locator('li[data-role="ai"]')).not_to_have_count(0)
+        report = (await demo.http.get("/v1/admin/desk/report", headers=ADMIN)).json()
+        assert report["agents"]["ida"]["ratings"] == 1
+        for page in (chat, console):
+            page.assert_clean()

@@ -490,6 +490,85 @@ async def test_wrap_up_codes_and_the_rating_are_recorded(http, channel):
     assert sum(1 for e in await audit(http, conversation) if e["kind"] == "rated") == 1
 
 
+async def _closed_by(http, token: str, conversation: str) -> None:
+    await hand_off(http, conversation, "general")
+    await eventually(lambda: _pending_in(http, conversation, "general"))
+    assert (await http.post(f"/v1/desk/conversations/{conversation}/claim", headers=as_agent(token))).status_code == 200
+    r = await http.post(f"/v1/desk/conversations/{conversation}/close", headers=as_agent(token),
+                        json={"wrap_up": "resolved"})
+    assert r.status_code == 200, r.text
+
+
+async def test_a_close_asks_for_a_rating_and_the_closed_conversation_takes_the_answer(http, channel):
+    token = await live_agent(http, "ann", queues=("general",), status=None)
+    conversation = await started(http)
+    await _closed_by(http, token, conversation)
+
+    def said():
+        return [m["text"] for m in channel.delivered() if m["conversation_id"] == conversation]
+    # The closing notice, then the question: the last thing the user reads.
+    await eventually(lambda: _true(said()[-2:] == [notices.CLOSED, "How did Ann do? Reply 1 to 5."]))
+    s = await snap(http, conversation)
+    assert s["state"] == "closed" and s["rating_open"] is True
+    before = len(await transcript(http, conversation))
+    r = await http.post(f"/v1/desk/conversations/{conversation}/close", headers=as_agent(token))
+    assert r.status_code == 409  # closed already: the question's wait changes nothing for the desk
+    r = await http.post(f"/v1/conversations/{conversation}/messages", json={"message_id": "rate", "text": "4 stars"})
+    assert r.status_code == 202
+    await eventually(lambda: _true(notices.RATED in said()))
+    kinds = {e["kind"]: e["detail"] for e in await audit(http, conversation)}
+    assert kinds["wrapped_up"]["code"] == "resolved"
+    assert kinds["rated"]["agent"] == "ann" and kinds["rated"]["score"] == 4 and kinds["rated"]["number"] == 1
+    texts = [(e["role"], e["text"]) for e in await transcript(http, conversation)]
+    assert texts[before:] == [("user", "4 stars"), ("system", notices.RATED)]
+
+    async def counted():
+        report = (await http.get("/v1/admin/desk/report", headers=ADMIN)).json()
+        return report["agents"].get("ann", {}).get("ratings") == 1 and report
+    report = await eventually(counted)
+    assert report["agents"]["ann"]["mean_rating"] == 4 and report["wrap_ups"] == {"resolved": 1}
+    assert (await snap(http, conversation))["rating_open"] is False
+    # Answered: the run ends, and a message now starts a new conversation under the same id, as after any close.
+    r = await http.post(f"/v1/conversations/{conversation}/messages", json={"message_id": "again", "text": "5"})
+    assert r.status_code == 202
+
+    async def new_conversation():
+        entries = await transcript(http, conversation)
+        return entries[0]["message_id"] == "again" and any(e["role"] == "ai" for e in entries) and entries
+    await eventually(new_conversation)
+    assert (await snap(http, conversation))["state"] == "ai"
+    assert sum(1 for e in await audit(http, conversation) if e["kind"] == "rated") == 0
+
+
+async def test_a_message_that_is_no_rating_after_a_close_starts_the_next_conversation(http, channel):
+    token = await live_agent(http, "ann", queues=("general",), status=None)
+    conversation = await started(http)
+    await _closed_by(http, token, conversation)
+
+    def said():
+        return [m["text"] for m in channel.delivered() if m["conversation_id"] == conversation]
+    await eventually(lambda: _true("How did Ann do? Reply 1 to 5." in said()))
+    closed_at = (await snap(http, conversation))["last_activity_at"]
+    # Not an answer: the closed conversation is over, and this starts the next one under the same id at once
+    # (not after the question's ten minutes), answered by the AI; the question is not answered by it.
+    r = await http.post(f"/v1/conversations/{conversation}/messages",
+                        json={"message_id": "next", "text": "I want to talk to a human"})
+    assert r.status_code == 202
+    r = await http.post(f"/v1/conversations/{conversation}/messages", json={"message_id": "next", "text": "again"})
+    assert r.status_code == 202  # a retry of the same message id: taken once
+
+    async def next_conversation():
+        s = await snap(http, conversation)
+        return s["state"] != "closed" and s["created_at"] > closed_at and s
+    s = await eventually(next_conversation)
+    assert s["rating_open"] is False
+    entries = await transcript(http, conversation)
+    assert [e["message_id"] for e in entries if e["role"] == "user"] == ["next"]
+    assert entries[0]["text"] == "I want to talk to a human"
+    report = (await http.get("/v1/admin/desk/report", headers=ADMIN)).json()
+    assert report["agents"].get("ann", {}).get("ratings", 0) == 0
+
+
 async def transcript(http, conversation) -> list[dict]:
     r = await http.get(f"/v1/conversations/{conversation}/transcript")
     assert r.status_code == 200, r.text

@@ -5,9 +5,23 @@ from __future__ import annotations
 import uuid
 from datetime import timedelta
 
+import pytest
+from temporalio.client import WorkflowUpdateFailedError
+
+from models import notices
 from models.config import Waiting, default_config
-from models.conversation import AuditPage, CloseRequest, HandoffRequest, HandoffTarget, Role, State, UserMessage
-from models.names import Queries, Signals
+from models.conversation import (
+    AcceptHandoff,
+    AuditPage,
+    CloseRequest,
+    CommandResult,
+    HandoffRequest,
+    HandoffTarget,
+    Role,
+    State,
+    UserMessage,
+)
+from models.names import Queries, Signals, Updates
 from tests.harness import baton_worker, settings_for, skip, snapshot, start_conversation, transcript
 
 
@@ -96,3 +110,38 @@ async def test_waiting_for_a_handoff_longer_than_the_inactivity_timeout_does_not
         assert snap.state is State.AI
         result = await handle.result()
         assert result.state is State.CLOSED and result.closed_reason == "inactive for 30 minutes"
+
+
+async def test_a_close_s_rating_question_is_open_for_its_time_then_the_run_ends_unrated(ts_env, task_queue):
+    """A live agent's close asks the rating question; the closed run takes only its answer (an update with any
+    other text is refused) for `rating_seconds`, then ends with no rating."""
+    settings = settings_for(task_queue)
+    quiet = default_config().model_copy(update={"waiting": Waiting(position_update_seconds=0)})
+    async with baton_worker(ts_env.client, settings, config=quiet):
+        handle = await start_conversation(ts_env.client, settings, cid(), text="hello")
+        handoff = await handle.execute_update(
+            Updates.SUBMIT_HANDOFF, HandoffRequest(target=HandoffTarget(queue="general"), sla_seconds=3600),
+            result_type=CommandResult)
+        await handle.execute_update(Updates.ACCEPT_HANDOFF, AcceptHandoff(handoff_id=handoff.handoff_id, owner="ann"),
+                                    result_type=CommandResult)
+        await handle.execute_update(
+            Updates.SUBMIT_CLOSE, CloseRequest(by="ann", rating_question="How did Ann do? 1-5", rating_seconds=600),
+            result_type=CommandResult)
+        snap = await snapshot(handle)
+        assert snap.state is State.CLOSED and snap.rating_open
+        closed_at = (await transcript(handle)).entries[-1].at
+        with pytest.raises(WorkflowUpdateFailedError) as refused:
+            await handle.execute_update(Updates.SUBMIT_USER_MESSAGE, UserMessage(message_id="x", text="hello?"),
+                                        result_type=CommandResult)
+        assert "takes only an answer 1-5" in str(refused.value.cause)
+        await skip(ts_env, handle, timedelta(minutes=9))
+        assert (await snapshot(handle)).rating_open  # 9 of its 10 minutes: still open
+        result = await handle.result()  # the server skips to the end of the question's time
+        assert result.state is State.CLOSED and not result.rating_open
+        texts = [e.text for e in (await transcript(handle)).entries]
+        assert texts[-2:] == [notices.CLOSED, "How did Ann do? 1-5"] and "hello?" not in texts
+        audit = await handle.query(Queries.AUDIT, result_type=AuditPage)
+        assert "rated" not in [e.kind for e in audit.entries]
+        history = await handle.fetch_history()
+        ended = history.events[-1].event_time.ToDatetime(tzinfo=closed_at.tzinfo)
+        assert timedelta(minutes=10) <= ended - closed_at < timedelta(minutes=11)

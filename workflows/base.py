@@ -29,6 +29,7 @@ with workflow.unsafe.imports_passed_through():
         State,
         ThirdPartyDeskLink,
         TranscriptEntry,
+        UserMessage,
         Work,
         is_open,
         window_at,
@@ -57,6 +58,9 @@ class Story:
     _answers: bool  # PATCH_A2A_ANSWERS: an agent's answers in a call's response are recorded (owners.py)
     _a2a_peer: bool  # PATCH_A2A_PEER: an A2A client handed us this conversation; it reads, nothing is delivered
     _rating: bool  # PATCH_DESK_RATING: a live agent's release may ask for a rating; wrap-up codes are audited
+    _close_rating: bool  # PATCH_CLOSE_RATING: a live agent's close may ask for a rating too
+    _rating_for: timedelta  # how long the rating question a close asked stays open
+    _next: list[UserMessage]  # PATCH_CLOSE_RATING: what the user wrote after the close, for the next conversation
 
     async def _send(
         self, activity: str, arg: object, within: timedelta, summary: str, give_up: str

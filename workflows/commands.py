@@ -3,6 +3,8 @@ the refusals their handlers and validators share: an illegal command is refused,
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
@@ -25,18 +27,31 @@ with workflow.unsafe.imports_passed_through():
 
 from workflows.base import Story  # noqa: E402 - imported in the sandbox, like every chapter
 
+# At most this many messages written after a close start the next conversation (ConversationInput.first_messages);
+# any more are recorded in the closed one, as every message after a close was before the close-rating patch.
+NEXT_MESSAGES = 100
+
 
 class Commands(Story):
     def _user_message(self, message: UserMessage) -> CommandResult:
         if message.message_id in self._seen:
             return self._result(duplicate=True)
+        if (self._close_rating and self._closed and self.s.peer is None and len(self._next) < NEXT_MESSAGES
+                and not (self._rating_open() and views.rating_in(message.text) is not None)):
+            # Not the answer to a close's rating question: this conversation is over, and what the user writes
+            # now starts the next one under the same id (the run continues as new into it; conversation.run).
+            self.s.rating_asked = None
+            self._next.append(message)
+            self._seen.add(message.message_id)
+            return self._result()
         # Accepted even while closing: a message is never dropped, it is at least recorded.
         entry = self._append(Role.USER, message.author, message.text, message.message_id)
         if message.redacted:
             self._audit("redacted_at_ingress", seq=entry.seq, kinds=message.redacted)
         asked, self.s.rating_asked = self.s.rating_asked, None
         # A rating only answers the question while it is the last thing said to the user.
-        answers = (asked is not None and asked.seq > 0 and self.s.state is State.AI
+        answers = (asked is not None and asked.seq > 0
+                   and (self.s.state is State.AI or (self._close_rating and self.s.state is State.CLOSED))
                    and views.only_user_since(self.s.transcript, asked.seq))
         score = views.rating_in(message.text) if answers else None
         if score is not None and asked is not None:
@@ -135,6 +150,24 @@ class Commands(Story):
         if self._rating and request.wrap_up is not None:
             self._audit("wrapped_up", by=request.by, code=request.wrap_up)
 
+    def _close_command(self, request: CloseRequest) -> None:
+        """A close by its owner: the wrap-up code, the close, and after a live agent's (with the rating on) the
+        rating question, the last thing the user reads; the run stays for the answer (conversation.run)."""
+        owner, state = self.s.owner, self.s.state
+        self._wrap_up(request)
+        self._close(request.reason)
+        if (self._close_rating and request.rating_question and owner and state is State.LIVE_AGENT
+                and self.s.peer is None):
+            number = (self.s.rated.number if self.s.rated else 0) + 1
+            entry = self._say(Role.SYSTEM, "system", request.rating_question)
+            self.s.rating_asked = Rating(agent=owner, number=number, seq=entry.seq)
+            self._rating_for = timedelta(seconds=request.rating_seconds)
+
+    def _rating_open(self) -> bool:
+        """Closed, with a close's rating question unanswered and its time not up."""
+        asked = self.s.rating_asked
+        return self._close_rating and self._closed and asked is not None and asked.seq > 0
+
     def _close(self, reason: str, peer_event: str | None = "close") -> None:
         """On a conversation handed to us, the closing entry goes back to the sender as `peer_event`
         (`close`, or `hand_back` when our side merely ended), or not at all (None: the sender ended it)."""
@@ -142,6 +175,8 @@ class Commands(Story):
         self.s.pending = None
         self.s.waiting_since = None
         self.s.closed_reason = reason
+        if self._close_rating:
+            self.s.rating_asked = None  # a release's question still open is not answered after a close
         self._audit("closed", reason=reason)
         if self.s.peer is None:
             self._say(Role.SYSTEM, "system", notices.CLOSED)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 
 from temporalio import workflow
 from temporalio.exceptions import ApplicationError
@@ -65,6 +66,9 @@ from workflows.owners import Owners  # noqa: E402
 # - PATCH_IDLE_CONTINUE ("idle-continue-as-new", 1.3): a run with nothing to do and nothing in flight continues as new
 #   from IDLE_RUN_EVENTS (not only at RUN_EVENTS, where the hand-over held the next message's reply back), and what
 #   it carries says whether the stream store already has the state (`rung`), so the next run rings no bell for it.
+# - PATCH_CLOSE_RATING ("close-rating", 1.4): a live agent's close may ask the user the rating question too (after
+#   the closing notice); the closed run then takes one message, an answer 1-5, for the close's `rating_seconds`,
+#   records it like a release's rating, and ends once it is answered or the time is up.
 #
 # How a patch is asked matters: ask it once per run, in the run's first activation (at the start of `run`), and
 # keep the answer. Asked for the first time while reacting to an activity's result, a patch produced histories that
@@ -77,6 +81,7 @@ PATCH_A2A_ANSWERS = "a2a-answers"
 PATCH_A2A_PEER = "a2a-peer"
 PATCH_DESK_RATING = "desk-rating"
 PATCH_IDLE_CONTINUE = "idle-continue-as-new"
+PATCH_CLOSE_RATING = "close-rating"
 
 
 class Reject(ApplicationError):
@@ -118,6 +123,9 @@ class Conversation(AiTurns, Commands, Handoffs, Owners, Clock, Outbox):
         self._a2a_peer = False  # PATCH_A2A_PEER, likewise
         self._rating = False  # PATCH_DESK_RATING, likewise
         self._idle_continue = False  # PATCH_IDLE_CONTINUE, likewise
+        self._close_rating = False  # PATCH_CLOSE_RATING, likewise
+        self._rating_for = timedelta(0)  # how long a close's rating question stays open
+        self._next: list[UserMessage] = []  # written after the close: the next conversation's first messages
         if input.carried is None:
             if input.context is not None:
                 self.s.context = input.context.model_copy(deep=True)
@@ -139,11 +147,14 @@ class Conversation(AiTurns, Commands, Handoffs, Owners, Clock, Outbox):
         self._answers = workflow.patched(PATCH_A2A_ANSWERS)
         self._rating = workflow.patched(PATCH_DESK_RATING)
         self._idle_continue = workflow.patched(PATCH_IDLE_CONTINUE)
+        self._close_rating = workflow.patched(PATCH_CLOSE_RATING)
         if self.s.rung and self._idle_continue:
             self._rung = self._bell_key()  # the run before knew the store had this state: nothing to ring yet
         self.s.rung = False  # only ever true in what continue-as-new carries
         if self.s.peer is not None and self.s.peer.protocol == "a2a":
             self._a2a_peer = workflow.patched(PATCH_A2A_PEER)
+        for message in input.first_messages:
+            self._user_message(message)  # written after the run before closed: this conversation starts with them
         self._publish()
         loops = [
             asyncio.create_task(self._watch_deadlines()),
@@ -175,6 +186,12 @@ class Conversation(AiTurns, Commands, Handoffs, Owners, Clock, Outbox):
                 break
             if self._may_continue_as_new():
                 await self._continue_as_new()
+        if self._rating_open():
+            # A live agent's close asked for a rating: the run takes the answer for a while (nothing else).
+            try:
+                await workflow.wait_condition(lambda: not self._rating_open(), timeout=self._rating_for)
+            except asyncio.TimeoutError:
+                self.s.rating_asked = None
         # Closed: the user still gets everything already said (e.g. the closing notice), then the run ends.
         await workflow.wait_condition(lambda: not self.s.outbox and not self._delivering)
         await workflow.wait_condition(workflow.all_handlers_finished)
@@ -182,6 +199,19 @@ class Conversation(AiTurns, Commands, Handoffs, Owners, Clock, Outbox):
         await workflow.wait_condition(lambda: not self._ringing and self._rung == self._bell_key())
         for task in loops:
             task.cancel()
+        if self._next:
+            # The user wrote again after the close: a new conversation under the same id, as a message to a
+            # conversation whose run has ended starts one (the API's signal-with-start).
+            workflow.continue_as_new(
+                ConversationInput(
+                    conversation_id=self.s.conversation_id,
+                    channel=self.s.channel,
+                    inactivity_timeout_seconds=self.s.inactivity_timeout_seconds,
+                    handoff_sla_seconds=self.s.handoff_sla_seconds,
+                    first_messages=self._next,
+                ),
+                task_timeout=workflow.info().task_timeout,
+            )
         return views.snapshot(self.s)
 
     def _may_continue_as_new(self) -> bool:
@@ -253,8 +283,7 @@ class Conversation(AiTurns, Commands, Handoffs, Owners, Clock, Outbox):
     @workflow.signal(name=Signals.CLOSE)
     def on_close(self, request: CloseRequest) -> None:
         if (why := self._close_refusal(request)) is None:
-            self._wrap_up(request)
-            self._close(request.reason)
+            self._close_command(request)
         else:
             self._audit("signal_rejected", signal=Signals.CLOSE, reason=why)
 
@@ -273,8 +302,14 @@ class Conversation(AiTurns, Commands, Handoffs, Owners, Clock, Outbox):
 
     @submit_user_message.validator
     def _check_user_message(self, message: UserMessage) -> None:
-        if self._closed:
+        if not self._closed:
+            pass
+        elif self._close_rating and message.message_id in self._seen:
+            pass  # a retry of a message already taken: answered as a duplicate, as before the close
+        elif not self._rating_open():
             raise Reject("the conversation is closed")
+        elif views.rating_in(message.text) is None:
+            raise Reject("the conversation is closed; it takes only an answer 1-5 to its rating question")
         if (why := self._via_refusal(message)) is not None:
             raise Reject(why)
 
@@ -335,8 +370,7 @@ class Conversation(AiTurns, Commands, Handoffs, Owners, Clock, Outbox):
 
     @workflow.update(name=Updates.SUBMIT_CLOSE)
     def submit_close(self, request: CloseRequest) -> CommandResult:
-        self._wrap_up(request)
-        self._close(request.reason)
+        self._close_command(request)
         return self._result()
 
     @submit_close.validator
@@ -382,7 +416,8 @@ class Conversation(AiTurns, Commands, Handoffs, Owners, Clock, Outbox):
 
     @workflow.query(name=Queries.SNAPSHOT)
     def snapshot(self) -> Snapshot:
-        return views.snapshot(self.s, busy=not self._closed and (self._doing or bool(self.s.inbox)))
+        return views.snapshot(self.s, busy=not self._closed and (self._doing or bool(self.s.inbox)),
+                              rating_open=self._rating_open())
 
     @workflow.query(name=Queries.TRANSCRIPT)
     def transcript(self, query: TranscriptQuery | None = None) -> TranscriptPage:

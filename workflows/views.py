@@ -107,7 +107,7 @@ def carry_fits(s: ConversationState) -> bool:
     return sum(json_size(e) for e in s.transcript if e.seq >= keep_from) <= CARRY_TRANSCRIPT_BYTES
 
 
-def snapshot(s: ConversationState, busy: bool = False) -> Snapshot:
+def snapshot(s: ConversationState, busy: bool = False, rating_open: bool = False) -> Snapshot:
     ctx = s.context
     return Snapshot(
         busy=busy,
@@ -134,6 +134,7 @@ def snapshot(s: ConversationState, busy: bool = False) -> Snapshot:
         desk=s.third_party_desk,
         shared_context=s.shared_context,
         summary=s.summary,
+        rating_open=rating_open,
     )
 
 

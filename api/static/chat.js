@@ -6,6 +6,8 @@ import { errorDetail, openStream } from "/static/sse.js";
 import { clock, el, insertBySeq, parseJSON, randomId, stickToBottom } from "/static/ui.js";
 
 const SESSION_KEY = "baton.demo.session";
+// A reply to the rating question (workflows/views.py's rating_in): "4", "5/5", "3 stars".
+const RATING = /^\s*([1-5])\s*(?:\/\s*5|of 5|stars?)?\s*[.!]?\s*$/i;
 
 const log = document.getElementById("log");
 const statusLine = document.getElementById("status");
@@ -134,7 +136,9 @@ async function restart() {
   statusLine.textContent = "Say hello to start a conversation.";
 }
 
-async function send(text) {
+// Sends a message in the tab's conversation; `rating`: only as the answer to the rating question a close asked,
+// and false is returned (nothing sent, nothing shown) when that question is not open.
+async function send(text, rating = false) {
   const messageId = randomId("web-");
   const echo = entryItem({ role: "user", message_id: messageId, text }, true);
   stickToBottom(log, () => log.append(echo));
@@ -143,17 +147,21 @@ async function send(text) {
     response = await fetch("/demo/messages", {
       method: "POST",
       headers: { "Content-Type": "application/json", Authorization: `Bearer ${session.session}` },
-      body: JSON.stringify({ message_id: messageId, text }),
+      body: JSON.stringify({ message_id: messageId, text, ...(rating ? { rating: true } : {}) }),
     });
   } catch {
     response = null;
+  }
+  if (rating && response && response.status === 409) {
+    echo.remove();
+    return false;
   }
   if (!response || response.status !== 202) {
     echo.remove();
     const why = response ? await errorDetail(response) : "the server cannot be reached";
     showError(`Your message was not sent: ${why}`);
     if (!input.value) input.value = text;
-    return;
+    return true;
   }
   showError("");
   if (!session.started) {
@@ -161,6 +169,7 @@ async function send(text) {
     save();
   }
   connect();
+  return true;
 }
 
 form.addEventListener("submit", async (event) => {
@@ -170,6 +179,8 @@ form.addEventListener("submit", async (event) => {
   input.value = "";
   input.focus();
   await ready; // the tab's session, created on load
+  // Closed by a person with a rating question still open: a rating is its answer (else a new conversation).
+  if (closed && session && RATING.test(text) && (await send(text, true))) return;
   if (closed) session = null;
   if (!session) {
     try {
