@@ -187,6 +187,13 @@ class OfferList(BaseModel):
     offers: list[Offer]
 
 
+class Team(BaseModel):
+    """The live agents who share a queue with the caller (their personal queues aside), each with their presence
+    and load of capacity, by name."""
+
+    agents: list[Presence]
+
+
 class DeskReport(BaseModel):
     """Wrap-up codes counted, ratings per agent, and every agent's presence and load."""
 
@@ -542,6 +549,16 @@ def desk_router(
     async def get_presence(agent: LiveAgentInfo = agent_dep) -> Presence:
         """The agent's presence and load (conversations owned, claims in flight and open offers) of capacity."""
         return await asyncio.to_thread(queues().presence_of, agent)
+
+    @router.get("/v1/desk/team", response_model=Team, tags=["desk"])
+    async def team(agent: LiveAgentInfo = agent_dep) -> Team:
+        """Who else works the caller's queues: status (`online`, `away`, `offline`) and load (conversations owned,
+        claims in flight and open offers) of capacity, sorted by name. The console's "Team" list reads it."""
+        mine = set(agent.queues)
+        colleagues = [a for a in await asyncio.to_thread(registry().list_live_agents)
+                      if a.agent_id != agent.agent_id and mine & set(a.queues)]
+        colleagues.sort(key=lambda a: (a.name.casefold(), a.agent_id))
+        return Team(agents=await asyncio.to_thread(queues().team, colleagues))
 
     @router.get("/v1/desk/offers", response_model=OfferList, tags=["desk"])
     async def offers(agent: LiveAgentInfo = agent_dep) -> OfferList:

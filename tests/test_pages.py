@@ -608,6 +608,33 @@ async def test_an_agent_goes_online_accepts_an_offer_wraps_up_and_the_user_rates
             page.assert_clean()
 
 
+async def test_the_console_shows_the_team_with_each_agents_status_and_load(push_demo, browser):
+    demo = push_demo
+    jo = await demo.live_agent("jo")
+    kim = await demo.live_agent("kim")
+    async with (
+        tab(browser, demo.base, "/chat", ChatTab) as chat,
+        tab(browser, demo.base, "/console", ConsoleTab) as jos,
+        tab(browser, demo.base, "/console", ConsoleTab) as kims,
+    ):
+        await jos.sign_in(jo)
+        team = jos.page.get_by_role("list", name="Team")
+        await expect(team.get_by_role("listitem").filter(has_text="kim")).to_contain_text("Offline, 0 of 3")
+        await kims.sign_in(kim)
+        await expect(team.get_by_role("listitem").filter(has_text="kim")).to_contain_text("Online, 0 of 3")
+        # jo steps away, so the push offer goes to kim; her load shows on jo's console.
+        await jos.page.get_by_role("combobox", name="Status").select_option("away")
+        await expect(kims.page.get_by_role("list", name="Team").get_by_role("listitem").filter(has_text="jo"))\
+            .to_contain_text("Away, 0 of 3")
+        conversation = await chat.conversation_id()
+        await chat.say("I want to talk to a human")
+        offer = kims.page.get_by_role("list", name="Offers").get_by_role("listitem").filter(has_text=conversation)
+        await offer.get_by_role("button", name="Accept", exact=True).click()
+        await expect(team.get_by_role("listitem").filter(has_text="kim")).to_contain_text("Online, 1 of 3")
+        for page in (chat, jos, kims):
+            page.assert_clean()
+
+
 async def test_after_a_close_the_chat_page_answers_the_rating_then_starts_a_new_conversation(push_demo, browser):
     demo = push_demo
     token = await demo.live_agent("ida")

@@ -490,6 +490,27 @@ async def test_wrap_up_codes_and_the_rating_are_recorded(http, channel):
     assert sum(1 for e in await audit(http, conversation) if e["kind"] == "rated") == 1
 
 
+async def test_the_team_lists_who_else_works_the_queues_with_status_and_load(http):
+    ann = await live_agent(http, "ann", queues=("general", "push"))
+    bob = await live_agent(http, "bob", queues=("general",), capacity=5)
+    await live_agent(http, "cal", queues=("skilled",))  # no queue in common with ann
+    await live_agent(http, "dee", queues=("push",), status=None)  # never signed in
+    conversation = await started(http)
+    await hand_off(http, conversation, "general")
+    await eventually(lambda: _pending_in(http, conversation, "general"))
+    assert (await http.post(f"/v1/desk/conversations/{conversation}/claim", headers=as_agent(bob))).status_code == 200
+    await presence(http, bob, "away")
+
+    r = await http.get("/v1/desk/team", headers=as_agent(ann))
+    assert r.status_code == 200, r.text
+    team = [(a["agent_id"], a["name"], a["status"], a["load"], a["capacity"]) for a in r.json()["agents"]]
+    assert team == [("bob", "Bob", "away", 1, 5), ("dee", "Dee", "offline", 0, 3)]
+    bobs = [(a["agent_id"], a["status"]) for a in (await http.get("/v1/desk/team", headers=as_agent(bob))).json()["agents"]]
+    assert bobs == [("ann", "online")]
+    assert (await http.get("/v1/desk/team")).status_code == 401
+    assert (await http.get("/v1/desk/team", headers=as_agent("not-a-token"))).status_code == 401
+
+
 async def _closed_by(http, token: str, conversation: str) -> None:
     await hand_off(http, conversation, "general")
     await eventually(lambda: _pending_in(http, conversation, "general"))

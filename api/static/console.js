@@ -25,6 +25,10 @@ const statusSelect = $("status");
 const loadLine = $("load");
 const offersSection = $("offers-section");
 const offersList = $("offers");
+const teamList = $("team");
+const teamEmpty = $("team-empty");
+// How often the "Team" list is read again (GET /v1/desk/team): colleagues' status and load.
+const TEAM_SECONDS = 5;
 
 let token = null;
 let me = null; // {agent_id, name, queues}
@@ -34,6 +38,7 @@ const queues = new Map(); // queue -> {section, list, empty, count, items: Map(c
 const open = new Map(); // conversation_id -> Conversation
 let active = null;
 let heartbeat = null;
+let teamTimer = null;
 const offers = new Map(); // offer_id -> {li, left, offer}
 
 const uid = (prefix) => `${prefix}-${++nextId}`;
@@ -91,6 +96,8 @@ async function signIn(candidate) {
   heartbeat = setInterval(() => {
     if (token && statusSelect.value !== "offline") setPresence(statusSelect.value, true);
   }, (me.heartbeat_seconds || 15) * 1000);
+  loadTeam();
+  teamTimer = setInterval(loadTeam, TEAM_SECONDS * 1000);
   connectDesk();
   for (const conversationId of storedOpen()) openConversation(conversationId, {}, false);
   return true;
@@ -100,6 +107,10 @@ function signOut(why) {
   if (token && !why) api("PUT", "/v1/desk/presence", { status: "offline" }).catch(() => {});
   if (heartbeat) clearInterval(heartbeat);
   heartbeat = null;
+  if (teamTimer) clearInterval(teamTimer);
+  teamTimer = null;
+  teamList.replaceChildren();
+  teamEmpty.hidden = false;
   for (const o of offers.values()) o.li.remove();
   offers.clear();
   offersSection.hidden = true;
@@ -209,6 +220,34 @@ function renderPresence(presence) {
 }
 
 statusSelect.addEventListener("change", () => setPresence(statusSelect.value));
+
+// ---- the team: who else works these queues, their status and load -------------------------------------------
+
+function capitalised(text) {
+  return `${text[0].toUpperCase()}${text.slice(1)}`;
+}
+
+async function loadTeam() {
+  let response;
+  try {
+    response = await api("GET", "/v1/desk/team");
+  } catch {
+    return; // signed out, or the server is away for a moment: the next round asks again
+  }
+  if (!response.ok || !token) return;
+  const { agents } = await response.json();
+  teamList.replaceChildren(
+    ...agents.map((a) =>
+      el(
+        "li",
+        { class: `teammate status-${a.status}`, dataset: { agent: a.agent_id } },
+        el("span", { class: "name", text: a.name || a.agent_id }),
+        el("span", { class: "teammate-load", text: `${capitalised(a.status)}, ${a.load} of ${a.capacity}` }),
+      ),
+    ),
+  );
+  teamEmpty.hidden = agents.length > 0;
+}
 
 function secondsLeft(expiresAt) {
   return Math.max(0, Math.round((Date.parse(expiresAt) - Date.now()) / 1000));
