@@ -201,6 +201,12 @@ def resume_point(last_event_id: str | None, after: int | None) -> int:
     return after or 0
 
 
+def restarts(r: Rung, state: str | None) -> bool:
+    """A bell of a new conversation under a closed one's id: its seq counts from 1 again (below the closed one's
+    last), or it comes after the closed state, which no conversation leaves."""
+    return r.seq < r.prev_seq or (state == State.CLOSED.value and r.state != State.CLOSED.value)
+
+
 class ConversationStream:
     """What `GET /v1/conversations/{id}/events` sends; also behind the chat page's demo session."""
 
@@ -220,6 +226,10 @@ class ConversationStream:
 
     async def response(self, conversation_id: str, after: int) -> StreamingResponse:
         snap = await self.opening(conversation_id)  # 404 before the stream starts
+        if after > snap.seq:
+            # Past this conversation's last entry: the id is an earlier conversation's under the same id (a message
+            # after a close starts a new one, whose seqs count from 1 again), so this one is sent from its start.
+            after = 0
         # The conversation's own changes, and (for its position) those of the queue it waits in.
         queues: set[str] = {snap.queue} if snap.queue else set()
         sub = await self.hub.subscribe(lambda r: r.conversation_id == conversation_id or bool(r.queues() & queues))
@@ -250,6 +260,8 @@ class ConversationStream:
                     continue
                 own = [r for r in sub.take() if r.conversation_id == conversation_id]
                 bells = [r for r in own if r.entry is None]
+                if any(restarts(r, sent["state"]) for r in bells):
+                    after = 0  # a new conversation under this id: its entries from the first (ids from 1 again)
                 # Entries logged with the bells are sent as they are, while they continue the seq exactly;
                 # anything else (a user's entry, a gap) is read from the workflow.
                 for entry in sorted((r.entry for r in own if r.entry is not None), key=lambda e: e.seq):

@@ -371,3 +371,60 @@ async def test_two_api_processes_one_stream_resumes_on_the_other(dev_env, task_q
                     proc.wait(15)
                 except Exception:  # noqa: BLE001
                     proc.kill()
+
+
+async def test_a_new_conversation_under_a_closed_ones_id_is_streamed_from_its_first_entry(stack):
+    """A message after a close starts a new conversation under the same id, whose seqs count from 1 again: the
+    open stream sends it from its first entry (ids start again at 1), and a client resuming with the closed one's
+    last id, past the new conversation's end, is sent the new one from its start."""
+    _, http = stack
+    conversation = cid()
+    await say(http, conversation, "hello")
+    async with open_stream(http, f"/v1/conversations/{conversation}/events") as stream:
+        await stream.until(is_entry("ai"))
+        assert (await http.post(f"/v1/conversations/{conversation}/close")).status_code == 200
+        seen = await stream.until(lambda e: e.event == "state" and e.data["state"] == "closed")
+        if not any(e.event == "entry" and "closed" in e.data["text"] for e in seen):
+            seen += await stream.until(lambda e: e.event == "entry" and "closed" in e.data["text"])
+        old_last = max(int(e.id) for e in seen if e.event == "entry")
+        await say(http, conversation, "back again")
+        seen = await stream.until(lambda e: e.event == "entry" and e.data["role"] == "ai")
+        entries = [e for e in seen if e.event == "entry"]
+        assert [(e.data["seq"], e.data["role"]) for e in entries][:2] == [(1, "user"), (2, "ai")]
+        assert entries[0].data["text"] == "back again" and [int(e.id) for e in entries[:2]] == [1, 2]
+        assert any(e.event == "state" and e.data["state"] == "ai" for e in seen)
+    async with open_stream(http, f"/v1/conversations/{conversation}/events",
+                           headers={"Last-Event-ID": str(old_last)}) as again:
+        seen = await again.until(is_entry("ai"))
+        assert [e.data["seq"] for e in seen if e.event == "entry"][:2] == [1, 2]
+
+
+async def test_the_desk_stream_follows_a_new_conversation_under_a_closed_ones_id_from_its_start(stack):
+    """The user of a closed conversation writes again and asks for a person: the new conversation (seqs from 1
+    again) reaches the desk, and what the user writes while it waits is sent though its seq is below the closed
+    one's last. (The desk stream forgets a conversation at its close and meets the new one at its handoff, whose
+    bell counts from the new conversation's own seq: this held before the conversation stream's fix too.)"""
+    _, http = stack
+    bea = await live_agent(http, "bea")
+    conversation = cid()
+    for n in range(10):
+        await say(http, conversation, f"message {n}")
+    assert (await http.post(f"/v1/conversations/{conversation}/close")).status_code == 200
+
+    async def closed_run():
+        entries = (await http.get(f"/v1/conversations/{conversation}/transcript")).json()["entries"]
+        return entries[-1]["seq"] if entries and "closed" in entries[-1]["text"] else None
+    for _ in range(200):
+        if (last := await closed_run()) is not None:
+            break
+        await asyncio.sleep(0.05)
+    assert last is not None and last >= 11
+    async with open_stream(http, "/v1/desk/events", headers=bea) as desk:
+        await desk.until(lambda e: e.event == "waiting" and e.data["queue"] == "general")
+        await say(http, conversation, "I want to talk to a human")
+        await desk.until(lambda e: e.event == "waiting" and e.data["queue"] == "general"
+                         and any(w["conversation_id"] == conversation for w in e.data["waiting"]))
+        await say(http, conversation, "still there?")
+        seen = await desk.until(lambda e: e.event == "entry" and e.data["conversation_id"] == conversation
+                                and e.data["text"] == "still there?")
+        assert seen[-1].data["seq"] < last

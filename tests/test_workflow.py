@@ -320,3 +320,18 @@ def test_a_handoff_still_being_routed_cannot_be_rejected_yet():
         conversation._check_reject(RejectHandoff(handoff_id="h1"))
     conversation.s.pending = pending.model_copy(update={"routed": True})
     conversation._check_reject(RejectHandoff(handoff_id="h1"))  # routed: the reject is taken
+
+
+async def test_a_retry_of_a_carried_first_message_in_the_next_runs_first_activation_is_a_duplicate(
+    dev_env, baton, channel
+):
+    """A closed run continues as new with what the user wrote after the close (`first_messages`). A retry of one of
+    them (same message_id) may reach the new run in its very first activation, where signal handlers run before
+    `run`: the carried message is taken first (in the workflow's init) and the retry is the duplicate. (Seen once
+    in the suite before the fix: the retry's text was recorded under the id and the carried message dropped.)"""
+    first = UserMessage(message_id="next", text="I want to talk to a human")
+    handle = await start_conversation(dev_env.client, baton, cid(), text="a retry, other text", message_id="next",
+                                      first_messages=[first])
+    await channel.wait_count(1)
+    users = [(e.message_id, e.text) for e in (await transcript(handle)).entries if e.role is Role.USER]
+    assert users == [("next", "I want to talk to a human")]

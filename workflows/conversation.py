@@ -126,6 +126,10 @@ class Conversation(AiTurns, Commands, Handoffs, Owners, Clock, Outbox):
         self._close_rating = False  # PATCH_CLOSE_RATING, likewise
         self._rating_for = timedelta(0)  # how long a close's rating question stays open
         self._next: list[UserMessage] = []  # written after the close: the next conversation's first messages
+        for message in input.first_messages:
+            # Written after the run before closed: this conversation starts with them. Here, not in `run`: a retry of
+            # one of them may be signalled in this run's first activation, whose handlers run before `run` does.
+            self._user_message(message)
         if input.carried is None:
             if input.context is not None:
                 self.s.context = input.context.model_copy(deep=True)
@@ -153,8 +157,6 @@ class Conversation(AiTurns, Commands, Handoffs, Owners, Clock, Outbox):
         self.s.rung = False  # only ever true in what continue-as-new carries
         if self.s.peer is not None and self.s.peer.protocol == "a2a":
             self._a2a_peer = workflow.patched(PATCH_A2A_PEER)
-        for message in input.first_messages:
-            self._user_message(message)  # written after the run before closed: this conversation starts with them
         self._publish()
         loops = [
             asyncio.create_task(self._watch_deadlines()),
