@@ -89,7 +89,7 @@ from bench.common import (
 )
 from bench.desk_load import as_agent, ms, post, user_text
 from devkit.postgres import Postgres
-from models.names import SearchAttributes
+from models.names import SearchAttributes, Signals, workflow_id
 from tests.sse import Stream, open_stream
 
 QUEUE = "general"
@@ -649,6 +649,13 @@ async def desk_baton(server: DevServer, receiver: RecordingReceiver, run_no: int
                     if trigger == "message":
                         status, _, sent, returned = await post(api.http, f"/v1/conversations/{cid}/messages",
                                                                {"message_id": "human", "text": HUMAN})
+                    elif trigger == "signal":
+                        # The same request as a Temporal signal (a Temporal-native chat backend): no update held
+                        # open until the routing decision.
+                        sent = pc()
+                        await server.env.client.get_workflow_handle(workflow_id(cid)).signal(
+                            Signals.REQUEST_HANDOFF, {"reason": "the user asked for a person", "target": {"queue": QUEUE}})
+                        status, returned = 200, pc()
                     else:
                         status, _, sent, returned = await post(api.http, f"/v1/conversations/{cid}/handoff",
                                                                {"reason": "the user asked for a person",
@@ -947,12 +954,12 @@ async def desk_baseline(server: DevServer, run_no: int, args: argparse.Namespace
 async def part_desk(server: DevServer, receiver: RecordingReceiver, run_no: int, args: argparse.Namespace,
                     home: Path) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for i, system in enumerate(rotate(DESK_SYSTEMS, run_no), start=1):
+    for i, system in enumerate(rotate(args.desk_systems, run_no), start=1):
         if system == "baton_push":
             out[system] = await desk_push(server, receiver, run_no, args, home)
         elif system.startswith("baton"):
-            out[system] = await desk_baton(server, receiver, run_no, args, home,
-                                           "handoff" if system == "baton_handoff" else "message")
+            trigger = {"baton_handoff": "handoff", "baton_signal": "signal"}.get(system, "message")
+            out[system] = await desk_baton(server, receiver, run_no, args, home, trigger)
         else:
             out[system] = await desk_baseline(server, run_no, args, system.removeprefix("baseline_"))
         out[system]["order"] = i
@@ -1172,7 +1179,13 @@ def summarize(runs: list[dict[str, Any]], args: argparse.Namespace) -> dict[str,
         s["push_offer_p99_ratio_per_run"] = [
             ratio(get(r, "baton_push", "post_sent_to_offer_ms", "p99"),
                   get(r, "baseline_upsert", "trigger_sent_to_listed_ms", "p99")) for r in desk]
-        s["checks_ok_per_run"] = {k: [get(r, k, "checks", "ok") for r in desk] for k in DESK_SYSTEMS}
+        if "baton_signal" in args.desk_systems:
+            s["baton_signal"] = {p: med(desk, "baton_signal", "post_sent_to_waiting_list_ms", p) for p in PERCENTILES}
+            s["signal_p99_ratio"] = ratio(s["baton_signal"]["p99"], s["baseline_upsert"]["p99"])
+            s["signal_p99_ratio_per_run"] = [
+                ratio(get(r, "baton_signal", "post_sent_to_waiting_list_ms", "p99"),
+                      get(r, "baseline_upsert", "trigger_sent_to_listed_ms", "p99")) for r in desk]
+        s["checks_ok_per_run"] = {k: [get(r, k, "checks", "ok") for r in desk] for k in args.desk_systems}
         # The target is the handoff trigger's (the chat backend's request, like the baseline's signal); the user's
         # message through the AI's turn is reported beside it, with its own ratio.
         s["target"] = {"p99_ratio_max": TARGET_P99_RATIO, "judged_on": "baton_handoff",
@@ -1221,6 +1234,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--many-messages", type=int, default=1, help="--streams level: user messages per conversation")
     p.add_argument("--many-replies", type=int, default=1, help="--streams level: agent replies per conversation")
     p.add_argument("--burst", type=int, default=100, help="desk: users asking for a person at once")
+    p.add_argument("--desk-systems", default=",".join(DESK_SYSTEMS),
+                   help=f"desk: the systems, comma-separated, of {', '.join(DESK_SYSTEMS)} and baton_signal (the "
+                   "handoff sent as a Temporal signal instead of POST .../handoff)")
     p.add_argument("--poll-interval", type=float, default=0.25,
                    help="desk baselines: seconds between a visibility listing's answer and the next request "
                    "(bench/desk_load's cadence)")
@@ -1239,6 +1255,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="keep the worker's and the APIs' logs of each part in DIR/run<N>/<part>/")
     args = p.parse_args(argv)
     args.part_list = [x.strip() for x in args.parts.split(",") if x.strip()]
+    args.desk_systems = tuple(x.strip() for x in args.desk_systems.split(",") if x.strip())
+    if not set(args.desk_systems) <= {*DESK_SYSTEMS, "baton_signal"}:
+        p.error(f"--desk-systems: of {', '.join(DESK_SYSTEMS)}, baton_signal")
     if not args.part_list or any(x not in PARTS for x in args.part_list):
         p.error(f"--parts: a comma-separated list of {', '.join(PARTS)}")
     if min(args.runs, args.conversations, args.streams, args.burst, args.long_conversations) < 1 or args.rate <= 0:
