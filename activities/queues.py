@@ -54,6 +54,15 @@ _HELD = ("r.at > ? AND EXISTS (SELECT 1 FROM conversations c2 WHERE c2.conversat
          " AND c2.state = 'handoff_pending' AND c2.waiting_since IS NOT DISTINCT FROM r.waiting_since)")
 
 
+def _holding(agents: str) -> str:
+    """What counts in a load, one row per (agent, conversation): the conversations the agents (`agents`: "= ?" or
+    "IN (?, ...)", asked three times) own, their claims and accepts in flight (then the cutoff), their open offers."""
+    return (f"SELECT owner AS agent_id, conversation_id FROM conversations WHERE owner {agents} AND state = 'live_agent'"
+            f" UNION SELECT r.agent_id, r.conversation_id FROM reservations r WHERE r.agent_id {agents} AND {_HELD}"
+            f" UNION SELECT agent_id, conversation_id FROM offers WHERE agent_id {agents}"
+            " AND status IN ('open', 'accepting')")
+
+
 class Presence(BaseModel):
     agent_id: str
     name: str | None = None
@@ -290,13 +299,7 @@ class Queues:
             rows = {r[0]: r[1:] for r in db.execute(
                 f"SELECT agent_id, status, since FROM presence WHERE agent_id IN ({marks})", tuple(ids)).fetchall()}
             loads = dict(db.execute(
-                "SELECT agent_id, count(DISTINCT conversation_id) FROM ("
-                f"SELECT owner AS agent_id, conversation_id FROM conversations WHERE state = 'live_agent'"
-                f" AND owner IN ({marks})"
-                f" UNION SELECT r.agent_id, r.conversation_id FROM reservations r WHERE r.agent_id IN ({marks})"
-                f" AND {_HELD}"
-                f" UNION SELECT agent_id, conversation_id FROM offers WHERE agent_id IN ({marks})"
-                " AND status IN ('open', 'accepting')) AS held GROUP BY agent_id",
+                f"SELECT agent_id, count(*) FROM ({_holding(f'IN ({marks})')}) AS held GROUP BY agent_id",
                 (*ids, *ids, _iso(now - CLAIM_HOLD), *ids),
             ).fetchall())
         team = []
@@ -314,12 +317,8 @@ class Queues:
     @staticmethod
     def _load(db: Db, agent_id: str, now: datetime) -> int:
         """The agent's conversations, claims and accepts in flight, and open offers (each conversation once)."""
-        return db.execute(
-            "SELECT count(*) FROM (SELECT conversation_id FROM conversations WHERE owner = ? AND state = 'live_agent'"
-            f" UNION SELECT r.conversation_id FROM reservations r WHERE r.agent_id = ? AND {_HELD}"
-            " UNION SELECT conversation_id FROM offers WHERE agent_id = ? AND status IN ('open', 'accepting')) AS held",
-            (agent_id, agent_id, _iso(now - CLAIM_HOLD), agent_id),
-        ).fetchone()[0]
+        return db.execute(f"SELECT count(*) FROM ({_holding('= ?')}) AS held",
+                          (agent_id, agent_id, _iso(now - CLAIM_HOLD), agent_id)).fetchone()[0]
 
     # ---- claims and offers -------------------------------------------------------------------------------------
 

@@ -335,6 +335,12 @@ def desk_router(
         except Exception as err:  # noqa: BLE001
             log.warning("the queues' store did not record %s: %s", what, type(err).__name__)
 
+    def rating_question(agent: LiveAgentInfo) -> str | None:
+        """What the user is asked after this agent's release or close (the config's `rating`), or None."""
+        if not config.rating.enabled:
+            return None
+        return config.rating.question.replace("{agent}", agent.name)[:MAX_TEXT]
+
     def wrap_up_code(body: ReasonIn | None) -> str | None:
         code = body.wrap_up if body else None
         if code is not None and code not in config.wrap_up_codes:
@@ -504,11 +510,8 @@ def desk_router(
     ) -> CommandResult:
         """Back to the AI, which speaks up again (the workflow marks the end of the human stretch)."""
         code = wrap_up_code(body)
-        question = None
-        if config.rating.enabled:
-            question = config.rating.question.replace("{agent}", agent.name)[:MAX_TEXT]
         hand_back = HandBack(reason=(body.reason if body and body.reason else ""), by=agent.agent_id, wrap_up=code,
-                             rating_question=question)
+                             rating_question=rating_question(agent))
         result = await update(temporal(request), conversation_id, Updates.SUBMIT_HAND_BACK, hand_back)
         if code is not None:
             await recorded("a wrap-up code", lambda: queues().wrapped_up(conversation_id, agent.agent_id, "release", code))
@@ -522,11 +525,8 @@ def desk_router(
         """Closed. With the config's `rating` on, the user is then asked to rate the agent, and the closed
         conversation takes that one answer for `rating.answer_minutes`."""
         code = wrap_up_code(body)
-        question = None
-        if config.rating.enabled:
-            question = config.rating.question.replace("{agent}", agent.name)[:MAX_TEXT]
         close_request = CloseRequest(reason=(body.reason if body and body.reason else "closed"), by=agent.agent_id,
-                                     wrap_up=code, rating_question=question,
+                                     wrap_up=code, rating_question=rating_question(agent),
                                      rating_seconds=config.rating.answer_minutes * 60)
         result = await update(temporal(request), conversation_id, Updates.SUBMIT_CLOSE, close_request)
         if code is not None:

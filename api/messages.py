@@ -26,13 +26,18 @@ class Accepted(BaseModel):
     message_id: str
 
 
+def user_message(message_id: str, text: str) -> UserMessage:
+    """A user's message as the workflow takes it: card numbers, IBANs, tokens... typed by the user are redacted
+    here and never reach workflow history (PCI-style redaction); the kinds found go with it, for the audit."""
+    clean, found = redact_text(text)
+    return UserMessage(message_id=message_id, text=clean[:MAX_TEXT], redacted=sorted({kind for kind, _ in found})[:20])
+
+
 async def send_user_message(client: Client, settings: Settings, conversation_id: str, body: MessageIn) -> Accepted:
     """Signal-with-start: the conversation starts if it is new; a repeated `message_id` is accepted and ignored
     by the workflow."""
     channel = body.channel or "web"
-    # Card numbers, IBANs, tokens... typed by the user never reach workflow history (PCI-style redaction).
-    text, found = redact_text(body.text)
-    message = UserMessage(message_id=body.message_id, text=text[:MAX_TEXT], redacted=sorted({kind for kind, _ in found})[:20])
+    message = user_message(body.message_id, body.text)
     await client.start_workflow(
         WORKFLOW_TYPE,
         start_input(settings, conversation_id, channel),

@@ -20,11 +20,10 @@ from fastapi.responses import FileResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from activities import sealing
-from api.messages import Accepted, MessageIn, send_user_message
+from api.messages import Accepted, MessageIn, send_user_message, user_message
 from api.stream import conversation_events, resume_point
-from activities.filtering import redact_text
 from api.temporal import update
-from models.conversation import MAX_TEXT, MessageId, UserMessage
+from models.conversation import MAX_TEXT, MessageId
 from models.names import Updates
 from runtime.settings import Settings
 
@@ -158,9 +157,7 @@ def pages_router(settings: Settings) -> APIRouter:
         `web`. With `"rating": true`, the answer to a closed conversation's rating question, or a 409 when that
         question is not open (the page then starts a new conversation)."""
         if body.rating:
-            text, found = redact_text(body.text)
-            answer = UserMessage(message_id=body.message_id, text=text[:MAX_TEXT],
-                                 redacted=sorted({kind for kind, _ in found})[:20])
+            answer = user_message(body.message_id, body.text)
             await update(request.app.state.client, conversation_id, Updates.SUBMIT_USER_MESSAGE, answer)
             return Accepted(conversation_id=conversation_id, message_id=body.message_id)
         message = MessageIn(message_id=body.message_id, text=body.text)

@@ -459,12 +459,10 @@ async def test_wrap_up_codes_and_the_rating_are_recorded(http, channel):
                         json={"wrap_up": "resolved", "reason": "done"})
     assert r.status_code == 200, r.text
 
-    def said():
-        return [m["text"] for m in channel.delivered() if m["conversation_id"] == conversation]
-    await eventually(lambda: _true("How did Ann do? Reply 1 to 5." in said()))
+    await eventually(lambda: _true("How did Ann do? Reply 1 to 5." in said(channel, conversation)))
     r = await http.post(f"/v1/conversations/{conversation}/messages", json={"message_id": "rate", "text": "4"})
     assert r.status_code == 202
-    await eventually(lambda: _true(notices.RATED in said()))
+    await eventually(lambda: _true(notices.RATED in said(channel, conversation)))
     kinds = {e["kind"]: e["detail"] for e in await audit(http, conversation)}
     assert kinds["handed_back"]["wrap_up"] == "resolved"
     assert kinds["rated"]["agent"] == "ann" and kinds["rated"]["score"] == 4
@@ -525,10 +523,9 @@ async def test_a_close_asks_for_a_rating_and_the_closed_conversation_takes_the_a
     conversation = await started(http)
     await _closed_by(http, token, conversation)
 
-    def said():
-        return [m["text"] for m in channel.delivered() if m["conversation_id"] == conversation]
     # The closing notice, then the question: the last thing the user reads.
-    await eventually(lambda: _true(said()[-2:] == [notices.CLOSED, "How did Ann do? Reply 1 to 5."]))
+    question = "How did Ann do? Reply 1 to 5."
+    await eventually(lambda: _true(said(channel, conversation)[-2:] == [notices.CLOSED, question]))
     s = await snap(http, conversation)
     assert s["state"] == "closed" and s["rating_open"] is True
     before = len(await transcript(http, conversation))
@@ -536,7 +533,7 @@ async def test_a_close_asks_for_a_rating_and_the_closed_conversation_takes_the_a
     assert r.status_code == 409  # closed already: the question's wait changes nothing for the desk
     r = await http.post(f"/v1/conversations/{conversation}/messages", json={"message_id": "rate", "text": "4 stars"})
     assert r.status_code == 202
-    await eventually(lambda: _true(notices.RATED in said()))
+    await eventually(lambda: _true(notices.RATED in said(channel, conversation)))
     kinds = {e["kind"]: e["detail"] for e in await audit(http, conversation)}
     assert kinds["wrapped_up"]["code"] == "resolved"
     assert kinds["rated"]["agent"] == "ann" and kinds["rated"]["score"] == 4 and kinds["rated"]["number"] == 1
@@ -566,9 +563,7 @@ async def test_a_message_that_is_no_rating_after_a_close_starts_the_next_convers
     conversation = await started(http)
     await _closed_by(http, token, conversation)
 
-    def said():
-        return [m["text"] for m in channel.delivered() if m["conversation_id"] == conversation]
-    await eventually(lambda: _true("How did Ann do? Reply 1 to 5." in said()))
+    await eventually(lambda: _true("How did Ann do? Reply 1 to 5." in said(channel, conversation)))
     closed_at = (await snap(http, conversation))["last_activity_at"]
     # Not an answer: the closed conversation is over, and this starts the next one under the same id at once
     # (not after the question's ten minutes), answered by the AI; the question is not answered by it.
@@ -594,6 +589,11 @@ async def transcript(http, conversation) -> list[dict]:
     r = await http.get(f"/v1/conversations/{conversation}/transcript")
     assert r.status_code == 200, r.text
     return r.json()["entries"]
+
+
+def said(channel, conversation: str) -> list[str]:
+    """What the channel received for the conversation, in order."""
+    return [m["text"] for m in channel.delivered() if m["conversation_id"] == conversation]
 
 
 async def _true(value):
