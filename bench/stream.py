@@ -48,7 +48,9 @@ import os
 import re
 import shutil
 import tempfile
+import json
 import time
+from datetime import datetime
 import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -259,6 +261,8 @@ class Watch:
         self.first_position: dict[str, int] = {}
         # push queues: conversation -> first time it was offered to this stream's agent
         self.first_offered: dict[str, float] = {}
+        # ... and when the store says it was offered and when it joined the queue (wall clock, as the offer says)
+        self.offer_times: dict[str, tuple[float, float | None]] = {}
         self.wanted = wanted
         self._pulse = asyncio.Event()
         self.task = asyncio.create_task(self._run())
@@ -293,6 +297,11 @@ class Watch:
             elif ev.event == "offer":
                 for offer in ev.data["offers"]:
                     self.first_offered.setdefault(offer["conversation_id"], ev.at)
+                    if offer["conversation_id"] not in self.offer_times:
+                        joined = offer.get("waiting_since")
+                        self.offer_times[offer["conversation_id"]] = (
+                            datetime.fromisoformat(offer["offered_at"]).timestamp(),
+                            datetime.fromisoformat(joined).timestamp() if joined else None)
             elif ev.event == "waiting":
                 queue = ev.data["queue"]
                 cids = [row["conversation_id"] for row in ev.data["waiting"]]
@@ -787,6 +796,18 @@ async def desk_push(server: DevServer, receiver: RecordingReceiver, run_no: int,
                 first = offered()
                 per_agent = [len(d.first_offered) for d in desks]
                 twice = sum(1 for cid in cids if sum(cid in d.first_offered for d in desks) > 1)
+                if args.histories:
+                    # The slowest conversations' histories, to read where their time went.
+                    slow = sorted((c for c in cids if c in first and c in posts),
+                                  key=lambda c: first[c] - posts[c][1])[-5:]
+                    dest = Path(args.histories) / f"run{run_no}"
+                    dest.mkdir(parents=True, exist_ok=True)
+                    for c in slow:
+                        history = await server.client.get_workflow_handle(workflow_id(c)).fetch_history()
+                        (dest / f"{c}.json").write_text(history.to_json())
+                    (dest / "posts.json").write_text(json.dumps(
+                        {c: {"sent_wall": posts[c][1] + time.time() - pc(), "offer_ms": ms(posts[c][1], first[c])}
+                         for c in slow}))
                 close_errors = await close_conversations(api.http, cids)
             finally:
                 beating.cancel()
@@ -795,9 +816,24 @@ async def desk_push(server: DevServer, receiver: RecordingReceiver, run_no: int,
                 await asyncio.gather(beating, *(d.task for d in desks), return_exceptions=True)
         errors = log_errors(worker, api.process)
     to_offer = [ms(posts[c][1], first[c]) for c in cids if c in first and c in posts]
+    # Where the time goes (wall clock turned into the driver's perf_counter; one machine, one clock): the POST to the
+    # conversation joining the queue (the workflow's clock at the routing decision), to the offer being made (the
+    # store's), and from there to the offer on a desk stream; and the waiting list's arrival for comparison.
+    skew = time.time() - pc()
+    made = {c: t for d in desks for c, t in d.offer_times.items()}
+    listed = {c: min(d.first_listed[c] for d in desks if c in d.first_listed)
+              for c in cids if any(c in d.first_listed for d in desks)}
+    steps = {
+        "post_sent_to_joined_ms": [ms(posts[c][1], made[c][1] - skew) for c in cids
+                                   if c in made and made[c][1] is not None and c in posts],
+        "post_sent_to_offer_made_ms": [ms(posts[c][1], made[c][0] - skew) for c in cids if c in made and c in posts],
+        "offer_made_to_stream_ms": [ms(made[c][0] - skew, first[c]) for c in cids if c in made and c in first],
+        "post_sent_to_listed_ms": [ms(posts[c][1], listed[c]) for c in cids if c in listed and c in posts],
+    }
     statuses = status_counts(posts)
     out = {
         "post_sent_to_offer_ms": distribution(to_offer, points=(50, 95, 99)),
+        **{k: distribution(v, points=(50, 95, 99)) for k, v in steps.items()},
         "post_call_ms": distribution([ms(s, r) for _, s, r in posts.values()], points=(50, 95, 99)),
         "wall_s": rnd(wall, 2),
         "checks": {
@@ -1251,6 +1287,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--in-memory", action="store_true", help="in-memory dev server instead of a SQLite file (WAL)")
     p.add_argument("--database", choices=["sqlite", "postgresql"], default="sqlite",
                    help="Baton's store: .baton/*.db, or a throwaway PostgreSQL (devkit/postgres.py) for every part")
+    p.add_argument("--histories", metavar="DIR",
+                   help="desk push: write the five slowest conversations' histories here (JSON) before closing them")
     p.add_argument("--logs", metavar="DIR",
                    help="keep the worker's and the APIs' logs of each part in DIR/run<N>/<part>/")
     args = p.parse_args(argv)

@@ -41,7 +41,7 @@ from workflows.conversation import Conversation
 STICKY_TIMEOUT = timedelta(seconds=2)
 BATON_PACKAGES = ("models", "workflows", "activities", "workers", "api")
 GRACEFUL_SHUTDOWN = timedelta(seconds=10)
-MAX_CONCURRENT_WORKFLOW_TASKS = 4
+MAX_CONCURRENT_WORKFLOW_TASKS = 16
 # An activity that runs longer than this heartbeats every HEARTBEAT_EVERY, so a worker that dies mid-call is noticed
 # within the workflow's heartbeat timeout (3 s) instead of the call's start-to-close timeout. Quick calls (nearly
 # all) never heartbeat, so they cost no extra request.
@@ -164,9 +164,13 @@ def build_worker(
     options.setdefault("sticky_queue_schedule_to_start_timeout", STICKY_TIMEOUT)
     # A graceful stop (SIGTERM, a rolling deploy) stops polling and lets running activities finish for this long.
     options.setdefault("graceful_shutdown_timeout", GRACEFUL_SHUTDOWN)
-    # Workflow tasks are CPU work under one GIL: more at once only makes each slower. After a restart every
-    # conversation needs a full replay; with the SDK's 100 at once each took longer than the 10 s task timeout,
-    # timed out, and was replayed again (bench/worker_crash.py). A few at a time each finish in time.
+    # How many workflow tasks at once. Most of a task's time under load is its round trips to the server, not
+    # Python: in a burst of 100 handoffs the worker held the GIL a sixth of the time, and with 4 at a time tasks
+    # queued on the sticky queue past its 2 s timeout and were then replayed from the shared queue (the desk's
+    # p99 3 to 4.5 times a bare workflow's; 1.1 to 1.4 with 16; saturation 0.77 of the bare baseline's
+    # throughput, 0.91 with 16: README, "Benchmarks"). Not the SDK's 100: after a restart every conversation
+    # needs a full replay, CPU under one GIL, and 100 at once (sandboxed, long runs) made each take longer than
+    # the task timeout; 16 replays of short runs finish well within it (bench/worker_crash.py).
     options.setdefault("max_concurrent_workflow_tasks", MAX_CONCURRENT_WORKFLOW_TASKS)
     # Deliveries and redactions counted for /metrics (runtime.metrics; a no-op without a metrics runtime).
     options["interceptors"] = [HeartbeatWhileSlow(), CountOutcomes(), *options.get("interceptors", [])]
