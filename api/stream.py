@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -85,6 +86,9 @@ class Hub:
         self.closing = asyncio.Event()
         self.last_id = 0
         self._tail_thread: ThreadPoolExecutor | None = None
+        # queue -> (the log's id when read, its waiting list): read once per change for every desk stream here.
+        self._lists: dict[str, tuple[int, list[dict[str, Any]]]] = {}
+        self._lists_lock = threading.Lock()
 
     @property
     def store(self) -> StreamStore:
@@ -104,6 +108,23 @@ class Hub:
 
     def unsubscribe(self, sub: Subscriber) -> None:
         self._subscribers.discard(sub)
+
+    def waiting(self, queue: str) -> list[dict[str, Any]]:
+        """The queue's waiting list (on a thread: it reads the store). Every desk stream of this process that a change
+        wakes asks for the same list: it is read once per position of the log's tail, not once per stream (four
+        agents' consoles made four reads of every change under a burst). A list read at tail position K holds every
+        change up to K at least, so a stream woken by K is sent no older list; a later change moves the tail and
+        is read afresh."""
+        key = self.last_id  # before the read
+        with self._lists_lock:
+            hit = self._lists.get(queue)
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        rows = self.store.waiting_json(queue)[0]
+        with self._lists_lock:
+            if queue not in self._lists or self._lists[queue][0] <= key:
+                self._lists[queue] = (key, rows)
+        return rows
 
     async def _tail(self) -> None:
         forgot = time.monotonic()
@@ -320,7 +341,7 @@ class DeskStream:
         return StreamingResponse(self._events(sub), media_type="text/event-stream", headers=SSE_HEADERS)
 
     def _waiting(self, queue: str) -> dict[str, Any]:
-        return {"queue": queue, "waiting": self.hub.store.waiting_json(queue)[0]}
+        return {"queue": queue, "waiting": self.hub.waiting(queue)}
 
     def _desk(self) -> tuple[dict[str, Any], dict[str, Any]]:
         """The agent's presence (with their load) and open offers, as `event: presence` and `event: offer` send them."""

@@ -66,6 +66,37 @@ def test_a_waiting_page_holds_the_oldest_and_counts_them_all(stream_target) -> N
     store.close()
 
 
+def test_the_desk_streams_of_one_api_process_read_a_waiting_list_once_per_change(stream_target) -> None:
+    """api.stream.Hub.waiting: every desk stream a change wakes asks for the same list. It is read once per position
+    of the log's tail (not once per stream), and a change that moves the tail is read afresh: never an older list."""
+    from api.stream import Hub
+
+    store = StreamStore(stream_target)
+    reads: list[str] = []
+    real = store.waiting_json
+
+    def counting(queue: str, *args, **kwargs):
+        reads.append(queue)
+        return real(queue, *args, **kwargs)
+
+    store.waiting_json = counting  # type: ignore[method-assign]
+    hub = Hub(lambda: store)
+    store.ring(bell(1, State.HANDOFF_PENDING, "general", cid="a"))
+    hub.last_id = store.last_id()  # what the tail does as it reads the log
+    lists = [hub.waiting("general") for _ in range(4)]  # four consoles woken by the same change
+    assert reads == ["general"]
+    assert all(one == lists[0] for one in lists) and [r["conversation_id"] for r in lists[0]] == ["a"]
+    store.ring(bell(1, State.HANDOFF_PENDING, "general", cid="b", since=T0 + timedelta(seconds=1)))
+    hub.last_id = store.last_id()
+    assert [r["conversation_id"] for r in hub.waiting("general")] == ["a", "b"] and len(reads) == 2
+    assert [r["conversation_id"] for r in hub.waiting("general")] == ["a", "b"] and len(reads) == 2
+    assert hub.waiting("billing") == [] and reads == ["general", "general", "billing"]
+    store.ring(bell(2, State.LIVE_AGENT, cid="a"))  # claimed
+    hub.last_id = store.last_id()
+    assert [(r["conversation_id"], r["position"]) for r in hub.waiting("general")] == [("b", 1)]
+    store.close()
+
+
 def entries(first: int, last: int, at: datetime = T0) -> list:
     from models.conversation import Role, TranscriptEntry
 
