@@ -167,8 +167,9 @@ def build_worker(
     # How many workflow tasks at once. Most of a task's time under load is its round trips to the server, not
     # Python: in a burst of 100 handoffs the worker held the GIL a sixth of the time, and with 4 at a time tasks
     # queued on the sticky queue past its 2 s timeout and were then replayed from the shared queue (the desk's
-    # p99 3 to 4.5 times a bare workflow's; 1.1 to 1.4 with 16; saturation 0.77 of the bare baseline's
-    # throughput, 0.91 with 16: README, "Benchmarks"). Not the SDK's 100: after a restart every conversation
+    # p99 3 to 4.5 times a bare workflow's, 1.1 to 1.4 with 16 in alternated runs, though a burst that needs more
+    # than 2 s to start can still fall off that edge; saturation throughput 7 to 20 % higher with 16 in the same
+    # invocations: README, "Benchmarks"). Not the SDK's 100: after a restart every conversation
     # needs a full replay, CPU under one GIL, and 100 at once (sandboxed, long runs) made each take longer than
     # the task timeout; 16 replays of short runs finish well within it (bench/worker_crash.py).
     options.setdefault("max_concurrent_workflow_tasks", MAX_CONCURRENT_WORKFLOW_TASKS)
