@@ -44,17 +44,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import os
 import re
 import shutil
 import tempfile
-import json
 import time
-from datetime import datetime
 import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -724,6 +724,7 @@ async def desk_push(server: DevServer, receiver: RecordingReceiver, run_no: int,
     """The chat backend asks for a person for each of `--burst` conversations at once, into a push queue with four
     online agents of capacity burst/4: POST sent -> the offer on an agent's desk stream (`event: offer`), and the
     offers' spread (each conversation offered once, nobody over capacity)."""
+    skew = time.time() - pc()  # wall clock minus the driver's perf_counter: one machine, one clock
     tag = f"desk-p-r{run_no}-{uuid.uuid4().hex[:6]}"
     config = home / f"push-{tag}.yaml"
     config.write_text(PUSH_CONFIG)
@@ -806,7 +807,7 @@ async def desk_push(server: DevServer, receiver: RecordingReceiver, run_no: int,
                         history = await server.client.get_workflow_handle(workflow_id(c)).fetch_history()
                         (dest / f"{c}.json").write_text(history.to_json())
                     (dest / "posts.json").write_text(json.dumps(
-                        {c: {"sent_wall": posts[c][1] + time.time() - pc(), "offer_ms": ms(posts[c][1], first[c])}
+                        {c: {"sent_wall": posts[c][1] + skew, "offer_ms": ms(posts[c][1], first[c])}
                          for c in slow}))
                 close_errors = await close_conversations(api.http, cids)
             finally:
@@ -816,10 +817,9 @@ async def desk_push(server: DevServer, receiver: RecordingReceiver, run_no: int,
                 await asyncio.gather(beating, *(d.task for d in desks), return_exceptions=True)
         errors = log_errors(worker, api.process)
     to_offer = [ms(posts[c][1], first[c]) for c in cids if c in first and c in posts]
-    # Where the time goes (wall clock turned into the driver's perf_counter; one machine, one clock): the POST to the
+    # Where the time goes (wall clock turned into the driver's perf_counter with `skew`): the POST to the
     # conversation joining the queue (the workflow's clock at the routing decision), to the offer being made (the
     # store's), and from there to the offer on a desk stream; and the waiting list's arrival for comparison.
-    skew = time.time() - pc()
     made = {c: t for d in desks for c, t in d.offer_times.items()}
     listed = {c: min(d.first_listed[c] for d in desks if c in d.first_listed)
               for c in cids if any(c in d.first_listed for d in desks)}
