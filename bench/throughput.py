@@ -22,10 +22,12 @@ import os
 import time
 import uuid
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import psutil
+from temporalio.api.enums.v1 import EventType
 
 from bench.common import (
     BaselineDriver,
@@ -191,6 +193,8 @@ async def run_system(server: Any, receiver: LoopbackReceiver, system: str, load:
         "cpu_s": {k: rnd(v, 2) for k, v in cpu.items()},
         "worker_metrics": worker_metrics(metrics0, metrics1, replies),
     }
+    if cids:
+        out["history"] = await history_per_reply(server.client, driver, cids[:HISTORY_SAMPLE], results)
     if spec.payload_keys and cids:
         # What the server stores for one conversation: encrypted payloads only (read without the codec).
         stored = (await server.client.get_workflow_handle(driver.workflow_id(cids[0])).fetch_history())
@@ -202,6 +206,35 @@ async def run_system(server: Any, receiver: LoopbackReceiver, system: str, load:
         f"{out['cpu_ms_per_reply']['worker']} ms, other processes {out['cpu_s']['other_processes']} cpu-s"
     )
     return out
+
+
+HISTORY_SAMPLE = 5  # conversations per system-run whose histories (every run of each) are weighed
+
+
+async def history_per_reply(client: Any, driver: Any, cids: list[str], results: list[dict[str, Any]]) -> dict[str, Any]:
+    """What the server stores per reply for a few of the run's conversations: every run of each (a Baton
+    conversation continues as new), serialized event bytes and events per reply, and bytes per event type."""
+    replies = sum(len(r["latencies"]) for r in results if r["cid"] in cids)
+    by_type: dict[str, int] = {}
+    events = 0
+    for cid in cids:
+        wid = driver.workflow_id(cid)
+        async for execution in client.list_workflows(f'WorkflowId = "{wid}"'):
+            history = await client.get_workflow_handle(wid, run_id=execution.run_id).fetch_history()
+            for e in history.events:
+                name = EventType.Name(e.event_type).removeprefix("EVENT_TYPE_").lower()
+                by_type[name] = by_type.get(name, 0) + e.ByteSize()
+                events += 1
+    total = sum(by_type.values())
+    return {
+        "conversations": len(cids),
+        "replies": replies,
+        "bytes_per_reply": rnd(total / replies, 1) if replies else None,
+        "events_per_reply": rnd(events / replies, 2) if replies else None,
+        "bytes_per_reply_by_event_type": {
+            k: rnd(v / replies, 1) for k, v in sorted(by_type.items(), key=lambda kv: -kv[1])
+        } if replies else {},
+    }
 
 
 def summarize(per_run: list[dict[str, Any]]) -> dict[str, Any]:
@@ -219,6 +252,7 @@ def summarize(per_run: list[dict[str, Any]]) -> dict[str, Any]:
         "non_ai_messages": sum(r["non_ai_messages"] for r in per_run),
         "not_sent": sum(r["not_sent"] for r in per_run),
         "cpu_ms_per_reply": {k: med("cpu_ms_per_reply", k) for k in ("worker", "dev_server", "driver")},
+        "history_bytes_per_reply": rnd(median(r["history"]["bytes_per_reply"] for r in per_run if "history" in r), 1),
         # CPU seconds used by processes other than the benchmark's during each run: other work on the machine.
         "other_processes_cpu_s": [r["cpu_s"]["other_processes"] for r in per_run],
         "per_run": per_run,
@@ -336,7 +370,8 @@ def _variant(text: str) -> tuple[str, dict[str, Any]]:
         if not eq or not key.isidentifier():
             raise argparse.ArgumentTypeError(f"{item!r}: expected OPTION=VALUE")
         try:
-            parsed[key] = int(value)
+            # A `..._timeout` option is a number of seconds (e.g. sticky_queue_schedule_to_start_timeout=2).
+            parsed[key] = timedelta(seconds=int(value)) if key.endswith("_timeout") else int(value)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{item!r}: the value must be an integer") from None
     return f"baton_{name}", parsed
@@ -362,8 +397,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "favours whoever runs first)")
     p.add_argument("--variant", action="append", default=[], metavar="NAME:OPTION=VALUE[,OPTION=VALUE]",
                    type=_variant,
-                   help="one more system: Baton's worker with these Worker options (integers), in the same rotation, "
-                   "e.g. fixed4:max_concurrent_workflow_tasks=4 (reported as baton_fixed4 with its ratios to the "
+                   help="one more system: Baton's worker with these Worker options (integers; an option named "
+                   "..._timeout in seconds), in the same rotation, e.g. fixed4:max_concurrent_workflow_tasks=4 or "
+                   "sticky2:sticky_queue_schedule_to_start_timeout=2 (reported as baton_fixed4 with its ratios to the "
                    "baseline); compare worker settings within one run, where the machine's drift hits all alike")
     p.add_argument("--in-memory", action="store_true", help="in-memory dev server instead of a SQLite file (WAL)")
     p.add_argument("--profile", metavar="DIR",

@@ -38,7 +38,7 @@ from runtime.settings import Settings
 from workflows.conversation import Conversation
 
 
-STICKY_TIMEOUT = timedelta(seconds=2)
+STICKY_TIMEOUT = timedelta(seconds=3)
 BATON_PACKAGES = ("models", "workflows", "activities", "workers", "api")
 GRACEFUL_SHUTDOWN = timedelta(seconds=10)
 MAX_CONCURRENT_WORKFLOW_TASKS = 16
@@ -160,18 +160,21 @@ def build_worker(
     # Handoff summaries: the model writes them when the AI agent is an LLM, else the user's own words, cut short.
     summaries = Summaries(lambda: client, bot.summarize if isinstance(bot, OpenAIAgent) else None, streams)
     # Recovery after a crash or a stop (README, "Operating"). A workflow is sticky to the worker that last ran it;
-    # after that worker dies its tasks wait this long before any worker takes them (the SDK's default is 10 s).
+    # after that worker dies its tasks wait this long before any worker takes them (the SDK's default is 10 s). A
+    # live worker's task that waits longer than this is replayed from the shared queue: a burst of 100 handoffs
+    # takes about 2 s to start on two cores: at 2 s the desk's push offers reached the agents within 1.5 times a
+    # bare workflow's p99 in 1 run of 6 (1.26 to 4.41), at 3 s in 5 of 6 (1.20 to 1.61), and crash recovery was no
+    # slower (3 s: backlog p99 4.35-4.75 s, 2 s: 4.52-4.78 s; alternated runs, README "Benchmarks").
     options.setdefault("sticky_queue_schedule_to_start_timeout", STICKY_TIMEOUT)
     # A graceful stop (SIGTERM, a rolling deploy) stops polling and lets running activities finish for this long.
     options.setdefault("graceful_shutdown_timeout", GRACEFUL_SHUTDOWN)
     # How many workflow tasks at once. Most of a task's time under load is its round trips to the server, not
     # Python: in a burst of 100 handoffs the worker held the GIL a sixth of the time, and with 4 at a time tasks
-    # queued on the sticky queue past its 2 s timeout and were then replayed from the shared queue (the desk's
-    # p99 3 to 4.5 times a bare workflow's, 1.1 to 1.4 with 16 in alternated runs, though a burst that needs more
-    # than 2 s to start can still fall off that edge; saturation throughput 7 to 20 % higher with 16 in the same
-    # invocations: README, "Benchmarks"). Not the SDK's 100: after a restart every conversation
-    # needs a full replay, CPU under one GIL, and 100 at once (sandboxed, long runs) made each take longer than
-    # the task timeout; 16 replays of short runs finish well within it (bench/worker_crash.py).
+    # queued on the sticky queue past its then 2 s timeout and were then replayed from the shared queue (the desk's
+    # p99 3 to 4.5 times a bare workflow's, 1.1 to 1.4 with 16 in alternated runs; saturation throughput 7 to 20 %
+    # higher with 16 in the same invocations: README, "Benchmarks"). Not the SDK's 100: after a restart every
+    # conversation needs a full replay, CPU under one GIL, and 100 at once (sandboxed, long runs) made each take
+    # longer than the task timeout; 16 replays of short runs finish well within it (bench/worker_crash.py).
     options.setdefault("max_concurrent_workflow_tasks", MAX_CONCURRENT_WORKFLOW_TASKS)
     # Deliveries and redactions counted for /metrics (runtime.metrics; a no-op without a metrics runtime).
     options["interceptors"] = [HeartbeatWhileSlow(), CountOutcomes(), *options.get("interceptors", [])]
