@@ -161,10 +161,10 @@ def build_worker(
     summaries = Summaries(lambda: client, bot.summarize if isinstance(bot, OpenAIAgent) else None, streams)
     # Recovery after a crash or a stop (README, "Operating"). A workflow is sticky to the worker that last ran it;
     # after that worker dies its tasks wait this long before any worker takes them (the SDK's default is 10 s). A
-    # live worker's task that waits longer than this is replayed from the shared queue: a burst of 100 handoffs
-    # takes about 2 s to start on two cores: at 2 s the desk's push offers reached the agents within 1.5 times a
-    # bare workflow's p99 in 1 run of 6 (1.26 to 4.41), at 3 s in 5 of 6 (1.20 to 1.61), and crash recovery was no
-    # slower (3 s: backlog p99 4.35-4.75 s, 2 s: 4.52-4.78 s; alternated runs, README "Benchmarks").
+    # live worker's task that waits longer than this is replayed from the shared queue, and a burst of 100
+    # handoffs takes about 2 s to start on two cores. At 2 s the desk's push offers reached the agents within 1.5
+    # times a bare workflow's p99 in 1 run of 6 (1.26 to 4.41), at 3 s in 5 of 6 (1.20 to 1.61), and crash recovery
+    # was no slower (3 s: backlog p99 4.35-4.75 s, 2 s: 4.52-4.78 s; alternated runs, README "Benchmarks").
     options.setdefault("sticky_queue_schedule_to_start_timeout", STICKY_TIMEOUT)
     # A graceful stop (SIGTERM, a rolling deploy) stops polling and lets running activities finish for this long.
     options.setdefault("graceful_shutdown_timeout", GRACEFUL_SHUTDOWN)
