@@ -21,7 +21,10 @@ channel receiver in this process that records every delivered message with its a
    the same number of workflows started with the desk's search attributes and found by the same kind of
    visibility query (start -> listed), then signal -> activity -> delivery to the same receiver.
 
-The JSON (stdout) gives p50/p95/p99/max per run and the median of each across runs. Progress goes to stderr.
+The JSON (stdout) gives p50/p95/p99/max per run and the median of each across runs, claim -> first reply also split
+by whether the claim answered while the burst's users were still being answered. Progress goes to stderr.
+`--histories DIR` keeps the histories of the slowest conversations (claim -> reply, and the handoff call) with the
+driver's times, to read where their time went.
 """
 
 from __future__ import annotations
@@ -365,8 +368,10 @@ class DeskRun:
         t0 = pc()
         gate.set()
         deadline = t0 + self.args.timeout
+        users_done: float | None = None
         try:
             await asyncio.gather(*users)
+            users_done = pc()
             progress(f"  all {len(convs)} users sent their message and handoff in {pc() - t0:.1f}s")
             while not self.stop.is_set() and pc() < deadline:
                 if all(c.done or c.user_gave_up for c in convs):
@@ -378,6 +383,7 @@ class DeskRun:
             done = await asyncio.gather(poll, *agents, *([probe] if probe else []), return_exceptions=True)
             self.task_errors = [f"{type(e).__name__}: {e}" for e in done if isinstance(e, BaseException)]
         ended = pc()
+        users_done = users_done or ended
         timed_out = not all(c.done for c in convs)
         # Every agent reply should reach the channel: wait for the missing ones (bounded), then a grace period
         # during which late duplicates still count.
@@ -386,7 +392,7 @@ class DeskRun:
         last_reply = max((a for mid in replies for a in self.receiver.arrivals(mid)[:1]), default=None)
         await asyncio.sleep(self.args.grace)
         transcripts = await self.transcripts()
-        return {"t0": t0, "ended": ended, "last_reply": last_reply, "timed_out": timed_out,
+        return {"t0": t0, "users_done": users_done, "ended": ended, "last_reply": last_reply, "timed_out": timed_out,
                 "transcripts": transcripts}
 
     async def transcripts(self) -> dict[str, list[dict[str, Any]] | str]:
@@ -427,6 +433,9 @@ def analyse(run: DeskRun, outcome: dict[str, Any]) -> dict[str, Any]:
     trigger_to_listing_sent = [ms(c.trigger_returned, c.listed_request_sent) for c in convs
                                if c.trigger_returned and c.listed_request_sent]
     claim_to_reply: list[float] = []
+    # The same, split by when the claim answered: while the burst's users were still sending their messages and
+    # handoffs (the machine busy with them), or after the last of them had been answered.
+    claim_to_reply_by_phase: dict[str, list[float]] = {"during_the_burst": [], "after_the_burst": []}
     claim_to_reply_returned: list[float] = []
     reply_returned_to_channel: list[float] = []
     listed_to_claimed: list[float] = []
@@ -437,6 +446,8 @@ def analyse(run: DeskRun, outcome: dict[str, Any]) -> dict[str, Any]:
         arrivals = receiver.arrivals(first["message_id"])
         if arrivals:
             claim_to_reply.append(ms(c.claim_returned, arrivals[0]))
+            phase = "during_the_burst" if c.claim_returned < outcome["users_done"] else "after_the_burst"
+            claim_to_reply_by_phase[phase].append(ms(c.claim_returned, arrivals[0]))
             reply_returned_to_channel.append(ms(first["returned"], arrivals[0]))
         claim_to_reply_returned.append(ms(c.claim_returned, first["returned"]))
         if c.listed_at is not None:
@@ -581,6 +592,7 @@ def analyse(run: DeskRun, outcome: dict[str, Any]) -> dict[str, Any]:
             "claim_call_200": distribution(claim_calls),
             "claim_call_409": distribution(claim_409_calls),
             "claim_to_reply_call_returned": distribution(claim_to_reply_returned),
+            **{f"claim_to_first_reply_at_channel_{k}": distribution(v) for k, v in claim_to_reply_by_phase.items()},
             "close_call": distribution(end_calls["close"]),
             "release_call": distribution(end_calls["release"]),
             "reply_call_returned_to_channel": distribution(reply_returned_to_channel),
@@ -599,6 +611,7 @@ def analyse(run: DeskRun, outcome: dict[str, Any]) -> dict[str, Any]:
         },
         "wall_s": {
             "to_last_conversation_ended": rnd(outcome["ended"] - t0, 2),
+            "to_last_user_request_answered": rnd(outcome["users_done"] - t0, 2),
             "to_last_agent_reply_at_channel": rnd(outcome["last_reply"] - t0, 2) if outcome["last_reply"] else None,
         },
         "checks": checks,
@@ -723,6 +736,8 @@ async def run_baton(server: Any, receiver: RecordingReceiver, run_no: int, args:
             result["process_log_error_lines"] = len(errors)
             if args.raw:
                 dump_raw(args.raw, run_no, desk, outcome)
+            if args.histories:
+                await keep_histories(server.client, Path(args.histories) / f"run{run_no}", desk)
     finally:
         if args.logs:
             dest = Path(args.logs) / f"run{run_no}"
@@ -732,8 +747,8 @@ async def run_baton(server: Any, receiver: RecordingReceiver, run_no: int, args:
         shutil.rmtree(home, ignore_errors=True)
     c = result["checks"]
     progress(
-        f"run {run_no} baton: trigger->list p50 {result['trigger_to_waiting_list_ms']['p50']} p99 "
-        f"{result['trigger_to_waiting_list_ms']['p99']} ms; claim->reply p50 "
+        f"run {run_no} baton: handoff POST sent->list p50 {result['more_ms']['trigger_sent_to_waiting_list']['p50']} p99 "
+        f"{result['more_ms']['trigger_sent_to_waiting_list']['p99']} ms; claim->reply p50 "
         f"{result['claim_to_first_reply_at_channel_ms']['p50']} p99 {result['claim_to_first_reply_at_channel_ms']['p99']} ms; "
         f"listing p50 {result['listing']['duration_ms']['p50']} ms; claims 200/409 {c['claims_200']}/{c['claims_409']}; "
         f"ok {c['ok']}; wall {result['wall_s']['to_last_conversation_ended']} s"
@@ -761,6 +776,38 @@ def dump_raw(path: str, run_no: int, desk: DeskRun, outcome: dict[str, Any]) -> 
                             for m in desk.receiver.messages if m["conversation_id"] == c.cid],
                 "end": c.end, "end_status": c.end_status, "end_sent": rel(c.end_sent), "end_returned": rel(c.end_returned), "errors": c.errors,
             }) + "\n")
+
+
+async def keep_histories(client: Any, dest: Path, desk: DeskRun, n: int = 5) -> None:
+    """The histories of the `n` conversations slowest from the claim to the first reply at the channel, and of the
+    `n` slowest handoff calls, with the driver's times (wall clock) to read them against."""
+    skew = time.time() - pc()  # wall clock minus the driver's perf_counter: one machine, one clock
+
+    def w(x: float | None) -> float | None:
+        return None if x is None else round(x + skew, 4)
+
+    def first_reply(c: Conv) -> float | None:
+        arrivals = desk.receiver.arrivals(c.replies[0]["message_id"]) if c.replies else []
+        return ms(c.claim_returned, arrivals[0]) if arrivals and c.claim_returned else None
+
+    def handoff(c: Conv) -> float | None:
+        return ms(c.trigger_sent, c.trigger_returned) if c.trigger_returned else None
+
+    wall = {}
+    dest.mkdir(parents=True, exist_ok=True)
+    for name, key in (("reply", first_reply), ("handoff", handoff)):
+        timed = [(key(c), c) for c in desk.convs.values() if key(c) is not None]
+        for took, c in sorted(timed, key=lambda x: x[0])[-n:]:
+            history = await client.get_workflow_handle(WORKFLOW_ID_PREFIX + c.cid).fetch_history()
+            (dest / f"{c.cid}.json").write_text(history.to_json())
+            arrivals = desk.receiver.arrivals(c.replies[0]["message_id"]) if c.replies else []
+            wall[c.cid] = {"slow_by": wall.get(c.cid, {}).get("slow_by", []) + [name], f"{name}_ms": took,
+                           "trigger_sent": w(c.trigger_sent), "trigger_returned": w(c.trigger_returned),
+                           "claim_returned": w(c.claim_returned),
+                           "reply_sent": w(c.replies[0]["sent"]) if c.replies else None,
+                           "reply_returned": w(c.replies[0]["returned"]) if c.replies else None,
+                           "reply_at_channel": w(arrivals[0]) if arrivals else None}
+    (dest / "times.json").write_text(json.dumps(wall, indent=1))
 
 
 # ---- the bare-Temporal baseline ------------------------------------------------------------------------------
@@ -911,6 +958,11 @@ def summarize(baton_runs: list[dict[str, Any]], base_runs: list[dict[str, Any]])
         "listing_duration_ms": med_of(baton_runs, "listing", "duration_ms"),
         "handoff_call_ms": med_of(baton_runs, "more_ms", "handoff_call"),
         "claim_call_ms": med_of(baton_runs, "more_ms", "claim_call_200"),
+        **{f"claim_to_first_reply_at_channel_{phase}_ms": med_of(
+            baton_runs, "more_ms", f"claim_to_first_reply_at_channel_{phase}")
+           for phase in ("during_the_burst", "after_the_burst")},
+        "claims_during_the_burst_per_run": [
+            (r["more_ms"]["claim_to_first_reply_at_channel_during_the_burst"] or {}).get("n", 0) for r in baton_runs],
         "wall_s": rnd(median(r["wall_s"]["to_last_conversation_ended"] for r in baton_runs), 2),
         "all_checks_ok": all(r["checks"]["ok"] for r in baton_runs),
         "checks_ok_per_run": [r["checks"]["ok"] for r in baton_runs],
@@ -928,13 +980,27 @@ def summarize(baton_runs: list[dict[str, Any]], base_runs: list[dict[str, Any]])
                                  and r["checks"]["listed"] == r["start_to_listed_ms"]["n"] for r in base_runs),
         }
         out["baseline"] = base
+        # The handoff's POST answers once the routing decision is recorded, by which time the conversation is
+        # listed: the waiting list is compared from the POST being sent (the bare start is answered at once).
         out["ratios_baton_over_baseline"] = {
-            "waiting_list_p50": ratio(baton["trigger_to_waiting_list_ms"]["p50"], base["start_to_listed_ms"]["p50"]),
-            "waiting_list_p99": ratio(baton["trigger_to_waiting_list_ms"]["p99"], base["start_to_listed_ms"]["p99"]),
+            "waiting_list_p50": ratio(baton["trigger_sent_to_waiting_list_ms"]["p50"],
+                                      base["start_to_listed_ms"]["p50"]),
+            "waiting_list_p99": ratio(baton["trigger_sent_to_waiting_list_ms"]["p99"],
+                                      base["start_to_listed_ms"]["p99"]),
+            "waiting_list_p99_per_run": [
+                ratio((b["more_ms"]["trigger_sent_to_waiting_list"] or {}).get("p99"), r["start_to_listed_ms"]["p99"])
+                for b, r in zip(baton_runs, base_runs)],
             "reply_p50": ratio(baton["claim_to_first_reply_at_channel_ms"]["p50"],
                                base["signal_to_delivery_at_channel_ms"]["p50"]),
             "reply_p99": ratio(baton["claim_to_first_reply_at_channel_ms"]["p99"],
                                base["signal_to_delivery_at_channel_ms"]["p99"]),
+            "reply_p99_per_run": [ratio(b["claim_to_first_reply_at_channel_ms"]["p99"],
+                                        r["signal_to_delivery_at_channel_ms"]["p99"])
+                                  for b, r in zip(baton_runs, base_runs)],
+            **{f"reply_{phase}_p99_per_run": [
+                ratio((b["more_ms"][f"claim_to_first_reply_at_channel_{phase}"] or {}).get("p99"),
+                      r["signal_to_delivery_at_channel_ms"]["p99"]) for b, r in zip(baton_runs, base_runs)]
+               for phase in ("during_the_burst", "after_the_burst")},
             "listing_p50": ratio(baton["listing_duration_ms"]["p50"], base["listing_duration_ms"]["p50"]),
         }
     return out
@@ -962,6 +1028,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="diagnostic: also run the desk's visibility query straight against Temporal (no per-row "
                    "snapshot) on the same cadence, to split the waiting-list latency; adds load, off by default")
     p.add_argument("--logs", metavar="DIR", help="keep the worker's and the API's logs of each run in DIR/run<N>/")
+    p.add_argument("--histories", metavar="DIR",
+                   help="write the histories of the five conversations slowest from claim to reply, and of the five "
+                   "slowest handoff calls, to DIR/run<N>/ with the driver's times (times.json, wall clock)")
     p.add_argument("--raw", metavar="FILE", help="append every conversation's timings (ms from the run's start) as JSON lines")
     args = p.parse_args(argv)
     if args.runs < 1 or args.conversations < 1 or args.agents < 1:
@@ -1005,7 +1074,12 @@ async def main(argv: list[str] | None = None) -> dict[str, Any]:
                   "close and release; after a release the AI speaks again)",
         "trigger_to_waiting_list": "the handoff POST's 2xx answer -> the answer of the first listing that shows the "
                                    "conversation (so it includes up to one poll interval and one listing's duration; "
-                                   "more_ms has it from the POST being sent, and to the start of that listing)",
+                                   "more_ms has it from the POST being sent, and to the start of that listing). The "
+                                   "POST answers once the routing decision is recorded, so from its answer this is "
+                                   "at most a poll interval; the summary's waiting_list ratios are from the POST "
+                                   "being sent",
+        "claim_to_first_reply_phases": "during_the_burst: the claim answered before the last user's message, handoff "
+                                       "and follow-up had been answered; after_the_burst: after that",
         "claim_to_first_reply_at_channel": "the claim's 200 answer -> the agent's first reply (posted at once) "
                                            "arriving at the loopback channel receiver",
         "baseline": "bench/baseline.py's bare workflow on the same dev server with its own worker process: "
