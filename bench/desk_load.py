@@ -793,7 +793,7 @@ async def keep_histories(client: Any, dest: Path, desk: DeskRun, n: int = 5) -> 
     def handoff(c: Conv) -> float | None:
         return ms(c.trigger_sent, c.trigger_returned) if c.trigger_returned else None
 
-    wall = {}
+    wall: dict[str, dict[str, Any]] = {}
     dest.mkdir(parents=True, exist_ok=True)
     for name, key in (("reply", first_reply), ("handoff", handoff)):
         timed = [(key(c), c) for c in desk.convs.values() if key(c) is not None]
@@ -801,12 +801,14 @@ async def keep_histories(client: Any, dest: Path, desk: DeskRun, n: int = 5) -> 
             history = await client.get_workflow_handle(WORKFLOW_ID_PREFIX + c.cid).fetch_history()
             (dest / f"{c.cid}.json").write_text(history.to_json())
             arrivals = desk.receiver.arrivals(c.replies[0]["message_id"]) if c.replies else []
-            wall[c.cid] = {"slow_by": wall.get(c.cid, {}).get("slow_by", []) + [name], f"{name}_ms": took,
-                           "trigger_sent": w(c.trigger_sent), "trigger_returned": w(c.trigger_returned),
-                           "claim_returned": w(c.claim_returned),
-                           "reply_sent": w(c.replies[0]["sent"]) if c.replies else None,
-                           "reply_returned": w(c.replies[0]["returned"]) if c.replies else None,
-                           "reply_at_channel": w(arrivals[0]) if arrivals else None}
+            entry = wall.setdefault(c.cid, {"slow_by": []})  # a conversation may be among the slowest of both
+            entry["slow_by"].append(name)
+            entry[f"{name}_ms"] = took
+            entry.update({"trigger_sent": w(c.trigger_sent), "trigger_returned": w(c.trigger_returned),
+                          "claim_returned": w(c.claim_returned),
+                          "reply_sent": w(c.replies[0]["sent"]) if c.replies else None,
+                          "reply_returned": w(c.replies[0]["returned"]) if c.replies else None,
+                          "reply_at_channel": w(arrivals[0]) if arrivals else None})
     (dest / "times.json").write_text(json.dumps(wall, indent=1))
 
 
