@@ -76,6 +76,8 @@ API_KEY = "bk_bench_" + uuid.uuid4().hex
 ADMIN_KEY = "ba_bench_" + uuid.uuid4().hex
 HANDOFF = {"reason": "user asked for a person", "target": {"queue": QUEUE}}
 PERCENTILES = ("p50", "p95", "p99", "max")
+# Claim -> first reply split by when the claim answered: while the burst's users were still being answered, or after.
+PHASES = ("during_the_burst", "after_the_burst")
 
 pc = time.perf_counter
 
@@ -348,6 +350,11 @@ class DeskRun:
             if all(c.done or c.user_gave_up for c in self.convs.values()):
                 self.stop.set()
 
+    def first_arrival(self, conv: Conv) -> float | None:
+        """When the agent's first reply to `conv` reached the channel (None: no reply, or not arrived)."""
+        arrivals = self.receiver.arrivals(conv.replies[0]["message_id"]) if conv.replies else []
+        return arrivals[0] if arrivals else None
+
     def reply_texts(self, name: str, conv: Conv) -> list[str]:
         texts = [f"Hi, this is {name.title()} from support. Let me look at order {conv.index} for you."]
         if self.args.second_reply:
@@ -435,7 +442,7 @@ def analyse(run: DeskRun, outcome: dict[str, Any]) -> dict[str, Any]:
     claim_to_reply: list[float] = []
     # The same, split by when the claim answered: while the burst's users were still sending their messages and
     # handoffs (the machine busy with them), or after the last of them had been answered.
-    claim_to_reply_by_phase: dict[str, list[float]] = {"during_the_burst": [], "after_the_burst": []}
+    claim_to_reply_by_phase: dict[str, list[float]] = {phase: [] for phase in PHASES}
     claim_to_reply_returned: list[float] = []
     reply_returned_to_channel: list[float] = []
     listed_to_claimed: list[float] = []
@@ -443,12 +450,12 @@ def analyse(run: DeskRun, outcome: dict[str, Any]) -> dict[str, Any]:
         if c.claim_returned is None or not c.replies:
             continue
         first = c.replies[0]
-        arrivals = receiver.arrivals(first["message_id"])
-        if arrivals:
-            claim_to_reply.append(ms(c.claim_returned, arrivals[0]))
-            phase = "during_the_burst" if c.claim_returned < outcome["users_done"] else "after_the_burst"
-            claim_to_reply_by_phase[phase].append(ms(c.claim_returned, arrivals[0]))
-            reply_returned_to_channel.append(ms(first["returned"], arrivals[0]))
+        arrived = run.first_arrival(c)
+        if arrived is not None:
+            claim_to_reply.append(ms(c.claim_returned, arrived))
+            phase = PHASES[0] if c.claim_returned < outcome["users_done"] else PHASES[1]
+            claim_to_reply_by_phase[phase].append(ms(c.claim_returned, arrived))
+            reply_returned_to_channel.append(ms(first["returned"], arrived))
         claim_to_reply_returned.append(ms(c.claim_returned, first["returned"]))
         if c.listed_at is not None:
             listed_to_claimed.append(ms(c.listed_at, c.claim_returned))
@@ -787,28 +794,27 @@ async def keep_histories(client: Any, dest: Path, desk: DeskRun, n: int = 5) -> 
         return None if x is None else round(x + skew, 4)
 
     def first_reply(c: Conv) -> float | None:
-        arrivals = desk.receiver.arrivals(c.replies[0]["message_id"]) if c.replies else []
-        return ms(c.claim_returned, arrivals[0]) if arrivals and c.claim_returned else None
+        return ms(c.claim_returned, desk.first_arrival(c))
 
     def handoff(c: Conv) -> float | None:
-        return ms(c.trigger_sent, c.trigger_returned) if c.trigger_returned else None
+        return ms(c.trigger_sent, c.trigger_returned)
 
     wall: dict[str, dict[str, Any]] = {}
     dest.mkdir(parents=True, exist_ok=True)
     for name, key in (("reply", first_reply), ("handoff", handoff)):
         timed = [(key(c), c) for c in desk.convs.values() if key(c) is not None]
         for took, c in sorted(timed, key=lambda x: x[0])[-n:]:
-            history = await client.get_workflow_handle(WORKFLOW_ID_PREFIX + c.cid).fetch_history()
-            (dest / f"{c.cid}.json").write_text(history.to_json())
-            arrivals = desk.receiver.arrivals(c.replies[0]["message_id"]) if c.replies else []
-            entry = wall.setdefault(c.cid, {"slow_by": []})  # a conversation may be among the slowest of both
+            if c.cid not in wall:  # a conversation may be among the slowest of both: its history is written once
+                history = await client.get_workflow_handle(WORKFLOW_ID_PREFIX + c.cid).fetch_history()
+                (dest / f"{c.cid}.json").write_text(history.to_json())
+            entry = wall.setdefault(c.cid, {"slow_by": []})
             entry["slow_by"].append(name)
             entry[f"{name}_ms"] = took
             entry.update({"trigger_sent": w(c.trigger_sent), "trigger_returned": w(c.trigger_returned),
                           "claim_returned": w(c.claim_returned),
                           "reply_sent": w(c.replies[0]["sent"]) if c.replies else None,
                           "reply_returned": w(c.replies[0]["returned"]) if c.replies else None,
-                          "reply_at_channel": w(arrivals[0]) if arrivals else None})
+                          "reply_at_channel": w(desk.first_arrival(c))})
     (dest / "times.json").write_text(json.dumps(wall, indent=1))
 
 
@@ -962,9 +968,9 @@ def summarize(baton_runs: list[dict[str, Any]], base_runs: list[dict[str, Any]])
         "claim_call_ms": med_of(baton_runs, "more_ms", "claim_call_200"),
         **{f"claim_to_first_reply_at_channel_{phase}_ms": med_of(
             baton_runs, "more_ms", f"claim_to_first_reply_at_channel_{phase}")
-           for phase in ("during_the_burst", "after_the_burst")},
+           for phase in PHASES},
         "claims_during_the_burst_per_run": [
-            (r["more_ms"]["claim_to_first_reply_at_channel_during_the_burst"] or {}).get("n", 0) for r in baton_runs],
+            r["more_ms"]["claim_to_first_reply_at_channel_during_the_burst"]["n"] for r in baton_runs],
         "wall_s": rnd(median(r["wall_s"]["to_last_conversation_ended"] for r in baton_runs), 2),
         "all_checks_ok": all(r["checks"]["ok"] for r in baton_runs),
         "checks_ok_per_run": [r["checks"]["ok"] for r in baton_runs],
@@ -990,7 +996,7 @@ def summarize(baton_runs: list[dict[str, Any]], base_runs: list[dict[str, Any]])
             "waiting_list_p99": ratio(baton["trigger_sent_to_waiting_list_ms"]["p99"],
                                       base["start_to_listed_ms"]["p99"]),
             "waiting_list_p99_per_run": [
-                ratio((b["more_ms"]["trigger_sent_to_waiting_list"] or {}).get("p99"), r["start_to_listed_ms"]["p99"])
+                ratio(b["more_ms"]["trigger_sent_to_waiting_list"]["p99"], r["start_to_listed_ms"]["p99"])
                 for b, r in zip(baton_runs, base_runs)],
             "reply_p50": ratio(baton["claim_to_first_reply_at_channel_ms"]["p50"],
                                base["signal_to_delivery_at_channel_ms"]["p50"]),
@@ -1000,9 +1006,9 @@ def summarize(baton_runs: list[dict[str, Any]], base_runs: list[dict[str, Any]])
                                         r["signal_to_delivery_at_channel_ms"]["p99"])
                                   for b, r in zip(baton_runs, base_runs)],
             **{f"reply_{phase}_p99_per_run": [
-                ratio((b["more_ms"][f"claim_to_first_reply_at_channel_{phase}"] or {}).get("p99"),
+                ratio(b["more_ms"][f"claim_to_first_reply_at_channel_{phase}"]["p99"],
                       r["signal_to_delivery_at_channel_ms"]["p99"]) for b, r in zip(baton_runs, base_runs)]
-               for phase in ("during_the_burst", "after_the_burst")},
+               for phase in PHASES},
             "listing_p50": ratio(baton["listing_duration_ms"]["p50"], base["listing_duration_ms"]["p50"]),
         }
     return out

@@ -175,6 +175,8 @@ def build_worker(
     # higher with 16 in the same invocations: README, "Benchmarks"). Not the SDK's 100: after a restart every
     # conversation needs a full replay, CPU under one GIL, and 100 at once (sandboxed, long runs) made each take
     # longer than the task timeout; 16 replays of short runs finish well within it (bench/worker_crash.py).
+    # The trade-off: in bench/desk_load.py, where 100 new conversations start inside the burst, 16 slots and the 3 s
+    # sticky timeout list them about a second later than 4 and 2 s did, and answer the agents' replies 0.7 s sooner.
     options.setdefault("max_concurrent_workflow_tasks", MAX_CONCURRENT_WORKFLOW_TASKS)
     # Deliveries and redactions counted for /metrics (runtime.metrics; a no-op without a metrics runtime).
     options["interceptors"] = [HeartbeatWhileSlow(), CountOutcomes(), *options.get("interceptors", [])]
