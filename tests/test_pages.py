@@ -662,6 +662,9 @@ async def test_after_a_close_the_chat_page_answers_the_rating_then_starts_a_new_
         assert kinds["wrapped_up"]["code"] == "resolved"
         # ...and once it is answered, writing again starts a new conversation, as after any close.
         await chat.say("5")
+        # The page first offers "5" as a rating (its echo shows until the 409), then starts the new conversation:
+        # wait for "5" as the new conversation's stream brings it back (it has a seq), not for the first echo.
+        await expect(chat.log().locator('li[data-role="user"][data-seq]').filter(has_text="5")).to_have_count(1)
         await expect(chat.said_by("user", "5")).to_have_count(1)
         await expect(chat.entry("Thank you for your rating.")).to_have_count(0)
         assert await chat.conversation_id() != conversation
