@@ -649,12 +649,15 @@ def encrypting(client: Client, payload_keys: str | None) -> Client:
 
 
 class ProfilingRunner(WorkflowRunner):
-    """Wraps the SDK's sandboxed runner to measure the Python cost of workflow code where it runs (the SDK's
-    workflow executor threads): thread CPU time per activation and per instance creation (sandbox set-up),
-    and, with `cprofile=True`, a deterministic profile of every activation."""
+    """Wraps the system's own workflow runner (`sandboxed`: the SDK's sandbox, else none, as Baton runs by default)
+    to measure the Python cost of workflow code where it runs (the SDK's workflow executor threads): thread CPU time
+    per activation and per instance creation (with the sandbox, its set-up), and, with `cprofile=True`, a
+    deterministic profile of every activation."""
 
-    def __init__(self, cprofile: bool = False) -> None:
-        self.inner = SandboxedWorkflowRunner()
+    def __init__(self, cprofile: bool = False, sandboxed: bool = True) -> None:
+        from temporalio.worker import UnsandboxedWorkflowRunner
+
+        self.inner = SandboxedWorkflowRunner() if sandboxed else UnsandboxedWorkflowRunner()
         self.cprofile = cprofile
         self.lock = threading.Lock()
         self.totals = {"activations": 0, "activation_cpu_s": 0.0, "instances": 0, "instance_cpu_s": 0.0,
@@ -779,7 +782,10 @@ def _worker_process_main(spec: WorkerSpec, ready: Any, stop: Any) -> None:
     # Only the parent's JSON belongs on stdout; Ctrl-C is the parent's to handle (it sets `stop`).
     os.dup2(2, 1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    runner = ProfilingRunner(cprofile=spec.profile == "cprofile") if spec.profile else None
+    # Profiled as it runs: Baton unsandboxed (workers/worker.py), the bare worker in the SDK's sandbox (--sandbox
+    # sets both).
+    sandboxed = spec.sandbox if spec.sandbox is not None else spec.kind not in ("baton", "baton_openai")
+    runner = ProfilingRunner(cprofile=spec.profile == "cprofile", sandboxed=sandboxed) if spec.profile else None
     gc_totals = {"collections": [0, 0, 0], "seconds": [0.0, 0.0, 0.0]}
     if spec.profile:
         gc_started: dict[int, float] = {}
@@ -812,10 +818,11 @@ def _worker_process_main(spec: WorkerSpec, ready: Any, stop: Any) -> None:
                                       "process_cpu_s": sum(os.times()[:2])}
             if runner.cprofile:
                 report["note"] = (
-                    "cProfile is enabled around each activation on the SDK's executor threads; in this setup it "
-                    "recorded the workflow's own functions only for the first activation of each workflow, so use "
-                    "the timing totals (thread CPU per activation) for the workflow code and the per-function "
-                    "tables for the SDK/serialization and the event loop thread (activities)")
+                    "cProfile is enabled around each activation on the SDK's executor threads. Unsandboxed (Baton "
+                    "as it runs) it records every activation's workflow code (a coroutine's resumptions count as "
+                    "calls); in the SDK's sandbox it recorded the workflow's own functions only for the first "
+                    "activation of each workflow, so there use the timing totals (thread CPU per activation) for "
+                    "the workflow code. The event loop thread's table holds the activities")
                 report["workflow_activations"] = profile_tables(runner.profiles)
                 report["event_loop_thread"] = profile_tables([main_profile])
             Path(spec.profile_path).write_text(json.dumps(report, indent=1))
