@@ -43,6 +43,9 @@ from runtime.temporal import WORKFLOW_TASK_TIMEOUT
 from models.names import WORKFLOW_TYPE, SearchAttributes, Signals, workflow_id
 
 
+# The worker kinds that run Baton's own worker (workers/worker.py); the others are bare-Temporal baselines.
+BATON_KINDS = ("baton", "baton_openai")
+
 # The dev server's defaults (temporal server 1.32 dynamic config), to compare measured histories against.
 HISTORY_SUGGEST_CAN_EVENTS = 4 * 1024
 HISTORY_SUGGEST_CAN_BYTES = 4 * 1024 * 1024
@@ -586,7 +589,7 @@ def build_bench_worker(kind: str, client: Client, http: httpx.AsyncClient, task_
     """The real Baton worker (demo AI agent, or with `baton_openai` the OpenAI-compatible adapter against the
     model at `ai_url`; channel = the receiver) or the baseline worker, same options."""
     options = options or {}
-    if kind in ("baton", "baton_openai"):
+    if kind in BATON_KINDS:
         from activities import webhooks
         from runtime.settings import Settings
         from workers.worker import build_worker
@@ -609,7 +612,7 @@ def build_bench_worker(kind: str, client: Client, http: httpx.AsyncClient, task_
 
 
 def http_client_for(kind: str) -> httpx.AsyncClient:
-    if kind in ("baton", "baton_openai"):
+    if kind in BATON_KINDS:
         from workers.worker import http_client
 
         return http_client()
@@ -784,7 +787,7 @@ def _worker_process_main(spec: WorkerSpec, ready: Any, stop: Any) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # Profiled as it runs: Baton unsandboxed (workers/worker.py), the bare worker in the SDK's sandbox (--sandbox
     # sets both).
-    sandboxed = spec.sandbox if spec.sandbox is not None else spec.kind not in ("baton", "baton_openai")
+    sandboxed = spec.sandbox if spec.sandbox is not None else spec.kind not in BATON_KINDS
     runner = ProfilingRunner(cprofile=spec.profile == "cprofile", sandboxed=sandboxed) if spec.profile else None
     gc_totals = {"collections": [0, 0, 0], "seconds": [0.0, 0.0, 0.0]}
     if spec.profile:

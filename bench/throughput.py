@@ -30,6 +30,7 @@ import psutil
 from temporalio.api.enums.v1 import EventType
 
 from bench.common import (
+    BATON_KINDS,
     BaselineDriver,
     BatonDriver,
     CpuMeter,
@@ -142,7 +143,7 @@ async def run_system(server: Any, receiver: LoopbackReceiver, system: str, load:
         spec.options = dict(variant)
     if system == "baton_encrypted":
         spec.payload_keys = args.payload_keys
-    if kind in ("baton", "baton_openai"):
+    if kind in BATON_KINDS:
         driver: Any = BatonDriver(encrypting(server.client, spec.payload_keys), task_queue)
     else:
         driver = BaselineDriver(server.client, task_queue, local_respond=local_respond)
