@@ -15,13 +15,16 @@ with workflow.unsafe.imports_passed_through():
     from workflows.options import AI_HISTORY, OPTIONS
 
 from workflows.base import Story  # noqa: E402 - imported in the sandbox, like every chapter
+from workflows.outcomes import Close, HandOff, RouteAiFailure  # noqa: E402
 
 
 class AiTurns(Story):
-    async def _ai_turn(self, work: Work) -> None:
+    async def _ai_turn(self, work: Work) -> Close | HandOff | RouteAiFailure | None:
+        """The turn, and what its reply says happens next: the conversation handed back or closed, a handoff, or
+        (the agent failed for good) the failure rule's routing."""
         if self.s.state is not State.AI:
             self._audit("ai_muted", seq=work.seq, owner=self.s.owner, state=self.s.state.value)
-            return
+            return None
         peer = self.s.peer
         bell = self._take_bell(work.seq if work.kind == "ai_turn" else None)
         turn = RoutedTurn(
@@ -60,10 +63,9 @@ class AiTurns(Story):
             self._audit("ai_failed", seq=work.seq, error=str(err.cause or err))
             if self.s.peer is None:
                 # The AI agent failed for good: the config's failure rule decides who takes over.
-                await self._route_ai_failure()
-                return
+                return RouteAiFailure()
             self._say(Role.SYSTEM, "system", notices.AI_FAILURE)
-            return
+            return None
         self.s.human_stretch_ended = False
         # Audited since 1.1 (asked with the handoff-summary patch, like everything 1.1 adds).
         if reply.usage is not None and self._summaries:
@@ -80,7 +82,7 @@ class AiTurns(Story):
         if self.s.state is not State.AI:
             # Someone took over while the AI was thinking: its answer must not reach the user.
             self._audit("ai_reply_suppressed", seq=work.seq, owner=self.s.owner)
-            return
+            return None
         if reply.text:
             self._say(Role.AI, "ai", reply.text)
         if reply.end is not None:
@@ -89,8 +91,7 @@ class AiTurns(Story):
             else:
                 # Our local agent is done: the sending platform's side takes over again (or the chat ends).
                 verb = "handed the conversation back" if reply.end == "hand_back" else "closed the conversation"
-                self._close(f"the agent {verb}", peer_event=reply.end)
-                return
+                return Close(f"the agent {verb}", peer_event=reply.end)
         if reply.handoff is not None:
             request = HandoffRequest(
                 reason=reply.handoff.reason, target=reply.handoff.target, params=reply.handoff.params,
@@ -99,8 +100,9 @@ class AiTurns(Story):
             # Decided within the turn: the conversation is already in its queue's waiting list, waiting since the
             # turn began; else (the turn could not decide) the routing activity decides, as for any other handoff.
             decided = reply.decision if turn.route is not None else None
-            self._start_handoff(request, requested_by="ai", decision=decided,
-                                since=turn.route.at if decided is not None and turn.route is not None else None)
+            return HandOff(request, requested_by="ai", decision=decided,
+                           since=turn.route.at if decided is not None and turn.route is not None else None)
+        return None
 
     def _ai_window(self, upto: int | None) -> list[TranscriptEntry]:
         peer = self.s.peer
@@ -120,6 +122,6 @@ class AiTurns(Story):
         )
         return RouteRequest(
             conversation_id=self.s.conversation_id, handoff_id="", slots=self.s.context.slots,
-            channel=self.s.channel, language=self._language(), default_sla_seconds=self.s.handoff_sla_seconds,
+            channel=self.s.channel, language=views.language(self.s.context), default_sla_seconds=self.s.handoff_sla_seconds,
             requested_by="request", at=now, bell=bell,
         )

@@ -1,11 +1,13 @@
 """What every chapter of the Conversation workflow stands on: the state `s` and the primitives that change it
-(append to the transcript, audit, move through the transition table, publish search attributes), and the one way
-an activity whose failure must not fail the workflow is called (`_send`).
+(append to the transcript, audit, move through the transition table, publish search attributes and the event
+stream's bells), and the one way an activity whose failure must not fail the workflow is called (`_send`).
 
 The chapters (ai, commands, handoffs, owners, clock, outbox) are mixins of workflows.conversation.Conversation,
-which tells the story: start, the run loop, the handlers, continue-as-new. A chapter imports this module, the
-options table and models, never another chapter. Where one chapter takes a step another defines, it calls it on
-`self`; those steps are declared at the end of `Story`, so the seams between chapters are written in one place."""
+which tells the story: start, the run loop, the handlers, continue-as-new. A chapter imports this module,
+workflows/outcomes.py, the options table and models, never another chapter, and calls on `self` only what is
+defined here or in its own module. Where a chapter's work leads to another chapter's step (the AI's reply hands off,
+a deadline ends a rung, a delivery finds the sender gone), it returns that step as an outcome and the story takes
+it (conversation.py, `_then` and `_follow`)."""
 
 from __future__ import annotations
 
@@ -16,13 +18,13 @@ from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from models.conversation import (
+        BELL_ENTRIES_BYTES,
         AuditEntry,
         Bell,
         CommandResult,
         ConversationState,
         DeliveryResult,
         ExternalLink,
-        HandoffRequest,
         HandoffTarget,
         PendingHandoff,
         Role,
@@ -36,7 +38,6 @@ with workflow.unsafe.imports_passed_through():
     )
     from models import metrics
     from models.names import SearchAttributes
-    from models.routing import RouteDecision
     from workflows import views
     from workflows.transitions import Event, apply
     from workflows.options import OPTIONS
@@ -201,43 +202,38 @@ class Story:
         window = window_at(pending.hours.get(target.label), at)
         return window.end if window is not None else None
 
-    # ---- steps one chapter takes and another defines (the seams) --------------------------------------
+    def _link(self) -> ExternalLink | ThirdPartyDeskLink | None:
+        """Who owns the conversation, when its kind is passed the user's messages (an external agent, a third-party
+        desk); None when the owner reads them from the transcript (our live agents) or the AI has it."""
+        return self.s.external or self.s.third_party_desk
 
-    async def _ai_turn(self, work: Work) -> None:  # ai
-        raise NotImplementedError
+    # ---- the event stream's bells: what the stream store is told of the state -------------------------
 
-    def _close(self, reason: str, peer_event: str | None = "close") -> None:  # commands
-        raise NotImplementedError
+    def _bell(self, carried: int | None = None) -> Bell:
+        """The bell for the current state; `carried`: the seq of an entry the carrying activity's input holds."""
+        s = self.s
+        waiting = s.state is State.HANDOFF_PENDING and s.queue is not None and s.pending is not None
+        entries = views.since(s.transcript, self._rung[0] if self._rung else s.seq - 1, BELL_ENTRIES_BYTES)
+        omits = carried if carried is not None and any(e.seq == carried for e in entries) else None
+        return Bell.model_construct(
+            conversation_id=s.conversation_id, seq=s.seq, state=s.state, owner=s.owner, queue=s.queue,
+            waiting_since=(s.waiting_since or s.pending.requested_at) if waiting else None,
+            reason=s.pending.reason if waiting else None, summary=s.summary if waiting else None,
+            at=workflow.now(), number=s.bells,
+            entries=[e for e in entries if e.seq != omits] if omits is not None else entries, omits=omits,
+            created=s.created_at, rated=s.rated,
+        )
 
-    def _start_handoff(
-        self, request: HandoffRequest, requested_by: str, decision: RouteDecision | None = None,
-        since: datetime | None = None,
-    ) -> PendingHandoff:  # handoffs
-        raise NotImplementedError
+    def _take_bell(self, carried: int | None = None, fresh: bool = False) -> Bell | None:
+        """The bell for an activity that starts anyway to carry, if there is news since the last one (or, `fresh`,
+        numbered afresh whatever was rung before). The outbox rings the rest (outbox.py)."""
+        if self._rung == self._bell_key() and not fresh:
+            return None
+        self.s.bells += 1
+        bell = self._bell(carried)
+        self._rung = self._bell_key()
+        return bell
 
-    async def _route_ai_failure(self) -> None:  # handoffs
-        raise NotImplementedError
-
-    def _cancel(self, reason: str, by: str) -> None:  # handoffs
-        raise NotImplementedError
-
-    def _fall_back(self, why: str) -> None:  # handoffs
-        raise NotImplementedError
-
-    def _language(self) -> str | None:  # handoffs
-        raise NotImplementedError
-
-    def _link(self) -> ExternalLink | ThirdPartyDeskLink | None:  # owners
-        raise NotImplementedError
-
-    def _forward_since(self, after: int, handoff_id: str) -> None:  # owners
-        raise NotImplementedError
-
-    def _announce_positions(self, pending: PendingHandoff) -> None:  # clock
-        raise NotImplementedError
-
-    def _answered(self, agent_id: str, replies: list, end: str | None, end_reason: str) -> None:  # owners
-        raise NotImplementedError
-
-    def _take_bell(self, carried: int | None = None, fresh: bool = False) -> Bell | None:  # outbox
-        raise NotImplementedError
+    def _bell_key(self) -> tuple:
+        s = self.s
+        return (s.seq, s.state, s.owner, s.queue, s.waiting_since, s.pending.reason if s.pending else None, s.summary)

@@ -18,33 +18,37 @@ with workflow.unsafe.imports_passed_through():
     from workflows.options import OPTIONS
 
 from workflows.base import Story  # noqa: E402 - imported in the sandbox, like every chapter
+from workflows.outcomes import Close, FallBack  # noqa: E402
 
 
 class Clock(Story):
-    async def _watch_deadlines(self) -> None:
-        while not self._closed:
-            deadline = self._next_deadline()
-            now = workflow.now()
-            if now < deadline:
-                # Only an earlier deadline (a new pending handoff) wakes us early; activity only pushes
-                # the inactivity deadline later, which is re-checked when the timer fires.
-                try:
-                    await workflow.wait_condition(
-                        lambda: self._closed or self._next_deadline() < deadline,
-                        timeout=deadline - now,
-                        timeout_summary="inactivity / handoff SLA",
-                    )
-                except asyncio.TimeoutError:
-                    pass
-                continue
-            pending = self.s.pending
-            if pending is not None and now >= pending.deadline and not self._delivering_handoff and pending.routed:
-                closed = pending.target is not None and not self._is_open(pending, pending.target, now)
-                self._fall_back("the queue closed (business hours)" if closed else "nobody accepted within the SLA")
-            elif now >= self._inactivity_deadline():
-                minutes = self.s.inactivity_timeout_seconds // 60
-                # Handed to us by another platform: idle here does not end the chat there, it goes back.
-                self._close(f"inactive for {minutes} minutes" if minutes else "inactive", peer_event="hand_back")
+    async def _next_timeout(self) -> FallBack | Close | None:
+        """Wait for the next deadline, or for an earlier one to be set; at a deadline, what it ends: the pending
+        handoff's rung (its SLA, or its queue closing) or, idle too long, the conversation. The story's loop calls
+        this until the conversation is closed (conversation.py, `_watch_deadlines`)."""
+        deadline = self._next_deadline()
+        now = workflow.now()
+        if now < deadline:
+            # Only an earlier deadline (a new pending handoff) wakes us early; activity only pushes
+            # the inactivity deadline later, which is re-checked when the timer fires.
+            try:
+                await workflow.wait_condition(
+                    lambda: self._closed or self._next_deadline() < deadline,
+                    timeout=deadline - now,
+                    timeout_summary="inactivity / handoff SLA",
+                )
+            except asyncio.TimeoutError:
+                pass
+            return None
+        pending = self.s.pending
+        if pending is not None and now >= pending.deadline and not self._delivering_handoff and pending.routed:
+            closed = pending.target is not None and not self._is_open(pending, pending.target, now)
+            return FallBack("the queue closed (business hours)" if closed else "nobody accepted within the SLA")
+        if now >= self._inactivity_deadline():
+            minutes = self.s.inactivity_timeout_seconds // 60
+            # Handed to us by another platform: idle here does not end the chat there, it goes back.
+            return Close(f"inactive for {minutes} minutes" if minutes else "inactive", peer_event="hand_back")
+        return None
 
     def _inactivity_deadline(self) -> datetime:
         return self.s.last_activity_at + timedelta(seconds=self.s.inactivity_timeout_seconds)

@@ -26,6 +26,7 @@ with workflow.unsafe.imports_passed_through():
     from workflows.transitions import Event, may_speak, refusal
 
 from workflows.base import Story  # noqa: E402 - imported in the sandbox, like every chapter
+from workflows.outcomes import Answered, Cancel  # noqa: E402
 
 # At most this many messages written after a close start the next conversation (ConversationInput.first_messages);
 # any more are recorded in the closed one, as every message after a close was before the close-rating patch.
@@ -33,9 +34,10 @@ NEXT_MESSAGES = 100
 
 
 class Commands(Story):
-    def _user_message(self, message: UserMessage) -> CommandResult:
+    def _user_message(self, message: UserMessage) -> tuple[CommandResult, Cancel | None]:
+        """The message taken (a duplicate is answered as one), and what it ends: a cancel phrase, the wait."""
         if message.message_id in self._seen:
-            return self._result(duplicate=True)
+            return self._result(duplicate=True), None
         if (self._close_rating and self._closed and self.s.peer is None and len(self._next) < NEXT_MESSAGES
                 and not (self._rating_open() and views.rating_in(message.text) is not None)):
             # Not the answer to a close's rating question: this conversation is over, and what the user writes
@@ -43,7 +45,7 @@ class Commands(Story):
             self.s.rating_asked = None
             self._next.append(message)
             self._seen.add(message.message_id)
-            return self._result()
+            return self._result(), None
         # Accepted even while closing: a message is never dropped, it is at least recorded.
         entry = self._append(Role.USER, message.author, message.text, message.message_id)
         if message.redacted:
@@ -70,8 +72,8 @@ class Commands(Story):
             and self.s.pending.cancel_phrases
             and views.is_cancel(message.text, self.s.pending.cancel_phrases)
         ):
-            self._cancel("the user stopped waiting", by="user")
-        return self._result(seq=entry.seq)
+            return self._result(seq=entry.seq), Cancel("the user stopped waiting", by="user")
+        return self._result(seq=entry.seq), None
 
     def _via_refusal(self, message: UserMessage) -> str | None:
         if message.via_agent is None:
@@ -184,6 +186,23 @@ class Commands(Story):
             text = notices.HANDED_BACK_TO_REFERRER if peer_event == "hand_back" else notices.CLOSED
             self._append(Role.SYSTEM, "system", text, event=peer_event, deliver=peer_event is not None)
         self._publish()
+
+    def _answered(self, answered: Answered) -> None:
+        """What an external agent said in the response of a call (an A2A agent), recorded like its callback's
+        messages (once per id, redacted already); the end of its task gives the conversation back to our AI."""
+        if not self._answers:
+            return
+        agent_id = answered.agent_id
+        for reply in answered.replies:
+            message = AgentMessage(message_id=reply.message_id, text=reply.text, author=agent_id,
+                                   role=Role.EXTERNAL_AGENT, redacted=reply.redacted)
+            if (why := self._agent_message_refusal(message)) is None:
+                self._agent_message(message)
+            else:
+                self._audit("agent_reply_refused", agent=agent_id, reason=why)
+        hand_back = HandBack(reason=answered.end_reason, by=agent_id)
+        if answered.end == "hand_back" and self._hand_back_refusal(hand_back) is None:
+            self._hand_back(hand_back)
 
     def _merge_context(self, update: ContextUpdate) -> None:
         self.s.context = views.merged_context(self.s.context, update)

@@ -44,6 +44,9 @@ from workflows.commands import Commands  # noqa: E402
 from workflows.handoffs import Handoffs  # noqa: E402
 from workflows.outbox import Outbox  # noqa: E402
 from workflows.owners import Owners  # noqa: E402
+from workflows.outcomes import (  # noqa: E402
+    AiTurn, Answered, AsyncStep, Cancel, Close, FallBack, HandOff, Outcome, RouteAiFailure, WatchPosition,
+)
 
 # Versioning (README, "Changing the workflow"): Baton 1.0 is the baseline, with no patch of its own; every change
 # to the workflow after it is guarded by `workflow.patched(ID)` with the ID listed here, and adds a history to
@@ -129,7 +132,7 @@ class Conversation(AiTurns, Commands, Handoffs, Owners, Clock, Outbox):
         for message in input.first_messages:
             # Written after the run before closed: this conversation starts with them. Here, not in `run`: a retry of
             # one of them may be signalled in this run's first activation, whose handlers run before `run` does.
-            self._user_message(message)
+            self._take_user_message(message)
         if input.carried is None:
             if input.context is not None:
                 self.s.context = input.context.model_copy(deep=True)
@@ -238,26 +241,79 @@ class Conversation(AiTurns, Commands, Handoffs, Owners, Clock, Outbox):
 
     async def _do(self, work: Work) -> None:
         if work.kind in ("ai_turn", "ai_resume", "ai_welcome"):
-            await self._ai_turn(work)
+            await self._follow(await self._ai_turn(work))
             if work.kind == "ai_resume":
                 self._ask_rating()
         elif work.kind == "deliver_handoff":
-            await self._deliver_handoff(work.handoff_id or "")
+            self._then(await self._deliver_handoff(work.handoff_id or ""))
         elif work.kind == "forward":
-            await self._pass_on(work)
+            await self._follow(await self._pass_on(work))
         elif work.kind == "route":
-            await self._route(work.handoff_id or "")
+            self._then(await self._route(work.handoff_id or ""))
         elif work.kind == "share":
             await self._share(work.handoff_id or "")
         elif work.kind == "summarize":
             await self._summarize(work.seq)
+
+    # ---- what happens next: the step a chapter's outcome names, taken here (workflows/outcomes.py) ----------
+
+    def _then(self, outcome: Outcome | None) -> AsyncStep | None:
+        """Take the step `outcome` names, and the steps it leads to, now (before anything else is awaited, so the
+        commands come in the order they always did); an AI turn or the AI failure's routing is handed back to be
+        awaited (`_follow`; only the main loop's work leads to those)."""
+        while outcome is not None:
+            if isinstance(outcome, Close):
+                self._close(outcome.reason, outcome.peer_event)
+                outcome = None
+            elif isinstance(outcome, HandOff):
+                outcome = self._start_handoff(outcome.request, outcome.requested_by, outcome.decision, outcome.since)[1]
+            elif isinstance(outcome, FallBack):
+                outcome = self._fall_back(outcome.why)
+            elif isinstance(outcome, Cancel):
+                self._cancel(outcome.reason, by=outcome.by)
+                outcome = None
+            elif isinstance(outcome, Answered):
+                self._answered(outcome)
+                outcome = None
+            elif isinstance(outcome, WatchPosition):
+                self._announce_positions(outcome.pending)
+                outcome = None
+            else:
+                return outcome
+        return None
+
+    async def _follow(self, outcome: Outcome | None) -> None:
+        """`_then`, awaiting the AI's turn or the AI failure's routing where an outcome leads to one."""
+        step = self._then(outcome)
+        while step is not None:
+            if isinstance(step, AiTurn):
+                step = self._then(await self._ai_turn(Work(kind="ai_turn", seq=step.seq)))
+            elif isinstance(step, RouteAiFailure):
+                step = self._then(await self._route_ai_failure())
+
+    async def _watch_deadlines(self) -> None:
+        """The clock's deadlines, one after another, until the conversation is closed (clock.py)."""
+        while not self._closed:
+            self._then(await self._next_timeout())
+
+    async def _deliver_loop(self) -> None:
+        """The channel's deliveries, one at a time in seq order, for as long as the run lasts (outbox.py)."""
+        while True:
+            self._then(await self._deliver_next())
+
+    def _take_user_message(self, message: UserMessage) -> CommandResult:
+        result, then = self._user_message(message)
+        if then is None:
+            return result
+        self._then(then)
+        return self._result(seq=result.seq)  # the state after the step (a cancel phrase ended the wait)
 
     # ---- signals: fire and forget; an illegal one is recorded in the audit, never applied ---------
 
     @workflow.signal(name=Signals.USER_MESSAGE)
     def on_user_message(self, message: UserMessage) -> None:
         if (why := self._via_refusal(message)) is None:
-            self._user_message(message)
+            self._take_user_message(message)
         else:
             self._audit("signal_rejected", signal=Signals.USER_MESSAGE, reason=why)
 
@@ -271,7 +327,7 @@ class Conversation(AiTurns, Commands, Handoffs, Owners, Clock, Outbox):
     @workflow.signal(name=Signals.REQUEST_HANDOFF)
     def on_request_handoff(self, request: HandoffRequest) -> None:
         if (why := self._handoff_refusal(request)) is None:
-            self._start_handoff(request, requested_by="signal")
+            self._then(self._start_handoff(request, requested_by="signal")[1])
         else:
             self._audit("signal_rejected", signal=Signals.REQUEST_HANDOFF, reason=why)
 
@@ -300,7 +356,7 @@ class Conversation(AiTurns, Commands, Handoffs, Owners, Clock, Outbox):
 
     @workflow.update(name=Updates.SUBMIT_USER_MESSAGE)
     def submit_user_message(self, message: UserMessage) -> CommandResult:
-        return self._user_message(message)
+        return self._take_user_message(message)
 
     @submit_user_message.validator
     def _check_user_message(self, message: UserMessage) -> None:
@@ -326,7 +382,8 @@ class Conversation(AiTurns, Commands, Handoffs, Owners, Clock, Outbox):
 
     @workflow.update(name=Updates.SUBMIT_HANDOFF)
     async def submit_handoff(self, request: HandoffRequest) -> CommandResult:
-        pending = self._start_handoff(request, requested_by="update")
+        pending, then = self._start_handoff(request, requested_by="update")
+        self._then(then)
         if not pending.routed:
             # Answer once the routing decision is in: the caller sees where it went, and an accept that follows
             # this answer never meets a handoff that is still being routed.
@@ -403,7 +460,7 @@ class Conversation(AiTurns, Commands, Handoffs, Owners, Clock, Outbox):
 
     @workflow.update(name=Updates.REJECT_HANDOFF)
     def reject_handoff(self, reject: RejectHandoff) -> CommandResult:
-        self._fall_back(f"rejected: {reject.reason}")
+        self._then(self._fall_back(f"rejected: {reject.reason}"))
         return self._result()
 
     @reject_handoff.validator
@@ -443,15 +500,7 @@ class Conversation(AiTurns, Commands, Handoffs, Owners, Clock, Outbox):
         entries = views.newest_audit(self.s.audit)
         return AuditPage(conversation_id=self.s.conversation_id, entries=entries, omitted=len(self.s.audit) - len(entries))
 
-    # ---- commands -------------------------------------------------------------------------------
-
-    # ---- the clock: inactivity and handoff SLA on durable timers ----------------------------------
-
-    # ---- channel delivery: in seq order, one at a time, each with its own retries -----------------
-
-    # ---- the event stream's doorbell ------------------------------------------------------------------
-
-    # ---- helpers --------------------------------------------------------------------------------
+    # ---- continue-as-new --------------------------------------------------------------------------
 
     async def _continue_as_new(self) -> None:
         # Hand over only when no handler or delivery is mid-flight, so nothing is half-done.

@@ -39,6 +39,7 @@ with workflow.unsafe.imports_passed_through():
     from workflows.options import CARRY_TO_AGENT, DEFAULT_QUEUE, EXTERNAL_ACCEPT_TIMEOUT, OPTIONS
 
 from workflows.base import Story  # noqa: E402 - imported in the sandbox, like every chapter
+from workflows.outcomes import Answered, WatchPosition  # noqa: E402
 
 
 # The event that makes a target's kind the owner (its row's owner_state).
@@ -49,8 +50,10 @@ class Handoffs(Story):
     def _start_handoff(
         self, request: HandoffRequest, requested_by: str, decision: RouteDecision | None = None,
         since: datetime | None = None,
-    ) -> PendingHandoff:
+    ) -> tuple[PendingHandoff, WatchPosition | None]:
+        """The handoff, pending; and routed already if `decision` is given, when it may start a position watch."""
         now = workflow.now()
+        then = None
         previous_owner = self.s.owner
         self._transition(Event.REQUEST_HANDOFF, owner=None, queue=None)
         sla = request.sla_seconds or self.s.handoff_sla_seconds
@@ -88,18 +91,18 @@ class Handoffs(Story):
             intent=intent,
         )
         if decision is not None:
-            self._apply_decision(pending, decision)
+            then = self._apply_decision(pending, decision)
         else:
             self.s.inbox.append(Work(kind="route", handoff_id=pending.handoff_id))
         self._publish()
-        return pending
+        return pending, then
 
     def _route_request(self, pending: PendingHandoff, requested_by: str) -> RouteRequest:
         ctx = self.s.context
         return RouteRequest(
             conversation_id=self.s.conversation_id, handoff_id=pending.handoff_id, reason=pending.reason,
             intent=pending.intent, params=pending.params, slots=ctx.slots, channel=self.s.channel,
-            language=self._language(), target=pending.target, fallback=pending.fallback,
+            language=views.language(ctx), target=pending.target, fallback=pending.fallback,
             sla_seconds=pending.sla_seconds, default_sla_seconds=self.s.handoff_sla_seconds,
             requested_by=requested_by, at=workflow.now(),
         )
@@ -121,11 +124,11 @@ class Handoffs(Story):
             self._audit("routing_failed", handoff_id=request.handoff_id, error=str(err.cause or err))
             return None
 
-    async def _route(self, handoff_id: str) -> None:
+    async def _route(self, handoff_id: str) -> WatchPosition | None:
         """The config's rules decide where the pending handoff goes; the decision is recorded in history."""
         pending = self.s.pending
         if pending is None or pending.handoff_id != handoff_id or pending.routed:
-            return  # cancelled or closed meanwhile
+            return None  # cancelled or closed meanwhile
         request = self._route_request(pending, "request")
         # The decision's activity carries a bell: the state as it is, with what the waiting list needs should the
         # decision put the conversation in a person's queue, which the activity then writes as it decides (a chat
@@ -139,7 +142,7 @@ class Handoffs(Story):
         decision = await self._decide(request)
         if self.s.pending is None or self.s.pending.handoff_id != handoff_id:
             self._audit("route_ignored", handoff_id=handoff_id, reason="the handoff ended while it was routed")
-            return
+            return None
         if decision is None:
             # The router is down: the requested target or the default queue, so nobody waits on a broken config.
             decision = RouteDecision(
@@ -147,10 +150,11 @@ class Handoffs(Story):
                 target=pending.target or HandoffTarget(queue=DEFAULT_QUEUE), fallback=pending.fallback,
                 sla_seconds=pending.sla_seconds or self.s.handoff_sla_seconds,
             )
-        self._apply_decision(self.s.pending, decision)
+        then = self._apply_decision(self.s.pending, decision)
         self._publish()
+        return then
 
-    async def _route_ai_failure(self) -> None:
+    async def _route_ai_failure(self) -> WatchPosition | None:
         """The AI agent failed for good: the config's failure rule hands the conversation on, or the AI apologises."""
         probe = PendingHandoff(
             handoff_id=str(workflow.uuid4()), reason="the AI agent failed", target=None,
@@ -158,14 +162,15 @@ class Handoffs(Story):
         )
         decision = await self._decide(self._route_request(probe, "ai_failure"))
         if self.s.state is not State.AI:
-            return  # someone else took over meanwhile
+            return None  # someone else took over meanwhile
         if decision is None or decision.target.final:
             message = decision.target.message if decision and decision.target.message else None
             self._say(Role.SYSTEM, "system", message or notices.AI_FAILURE)
-            return
-        self._start_handoff(HandoffRequest(reason="the AI agent failed"), requested_by="ai_failure", decision=decision)
+            return None
+        return self._start_handoff(
+            HandoffRequest(reason="the AI agent failed"), requested_by="ai_failure", decision=decision)[1]
 
-    def _apply_decision(self, pending: PendingHandoff, decision: RouteDecision) -> None:
+    def _apply_decision(self, pending: PendingHandoff, decision: RouteDecision) -> WatchPosition | None:
         self._audit(
             "handoff_routed", handoff_id=pending.handoff_id, rule=decision.rule, why=decision.why,
             target=decision.target.label, fallback=[t.label for t in decision.fallback],
@@ -180,13 +185,14 @@ class Handoffs(Story):
             }
         )
         self.s.pending = routed
-        self._enter(routed, decision.target, decision.position)
+        return self._enter(routed, decision.target, decision.position)
 
-    def _enter(self, pending: PendingHandoff, target: HandoffTarget, position: int | None = None) -> None:
-        """Start waiting on one rung of the ladder: a desk queue, an external agent, a third-party desk, or the end."""
+    def _enter(self, pending: PendingHandoff, target: HandoffTarget, position: int | None = None) -> WatchPosition | None:
+        """Start waiting on one rung of the ladder: a desk queue, an external agent, a third-party desk, or the end.
+        A waiting list's rung has the user's queue position watched (the clock's)."""
         if target.final:
             self._give_up(pending, target)
-            return
+            return None
         now = workflow.now()
         deadline = now + timedelta(seconds=pending.slas.get(target.label) or pending.sla_seconds or self.s.handoff_sla_seconds)
         closes = self._window_end(pending, target, now)
@@ -209,13 +215,14 @@ class Handoffs(Story):
             self.s.inbox.append(Work(kind="share", handoff_id=pending.handoff_id))
             if summarize is not None:
                 self.s.inbox.append(summarize)
-            self._announce_positions(pending)
+            return WatchPosition(pending)
         else:
             # An envelope to another platform or a third-party desk, with the summary (which waits at most its own
             # timeout).
             if summarize is not None:
                 self.s.inbox.append(summarize)
             self.s.inbox.append(Work(kind="deliver_handoff", handoff_id=pending.handoff_id))
+            return None
 
     def _give_up(self, pending: PendingHandoff, target: HandoffTarget) -> None:
         """The ladder ended: back to the AI with a message, or a leave-a-message notice."""
@@ -297,22 +304,23 @@ class Handoffs(Story):
         )
         return filtered
 
-    async def _deliver_handoff(self, handoff_id: str) -> None:
+    async def _deliver_handoff(self, handoff_id: str) -> WatchPosition | Answered | None:
         """Filter the context for the target and send it the signed envelope. An external agent's 202 is the
-        acceptance; a third-party desk's answer is only delivery (its `accepted` event, accept_handoff, accepts)."""
+        acceptance; a third-party desk's answer is only delivery (its `accepted` event, accept_handoff, accepts).
+        After an accept, what an agent answered in its response (A2A) is taken as its messages (the story's)."""
         pending = self.s.pending
         if pending is None or pending.handoff_id != handoff_id or pending.target is None:
-            return  # closed, cancelled or fallen back meanwhile
+            return None  # closed, cancelled or fallen back meanwhile
         target = pending.target
         kind, name, label = target.kind, target.kind.name(target) or "", target.label
         if kind.reach not in (Reach.PLATFORM_PROTOCOL, Reach.DESK_WEBHOOK):
-            return  # a waiting list is claimed from, an end is no place: nothing to send
+            return None  # a waiting list is claimed from, an end is no place: nothing to send
         carried = views.tail(self.s.transcript, CARRY_TO_AGENT)
         self._handing_over = handoff_id
         try:
             filtered = await self._filter(pending, carried)
             if not self._still_waiting(handoff_id):
-                return  # closed or cancelled while filtering: nothing is sent
+                return None  # closed or cancelled while filtering: nothing is sent
             within = max(timedelta(seconds=1), min(EXTERNAL_ACCEPT_TIMEOUT, pending.deadline - workflow.now()))
             if kind.reach is Reach.PLATFORM_PROTOCOL:
                 outcome = await workflow.execute_activity(
@@ -354,16 +362,14 @@ class Handoffs(Story):
             # Accepted already (a fast desk), cancelled or closed while the envelope was on its way.
             if kind.reach is Reach.PLATFORM_PROTOCOL:
                 self._audit("handoff_outcome_ignored", handoff_id=handoff_id, accepted=bool(outcome and outcome.accepted))
-            return
+            return None
         if kind.reach is Reach.DESK_WEBHOOK:
             if sent.outcome != "delivered":
-                self._fall_back(f"desk {name} did not take the handoff: {sent.outcome} {sent.detail or ''}".strip())
-            else:
-                self._audit("handoff_delivered", handoff_id=handoff_id, target=label, status=sent.status)
-            return
+                return self._fall_back(f"desk {name} did not take the handoff: {sent.outcome} {sent.detail or ''}".strip())
+            self._audit("handoff_delivered", handoff_id=handoff_id, target=label, status=sent.status)
+            return None
         if outcome is None or not outcome.accepted or not outcome.remote_conversation_id:
-            self._fall_back(f"{label} did not accept: {sent.detail}")
-            return
+            return self._fall_back(f"{label} did not accept: {sent.detail}")
         self._transition(ACCEPTED[kind.owner_state], owner=name, queue=None)
         self._count_handoff(metrics.ACCEPTED, pending, target)
         self.s.external = ExternalLink(
@@ -380,9 +386,11 @@ class Handoffs(Story):
             self._forward_since(carried[-1].seq if carried else 0, handoff_id)
         self._publish()
         # An agent that answers in the response (A2A) has already spoken, and may even be done.
-        self._answered(name, outcome.replies, outcome.end, outcome.end_reason)
+        return Answered(name, outcome.replies, outcome.end, outcome.end_reason)
 
-    def _fall_back(self, why: str) -> None:
+    def _fall_back(self, why: str) -> WatchPosition | None:
+        """The rung failed: the next one of the ladder that is open (its position watched if it is a waiting list),
+        or the end."""
         pending = self.s.pending
         assert pending is not None
         target = pending.target
@@ -403,7 +411,7 @@ class Handoffs(Story):
                 self._audit("fallback_skipped", handoff_id=pending.handoff_id, skipped=skipped, reason="closed")
             self._give_up(pending, next_target)
             self._publish()
-            return
+            return None
         self._transition(Event.FALL_BACK, owner=None, queue=next_target.desk_queue)
         # A new id, so a late accept for the target that failed is recognised as stale.
         moved = pending.model_copy(
@@ -412,16 +420,15 @@ class Handoffs(Story):
         self.s.pending = moved
         self.s.shared_context = None
         self._audit("handoff_fallback", handoff_id=moved.handoff_id, target=next_target.label, skipped=skipped)
-        self._enter(moved, next_target)
+        then = self._enter(moved, next_target)
         self._publish()
+        return then
 
-    def _language(self) -> str | None:
-        ctx = self.s.context
-        for source in (ctx.profile, ctx.metadata):
-            for key in ("language", "locale"):
-                if isinstance(source.get(key), str):
-                    return source[key]
-        return None
+    def _forward_since(self, after: int, handoff_id: str) -> None:
+        """What the user wrote after `after` goes on to the target that accepted `handoff_id` (owners.py passes it)."""
+        for entry in self.s.transcript:
+            if entry.seq > after and entry.role is Role.USER:
+                self.s.inbox.append(Work(kind="forward", seq=entry.seq, handoff_id=handoff_id))
 
     def _accept(self, accept: AcceptHandoff) -> CommandResult:
         """A live agent's claim or a third-party desk's `accepted` event (its validator: `_accept_refusal`)."""

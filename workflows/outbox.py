@@ -9,69 +9,46 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
-    from models.conversation import BELL_ENTRIES_BYTES, Bell, ChannelMessage, State, TranscriptEntry
+    from models.conversation import Bell, ChannelMessage, State, TranscriptEntry
     from models.names import Activities
     from models.protocol import PeerDelivery, PeerEvent
-    from workflows import views
     from workflows.options import CHANNEL_SCHEDULE_TO_CLOSE, OPTIONS, RINGS_IN_FLIGHT
 
 from workflows.base import Story  # noqa: E402 - imported in the sandbox, like every chapter
+from workflows.outcomes import Close  # noqa: E402
 
 
 class Outbox(Story):
-    async def _deliver_loop(self) -> None:
-        while True:
-            await workflow.wait_condition(lambda: bool(self.s.outbox))
-            entry = self._entry(self.s.outbox[0])
-            self._delivering = True
-            if self.s.peer is None:
-                arg = self._channel_message(entry)
-                arg.bell = self._take_bell(entry.seq)
-                name, where = Activities.DELIVER_TO_CHANNEL, "the channel"
-            else:
-                name, arg, where = Activities.DELIVER_TO_PEER, self._peer_delivery(entry), "the sending platform"  # noqa: E501
-            try:
-                result = await self._send(
-                    name, arg, CHANNEL_SCHEDULE_TO_CLOSE, f"deliver seq {entry.seq} ({entry.role.value}) to {where}",
-                    give_up="rejected",
-                )
-            finally:
-                self._delivering = False
-            self.s.outbox.pop(0)
-            if result.outcome == "gone":
-                self.s.channel_stopped = True
-                self.s.outbox.clear()
-                self._audit("channel_gone", seq=entry.seq, status=result.status, detail=result.detail)
-                if self.s.peer is not None and not self._closed:
-                    # The sending platform no longer has us on this conversation: nobody is listening here.
-                    self._close("the sending platform ended the handoff", peer_event=None)
-            elif result.outcome == "rejected":
-                self._audit("delivery_rejected", seq=entry.seq, status=result.status, detail=result.detail)
-
-    def _bell(self, carried: int | None = None) -> Bell:
-        """The bell for the current state; `carried`: the seq of an entry the carrying activity's input holds."""
-        s = self.s
-        waiting = s.state is State.HANDOFF_PENDING and s.queue is not None and s.pending is not None
-        entries = views.since(s.transcript, self._rung[0] if self._rung else s.seq - 1, BELL_ENTRIES_BYTES)
-        omits = carried if carried is not None and any(e.seq == carried for e in entries) else None
-        return Bell.model_construct(
-            conversation_id=s.conversation_id, seq=s.seq, state=s.state, owner=s.owner, queue=s.queue,
-            waiting_since=(s.waiting_since or s.pending.requested_at) if waiting else None,
-            reason=s.pending.reason if waiting else None, summary=s.summary if waiting else None,
-            at=workflow.now(), number=s.bells,
-            entries=[e for e in entries if e.seq != omits] if omits is not None else entries, omits=omits,
-            created=s.created_at, rated=s.rated,
-        )
-
-    def _take_bell(self, carried: int | None = None, fresh: bool = False) -> Bell | None:
-        """The bell for an activity that starts anyway to carry, if there is news since the last one (or, `fresh`,
-        numbered afresh whatever was rung before)."""
-        if self._rung == self._bell_key() and not fresh:
-            return None
-        self.s.bells += 1
-        bell = self._bell(carried)
-        self._rung = self._bell_key()
-        return bell
+    async def _deliver_next(self) -> Close | None:
+        """The next entry for the channel (or the sending platform), once there is one; the story's loop calls this
+        again and again (conversation.py, `_deliver_loop`)."""
+        await workflow.wait_condition(lambda: bool(self.s.outbox))
+        entry = self._entry(self.s.outbox[0])
+        self._delivering = True
+        if self.s.peer is None:
+            arg = self._channel_message(entry)
+            arg.bell = self._take_bell(entry.seq)
+            name, where = Activities.DELIVER_TO_CHANNEL, "the channel"
+        else:
+            name, arg, where = Activities.DELIVER_TO_PEER, self._peer_delivery(entry), "the sending platform"  # noqa: E501
+        try:
+            result = await self._send(
+                name, arg, CHANNEL_SCHEDULE_TO_CLOSE, f"deliver seq {entry.seq} ({entry.role.value}) to {where}",
+                give_up="rejected",
+            )
+        finally:
+            self._delivering = False
+        self.s.outbox.pop(0)
+        if result.outcome == "gone":
+            self.s.channel_stopped = True
+            self.s.outbox.clear()
+            self._audit("channel_gone", seq=entry.seq, status=result.status, detail=result.detail)
+            if self.s.peer is not None and not self._closed:
+                # The sending platform no longer has us on this conversation: nobody is listening here.
+                return Close("the sending platform ended the handoff", peer_event=None)
+        elif result.outcome == "rejected":
+            self._audit("delivery_rejected", seq=entry.seq, status=result.status, detail=result.detail)
+        return None
 
     def _carrier_due(self) -> bool:
         """An activity that will carry the bell starts in this same activation: the AI agent's turn (the main loop
@@ -89,10 +66,6 @@ class Outbox(Story):
         """The inbox's `route` work will start the routing activity (the handoff is still pending and unrouted)."""
         pending = self.s.pending
         return pending is not None and pending.handoff_id == handoff_id and not pending.routed
-
-    def _bell_key(self) -> tuple:
-        s = self.s
-        return (s.seq, s.state, s.owner, s.queue, s.waiting_since, s.pending.reason if s.pending else None, s.summary)
 
     async def _ring_loop(self) -> None:
         """After each change the stream store hears of it: carried by the activity the change starts anyway (the AI

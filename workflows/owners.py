@@ -7,7 +7,7 @@ from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
     from models.conversation import (
-        AgentMessage, DeliveryResult, ExternalLink, HandBack, RemoteReply, Role, State, ThirdPartyDeskLink, Work,
+        DeliveryResult, ExternalLink, Role, State, Work,
     )
     from models.third_party_desk import ThirdPartyDeskForward
     from models.names import Activities
@@ -18,30 +18,20 @@ with workflow.unsafe.imports_passed_through():
     from workflows.options import FORWARD_TIMEOUT
 
 from workflows.base import Story  # noqa: E402 - imported in the sandbox, like every chapter
+from workflows.outcomes import AiTurn, Answered  # noqa: E402
 
 
 class Owners(Story):
-    def _link(self) -> ExternalLink | ThirdPartyDeskLink | None:
-        """Who owns the conversation, when its kind is passed the user's messages (an external agent, a third-party
-        desk); None when the owner reads them from the transcript (our live agents) or the AI has it."""
-        return self.s.external or self.s.third_party_desk
-
-    def _forward_since(self, after: int, handoff_id: str) -> None:
-        for entry in self.s.transcript:
-            if entry.seq > after and entry.role is Role.USER:
-                self.s.inbox.append(Work(kind="forward", seq=entry.seq, handoff_id=handoff_id))
-
-    async def _pass_on(self, work: Work) -> None:
+    async def _pass_on(self, work: Work) -> AiTurn | Answered | None:
         """A user's message to the agent or desk that owns the conversation, as its kind's row says (the platform
         protocol, the desk webhook). If the AI has the conversation back meanwhile, the AI answers it instead."""
         seq = work.seq
         if self.s.state is State.AI:
-            await self._ai_turn(Work(kind="ai_turn", seq=seq))
-            return
+            return AiTurn(seq)
         link = self._link()
         if link is None or link.handoff_id != work.handoff_id:
             self._audit("not_forwarded", seq=seq, state=self.s.state.value)
-            return
+            return None
         entry = self._entry(seq)
         if isinstance(link, ExternalLink):
             who, lost, notice = {"agent": link.agent_id}, "external_agent_lost", BY_FIELD["external_agent"].lost
@@ -67,39 +57,25 @@ class Owners(Story):
             )
         now = self._link()
         if now is None or now.handoff_id != link.handoff_id:
-            return  # handed back or closed meanwhile
-        self._passed_on(seq, result, who, lost, notice or "")
+            return None  # handed back or closed meanwhile
+        return self._passed_on(seq, result, who, lost, notice or "")
 
-    def _answered(self, agent_id: str, replies: list[RemoteReply], end: str | None, end_reason: str) -> None:
-        """What an external agent said in the response of a call (an A2A agent), recorded like its callback's
-        messages (once per id, redacted already); the end of its task gives the conversation back to our AI."""
-        if not self._answers:
-            return
-        for reply in replies:
-            message = AgentMessage(message_id=reply.message_id, text=reply.text, author=agent_id,
-                                   role=Role.EXTERNAL_AGENT, redacted=reply.redacted)
-            if (why := self._agent_message_refusal(message)) is None:
-                self._agent_message(message)
-            else:
-                self._audit("agent_reply_refused", agent=agent_id, reason=why)
-        if end == "hand_back" and self._hand_back_refusal(HandBack(reason=end_reason, by=agent_id)) is None:
-            self._hand_back(HandBack(reason=end_reason, by=agent_id))
-
-    def _passed_on(self, seq: int, result: DeliveryResult, who: dict[str, str], lost: str, notice: str) -> None:
+    def _passed_on(self, seq: int, result: DeliveryResult, who: dict[str, str], lost: str, notice: str) -> Answered | None:
         """After forwarding: nothing to do when delivered (but record what an agent answered in the response); a
         refused message is the user's to rephrase; an agent that is gone or out of reach gives the conversation back
         to our AI, which answers this message."""
         if result.outcome == "delivered":
             if "agent" in who:
-                self._answered(who["agent"], result.replies, result.end, result.end_reason)
-            return
+                return Answered(who["agent"], result.replies, result.end, result.end_reason)
+            return None
         if result.outcome == "rejected":
             self._audit("forward_rejected", seq=seq, **who, status=result.status, detail=result.detail)
             self._say(Role.SYSTEM, "system", notices.NOT_PASSED_ON)
-            return
+            return None
         self._audit(lost, seq=seq, **who, status=result.status, detail=result.detail)
         self._transition(Event.HAND_BACK, owner="ai", queue=None)
         self.s.human_stretch_ended = True
         self._say(Role.SYSTEM, "system", notice)
         self.s.inbox.insert(0, Work(kind="ai_turn", seq=seq))
         self._publish()
+        return None

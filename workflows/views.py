@@ -84,6 +84,15 @@ def merged_context(ctx: Context, update: ContextUpdate) -> Context:
     return merged
 
 
+def language(ctx: Context) -> str | None:
+    """The user's language, as the context's profile or metadata names it (`language` or `locale`), for routing."""
+    for source in (ctx.profile, ctx.metadata):
+        for key in ("language", "locale"):
+            if isinstance(source.get(key), str):
+                return source[key]
+    return None
+
+
 def context_refusal(ctx: Context, update: ContextUpdate) -> str | None:
     """Why the update cannot be merged (the whole context would pass MAX_CONTEXT_BYTES), or None."""
     size = json_size(merged_context(ctx, update))
