@@ -67,7 +67,8 @@ def test_the_checks_above_see_a_cross_call():
 def test_every_outcome_is_taken_by_the_story():
     outcomes = {n.name for n in _tree("outcomes").body if isinstance(n, ast.ClassDef)}
     story = (WORKFLOWS / "conversation.py").read_text()
-    untaken = {o for o in outcomes if f"isinstance(outcome, {o})" not in story and f"isinstance(step, {o})" not in story}
+    untaken = {o for o in outcomes
+               if f"isinstance(outcome, {o})" not in story and f"isinstance(step, {o})" not in story}
     assert outcomes and not untaken, f"outcomes no step is taken for: {sorted(untaken)}"
 
 

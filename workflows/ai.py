@@ -122,6 +122,7 @@ class AiTurns(Story):
         )
         return RouteRequest(
             conversation_id=self.s.conversation_id, handoff_id="", slots=self.s.context.slots,
-            channel=self.s.channel, language=views.language(self.s.context), default_sla_seconds=self.s.handoff_sla_seconds,
+            channel=self.s.channel, language=views.language(self.s.context),
+            default_sla_seconds=self.s.handoff_sla_seconds,
             requested_by="request", at=now, bell=bell,
         )

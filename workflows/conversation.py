@@ -278,8 +278,10 @@ class Conversation(AiTurns, Commands, Handoffs, Owners, Clock, Outbox):
             elif isinstance(outcome, WatchPosition):
                 self._announce_positions(outcome.pending)
                 outcome = None
-            else:
+            elif isinstance(outcome, (AiTurn, RouteAiFailure)):
                 return outcome
+            else:
+                raise TypeError(f"not an outcome: {outcome!r}")  # fails the task loudly; never a silent skip
         return None
 
     async def _follow(self, outcome: Outcome | None) -> None:

@@ -187,7 +187,9 @@ class Handoffs(Story):
         self.s.pending = routed
         return self._enter(routed, decision.target, decision.position)
 
-    def _enter(self, pending: PendingHandoff, target: HandoffTarget, position: int | None = None) -> WatchPosition | None:
+    def _enter(
+        self, pending: PendingHandoff, target: HandoffTarget, position: int | None = None,
+    ) -> WatchPosition | None:
         """Start waiting on one rung of the ladder: a desk queue, an external agent, a third-party desk, or the end.
         A waiting list's rung has the user's queue position watched (the clock's)."""
         if target.final:
@@ -365,7 +367,8 @@ class Handoffs(Story):
             return None
         if kind.reach is Reach.DESK_WEBHOOK:
             if sent.outcome != "delivered":
-                return self._fall_back(f"desk {name} did not take the handoff: {sent.outcome} {sent.detail or ''}".strip())
+                why = f"desk {name} did not take the handoff: {sent.outcome} {sent.detail or ''}".strip()
+                return self._fall_back(why)
             self._audit("handoff_delivered", handoff_id=handoff_id, target=label, status=sent.status)
             return None
         if outcome is None or not outcome.accepted or not outcome.remote_conversation_id:
