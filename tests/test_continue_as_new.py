@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 
 import pytest_asyncio
@@ -10,7 +11,7 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.contrib.pydantic import pydantic_data_converter
 
 from models.conversation import ConversationInput, UserMessage
-from models.names import Signals
+from models.names import SearchAttributes, Signals, workflow_id
 from devkit.temporal import start_dev_server
 from tests.harness import baton_api, baton_worker, eventually, settings_for, start_conversation
 from tests.receiver import Receiver
@@ -95,7 +96,8 @@ async def test_event_stream_goes_on_across_continue_as_new(small_history_env, ta
 async def test_an_idle_run_continues_as_new_between_messages_and_the_next_run_rings_no_bell(dev_env, task_queue):
     """PATCH_IDLE_CONTINUE: a chat with the AI whose run has IDLE_RUN_EVENTS events continues as new in the pause after
     a reply (before RUN_EVENTS, where the hand-over came with the next message and held its reply back); the next run
-    knows the stream store has the state and starts no bell of its own."""
+    knows the stream store has the state and starts no bell of its own; and (PATCH_LEAN_RUNS) it starts with one patch
+    marker and upserts none of the search attributes it inherited."""
     from workflows.options import IDLE_RUN_EVENTS, RUN_EVENTS
 
     client = dev_env.client
@@ -134,3 +136,49 @@ async def test_an_idle_run_continues_as_new_between_messages_and_the_next_run_ri
     assert "ring_bell" not in scheduled
     delivered = channel.delivered()
     assert len(delivered) == len({d["seq"] for d in delivered}) == sent  # every reply once
+    # PATCH_LEAN_RUNS: the next run starts with one patch marker and its automatic upsert, and upserts none of the
+    # search attributes it inherited (they are the first run's, unchanged): the UI still sees them.
+    assert patch_markers(history) == ["lean-runs"]
+    assert upserted_keys(history) == [["TemporalChangeVersion"]]
+    attrs = (await client.get_workflow_handle(handle.id, run_id=second.run_id).describe()).typed_search_attributes
+    assert (attrs.get(SearchAttributes.STATE), attrs.get(SearchAttributes.OWNER), attrs.get(SearchAttributes.CHANNEL),
+            attrs.get(SearchAttributes.HANDOFFS)) == ("ai", "ai", "web", 0)
+
+
+async def test_a_conversation_the_api_starts_upserts_no_search_attribute_it_started_with(dev_env, task_queue):
+    """PATCH_LEAN_RUNS: the API starts a conversation with its search attributes; the run takes them as published
+    (one patch marker, one automatic upsert, none of Baton's), and a change (a handoff) still upserts what changed."""
+    client = dev_env.client
+    async with Receiver() as channel:
+        settings = settings_for(task_queue, channel_url=channel.url, channel_secret=channel.secret)
+        async with baton_worker(client, settings), baton_api(client, settings) as http:
+            conversation = f"lean-{uuid.uuid4().hex[:10]}"
+            r = await http.post(f"/v1/conversations/{conversation}/messages", json={"message_id": "u0", "text": "hi"})
+            assert r.status_code == 202, r.text
+            await channel.wait_count(1, timeout=30)
+            handle = client.get_workflow_handle(workflow_id(conversation))
+            history = (await handle.fetch_history()).events
+            assert patch_markers(history) == ["lean-runs"]
+            assert upserted_keys(history) == [["TemporalChangeVersion"]]
+            r = await http.post(f"/v1/conversations/{conversation}/handoff", json={"reason": "a person, please"})
+            assert r.status_code in (200, 202), r.text
+
+            async def waiting():
+                attrs = (await handle.describe()).typed_search_attributes
+                return attrs.get(SearchAttributes.STATE) == "handoff_pending"
+
+            await eventually(waiting, timeout=30)
+    changed = upserted_keys((await handle.fetch_history()).events)[1:]
+    assert any("BatonState" in keys for keys in changed), changed
+    assert all("BatonChannel" not in keys for keys in changed), changed
+
+
+def patch_markers(events) -> list[str]:
+    return [json.loads(p.data)["id"] for e in events
+            if e.event_type == EventType.EVENT_TYPE_MARKER_RECORDED and e.marker_recorded_event_attributes.marker_name
+            == "core_patch" for p in e.marker_recorded_event_attributes.details["patch-data"].payloads]
+
+
+def upserted_keys(events) -> list[list[str]]:
+    return [sorted(e.upsert_workflow_search_attributes_event_attributes.search_attributes.indexed_fields)
+            for e in events if e.event_type == EventType.EVENT_TYPE_UPSERT_WORKFLOW_SEARCH_ATTRIBUTES]

@@ -72,6 +72,13 @@ from workflows.outcomes import (  # noqa: E402
 # - PATCH_CLOSE_RATING ("close-rating", 1.4): a live agent's close may ask the user the rating question too (after
 #   the closing notice); the closed run then takes one message, an answer 1-5, for the close's `rating_seconds`,
 #   records it like a release's rating, and ends once it is answered or the time is up.
+# - PATCH_LEAN_RUNS ("lean-runs", 1.5): a run that has it asks none of the patches above (they all hold: the code
+#   that records this marker has them all), so a run starts with one marker and one `TemporalChangeVersion` upsert
+#   instead of one of each per patch above; and it takes the search attributes it started with as published, so a
+#   continued run (which inherits its predecessor's) or a conversation the API started with them upserts only what
+#   differs.
+#   A patch added after it is asked on its own, as before; a later release may fold such patches into a new
+#   umbrella the same way.
 #
 # How a patch is asked matters: ask it once per run, in the run's first activation (at the start of `run`), and
 # keep the answer. Asked for the first time while reacting to an activity's result, a patch produced histories that
@@ -85,6 +92,7 @@ PATCH_A2A_PEER = "a2a-peer"
 PATCH_DESK_RATING = "desk-rating"
 PATCH_IDLE_CONTINUE = "idle-continue-as-new"
 PATCH_CLOSE_RATING = "close-rating"
+PATCH_LEAN_RUNS = "lean-runs"
 
 
 class Reject(ApplicationError):
@@ -150,16 +158,25 @@ class Conversation(AiTurns, Commands, Handoffs, Owners, Clock, Outbox):
 
     @workflow.run
     async def run(self, input: ConversationInput) -> Snapshot:
-        self._summaries = workflow.patched(PATCH_HANDOFF_SUMMARY)
-        self._answers = workflow.patched(PATCH_A2A_ANSWERS)
-        self._rating = workflow.patched(PATCH_DESK_RATING)
-        self._idle_continue = workflow.patched(PATCH_IDLE_CONTINUE)
-        self._close_rating = workflow.patched(PATCH_CLOSE_RATING)
+        a2a_peer = self.s.peer is not None and self.s.peer.protocol == "a2a"
+        if workflow.patched(PATCH_LEAN_RUNS):
+            # One marker for everything since 1.0 (each patch asked costs a marker and a search attribute upsert in
+            # every run), and the search attributes the run started with (a continued run inherits its
+            # predecessor's; the API starts a conversation with them) are taken as published.
+            self._summaries = self._answers = self._rating = self._idle_continue = self._close_rating = True
+            self._a2a_peer = a2a_peer
+            self._published = views.inherited_search_attributes(workflow.info().typed_search_attributes)
+        else:
+            self._summaries = workflow.patched(PATCH_HANDOFF_SUMMARY)
+            self._answers = workflow.patched(PATCH_A2A_ANSWERS)
+            self._rating = workflow.patched(PATCH_DESK_RATING)
+            self._idle_continue = workflow.patched(PATCH_IDLE_CONTINUE)
+            self._close_rating = workflow.patched(PATCH_CLOSE_RATING)
+            if a2a_peer:
+                self._a2a_peer = workflow.patched(PATCH_A2A_PEER)
         if self.s.rung and self._idle_continue:
             self._rung = self._bell_key()  # the run before knew the store had this state: nothing to ring yet
         self.s.rung = False  # only ever true in what continue-as-new carries
-        if self.s.peer is not None and self.s.peer.protocol == "a2a":
-            self._a2a_peer = workflow.patched(PATCH_A2A_PEER)
         self._publish()
         loops = [
             asyncio.create_task(self._watch_deadlines()),

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import re
 
+from temporalio.common import TypedSearchAttributes
+
 from models.conversation import (
     CARRY_AUDIT_BYTES,
     CARRY_IDS_BYTES,
@@ -24,6 +26,7 @@ from models.conversation import (
     TranscriptEntry,
     json_size,
 )
+from models.names import SearchAttributes
 
 CARRY_TRANSCRIPT = 50  # entries handed to the next run on continue-as-new (older ones stay queryable there)
 CARRY_MESSAGE_IDS = 2000  # de-duplication window
@@ -145,6 +148,12 @@ def snapshot(s: ConversationState, busy: bool = False, rating_open: bool = False
         summary=s.summary,
         rating_open=rating_open,
     )
+
+
+def inherited_search_attributes(attrs: TypedSearchAttributes) -> dict[str, object]:
+    """Baton's search attributes as a run started with them, in the form the workflow's `_publish` compares
+    against: a key the run did not start with is unset (None)."""
+    return {key.name: attrs.get(key) for key in SearchAttributes.ALL}
 
 
 def details(s: ConversationState) -> str:
